@@ -1,0 +1,88 @@
+"""Operator registry: one OpKernel per TFLite builtin operator.
+
+Each operator family lives in its own module (conv.py, pool.py, ...) and registers
+its kernels with ``@register``. An OpKernel knows four things about its operator:
+which variants are supported (``check``), the bit-exact numpy reference
+(``reference``), its multiply-accumulate count (``macs``) and the C call that runs
+it in the generated firmware (``emit``).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import UnsupportedOperatorError
+from ..ir import Graph, Operator
+
+
+class EmitContext(Protocol):
+    """What codegen offers an emitter while it writes one layer of model.c."""
+
+    def include(self, header: str) -> None:
+        """#include "header" in model.c (headers live in firmware/include)."""
+
+    def const_array(self, hint: str, values: np.ndarray) -> str:
+        """Define ``static const <ctype> name[] = {...}`` in flash; returns its name.
+
+        The C type follows the numpy dtype (int8 -> int8_t, int32 -> int32_t, ...).
+        """
+
+    def static_struct(self, ctype: str, hint: str, initializer: str) -> str:
+        """Define ``static const ctype name = initializer;``; returns its name."""
+
+    def ptr(self, tensor_index: int) -> str:
+        """A C expression pointing at the tensor's data (arena slot or const array),
+        typed by the tensor's dtype, e.g. ``((int8_t *)(arena + 1024))``."""
+
+
+class OpKernel:
+    opcode: str = ""
+    # Runs on the host side of the link (QUANTIZE/DEQUANTIZE at float boundaries).
+    host_side: bool = False
+
+    def check(self, op: Operator, graph: Graph) -> None:
+        """Raise UnsupportedOperatorError for any variant the kernels do not handle."""
+
+    def reference(self, op: Operator, graph: Graph, inputs: list[np.ndarray | None]) -> list[np.ndarray]:
+        """Bit-exact numpy reference: input arrays (None for absent optional inputs;
+        constant inputs are passed too) -> output arrays."""
+        raise NotImplementedError
+
+    def macs(self, op: Operator, graph: Graph) -> int:
+        return 0
+
+    def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
+        """C statement(s) that run the operator; ``arena`` is a ``uint8_t *`` in scope."""
+        raise NotImplementedError
+
+    def unsupported(self, op: Operator, problem: str, supported: str = "") -> UnsupportedOperatorError:
+        return UnsupportedOperatorError(op.index, op.opcode, problem, supported)
+
+
+REGISTRY: dict[str, OpKernel] = {}
+
+# Operator family modules; importing them fills REGISTRY.
+_FAMILIES = ("conv", "pool", "pad", "elementwise", "activation", "softmax", "shape", "quantize")
+
+
+def register(cls: type[OpKernel]) -> type[OpKernel]:
+    REGISTRY[cls.opcode] = cls()
+    return cls
+
+
+def kernel_for(op: Operator) -> OpKernel:
+    if not REGISTRY:
+        for family in _FAMILIES:
+            try:
+                importlib.import_module(f"{__name__}.{family}")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"{__name__}.{family}":
+                    raise
+    try:
+        return REGISTRY[op.opcode]
+    except KeyError:
+        raise UnsupportedOperatorError(
+            op.index, op.opcode, "operator not implemented", ", ".join(sorted(REGISTRY))
+        ) from None

@@ -1,0 +1,30 @@
+"""The correctness oracle: TensorFlow Lite Micro's reference kernels, run through
+the ``tflite-micro`` Python package on the original .tflite bytes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class TflmOracle:
+    """One TFLM interpreter for a model, reused across inputs."""
+
+    def __init__(self, model: bytes | str | Path):
+        import tflite
+        from tflite_micro.python.tflite_micro import runtime
+
+        data = Path(model).read_bytes() if isinstance(model, (str, Path)) else bytes(model)
+        self.num_outputs = tflite.Model.GetRootAs(data, 0).Subgraphs(0).OutputsLength()
+        self.interpreter = runtime.Interpreter.from_bytes(data)
+
+    def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        for i, x in enumerate(inputs):
+            self.interpreter.set_input(np.ascontiguousarray(x), i)
+        self.interpreter.invoke()
+        return [np.array(self.interpreter.get_output(i)) for i in range(self.num_outputs)]
+
+
+def run_tflm(model: bytes | str | Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Run the model once on TFLM; return its outputs."""
+    return TflmOracle(model)(inputs)
