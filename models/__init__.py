@@ -1,0 +1,1 @@
+"""Model zoo builders: int8 .tflite files microtile generates itself."""
