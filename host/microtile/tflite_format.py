@@ -197,7 +197,6 @@ def _write_options(builder: flatbuffers.Builder, op: Operator) -> tuple[int, int
         return 0, 0
     if table is None:
         raise ValueError(f"writer does not know the options of {op.opcode}")
-        return 0, 0
     module = _schema(table)
     vectors = {}
     for key, value in op.options.items():  # vectors must be built before the table starts

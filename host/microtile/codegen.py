@@ -1,0 +1,215 @@
+"""Compile an IR graph into AOT C: model.h / model.c for the firmware.
+
+The compiled program keeps float boundary operators (QUANTIZE of a float graph
+input, DEQUANTIZE of a graph output) on the host side of the link, checks every
+device operator, plans the activation arena and asks each operator's kernel to emit
+its C call. Weights become const arrays (flash); every call gets constant parameters.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MicrotileError
+from .ir import Graph, Operator
+from .ops import kernel_for
+from .planner import MemoryPlan, plan_memory
+from .reference import check_input_arrays, run_operators
+
+_CTYPES = {
+    "int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t", "uint16": "uint16_t",
+    "int32": "int32_t", "uint32": "uint32_t", "int64": "int64_t",
+}
+CODEGEN_VERSION = "1"
+
+
+@dataclass
+class CompiledModel:
+    graph: Graph
+    device_ops: list[Operator]
+    host_pre: list[Operator]  # run on the host before sending inputs
+    host_post: list[Operator]  # run on the host after reading outputs
+    device_inputs: list[int]  # tensor indices the device receives
+    device_outputs: list[int]  # tensor indices the device returns
+    plan: MemoryPlan
+    model_c: str
+    model_h: str
+    const_bytes: int  # weights and parameters placed in flash
+    hash: str  # content hash of the generated sources
+
+    @property
+    def macs(self) -> list[int]:
+        return [kernel_for(op).macs(op, self.graph) for op in self.device_ops]
+
+    def to_device(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Model inputs -> the int8 arrays the device receives (host-side QUANTIZE)."""
+        values = dict(zip(self.graph.inputs, check_input_arrays(self.graph, self.graph.inputs, inputs)))
+        run_operators(self.graph, self.host_pre, values)
+        return [values[i] for i in self.device_inputs]
+
+    def from_device(self, outputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Device output arrays -> model outputs (host-side DEQUANTIZE)."""
+        values = {i: np.asarray(x).reshape(self.graph.tensor(i).shape) for i, x in zip(self.device_outputs, outputs)}
+        run_operators(self.graph, self.host_post, values)
+        return [values[i] for i in self.graph.outputs]
+
+    def write(self, outdir: Path) -> Path:
+        outdir.mkdir(parents=True, exist_ok=True)
+        for name, text in (("model.c", self.model_c), ("model.h", self.model_h)):
+            path = outdir / name
+            if not path.exists() or path.read_text() != text:
+                path.write_text(text)
+        return outdir
+
+
+def validate(graph: Graph) -> None:
+    """Check every operator (raises UnsupportedOperatorError naming the first bad one)."""
+    for op in graph.operators:
+        kernel_for(op).check(op, graph)
+
+
+def split_boundaries(graph: Graph) -> tuple[list[Operator], list[Operator], list[Operator]]:
+    """(host_pre, device, host_post): float boundary QUANTIZE / DEQUANTIZE run on the host."""
+    float_inputs = {i for i in graph.inputs if graph.tensor(i).dtype == "float32"}
+    host_pre, device, host_post = [], [], []
+    graph_outputs = set(graph.outputs)
+    for op in graph.operators:
+        if op.opcode == "QUANTIZE" and op.inputs[0] in float_inputs:
+            host_pre.append(op)
+        elif op.opcode == "DEQUANTIZE" and op.outputs[0] in graph_outputs:
+            host_post.append(op)
+        else:
+            device.append(op)
+    for op in device:
+        for i in op.inputs:
+            if i >= 0 and graph.tensor(i).dtype == "float32" and not graph.tensor(i).is_constant:
+                raise MicrotileError(
+                    f"operator #{op.index} {op.opcode} reads float tensor {graph.tensor(i).name!r}; "
+                    "microtile runs int8 models (float only at the model boundary through QUANTIZE/DEQUANTIZE)"
+                )
+    return host_pre, device, host_post
+
+
+class _Emitter:
+    """EmitContext implementation: collects includes, const data and parameter structs."""
+
+    def __init__(self, graph: Graph, plan: MemoryPlan):
+        self.graph = graph
+        self.plan = plan
+        self.includes: list[str] = []
+        self.decls: list[str] = []
+        self.const_bytes = 0
+        self._by_content: dict[bytes, str] = {}
+        self._names: set[str] = set()
+        self.layer = 0
+
+    def _name(self, hint: str) -> str:
+        base = "".join(c if c.isalnum() else "_" for c in hint) or "c"
+        name = f"l{self.layer}_{base}"
+        n = 1
+        while name in self._names:
+            name = f"l{self.layer}_{base}_{n}"
+            n += 1
+        self._names.add(name)
+        return name
+
+    def include(self, header: str) -> None:
+        if header not in self.includes:
+            self.includes.append(header)
+
+    def const_array(self, hint: str, values: np.ndarray) -> str:
+        values = np.ascontiguousarray(values).reshape(-1)
+        ctype = _CTYPES.get(values.dtype.name)
+        if ctype is None:
+            raise MicrotileError(f"codegen: no C type for {values.dtype} (array {hint})")
+        key = values.dtype.name.encode() + values.tobytes()
+        if key in self._by_content:
+            return self._by_content[key]
+        name = self._name(hint)
+        items = values.tolist() or [0]
+        if ctype == "int32_t":  # INT32_MIN is not a valid literal on its own
+            text = [f"{v}" if v != -(1 << 31) else "INT32_MIN" for v in items]
+        else:
+            text = [str(v) for v in items]
+        lines = ",\n".join(", ".join(text[i:i + 24]) for i in range(0, len(text), 24))
+        self.decls.append(
+            f"static const {ctype} {name}[{len(items)}] __attribute__((aligned(4))) = {{\n{lines}\n}};"
+        )
+        self.const_bytes += values.nbytes
+        self._by_content[key] = name
+        return name
+
+    def static_struct(self, ctype: str, hint: str, initializer: str) -> str:
+        name = self._name(hint)
+        self.decls.append(f"static const {ctype} {name} = {initializer};")
+        return name
+
+    def ptr(self, tensor_index: int) -> str:
+        t = self.graph.tensor(tensor_index)
+        if t.is_constant:
+            return self.const_array(t.name, t.data.astype(t.dtype))
+        ctype = _CTYPES[t.dtype]
+        return f"(({ctype} *)(arena + {self.plan.offsets[tensor_index]}))"
+
+
+def compile_model(graph: Graph) -> CompiledModel:
+    validate(graph)
+    host_pre, device_ops, host_post = split_boundaries(graph)
+    device_inputs = [op.outputs[0] for op in host_pre] + [
+        i for i in graph.inputs if graph.tensor(i).dtype != "float32"
+    ]
+    post_inputs = {op.outputs[0]: op.inputs[0] for op in host_post}
+    device_outputs = [post_inputs.get(i, i) for i in graph.outputs]
+    if not device_ops:
+        raise MicrotileError(f"model {graph.name} has no operators to run on the device")
+    plan = plan_memory(graph, device_ops, device_inputs, device_outputs)
+
+    em = _Emitter(graph, plan)
+    cases = []
+    for layer, op in enumerate(device_ops):
+        em.layer = layer
+        body = kernel_for(op).emit(op, graph, em).strip()
+        body = "\n".join("        " + line for line in body.splitlines())
+        cases.append(f"    case {layer}: /* #{op.index} {op.opcode} */\n{body}\n        break;")
+
+    def buffers(indices: list[int]) -> str:
+        return ", ".join(f"{{{plan.offsets[i]}u, {graph.tensor(i).nbytes}u}}" for i in indices)
+
+    includes = "\n".join(f'#include "{h}"' for h in em.includes)
+    body_c = "\n".join(em.decls) + "\n\n" + "static void run_layer(uint32_t layer, uint8_t *arena)\n{\n" \
+        + "    switch (layer) {\n" + "\n".join(cases) + "\n    default:\n        break;\n    }\n}\n"
+    digest = hashlib.sha256((CODEGEN_VERSION + includes + body_c + buffers(device_inputs)
+                             + buffers(device_outputs)).encode()).hexdigest()
+    safe_name = graph.name.replace("\\", "_").replace('"', "_")
+    model_c = f"""/* Generated by microtile from {safe_name}: do not edit. */
+#include <stdint.h>
+#include <string.h>
+#include "model.h"
+{includes}
+
+{body_c}
+static const mt_buffer model_inputs[] = {{{buffers(device_inputs)}}};
+static const mt_buffer model_outputs[] = {{{buffers(device_outputs)}}};
+
+const mt_model mt_model_def = {{
+    "{safe_name}", 0x{digest[:8]}u, {plan.arena_size}u,
+    {len(device_inputs)}, {len(device_outputs)}, {len(device_ops)},
+    model_inputs, model_outputs, run_layer,
+}};
+"""
+    model_h = f"""/* Generated by microtile from {safe_name}: do not edit. */
+#ifndef MT_GENERATED_MODEL_H
+#define MT_GENERATED_MODEL_H
+
+#include "mt_model.h"
+
+#define MT_ARENA_SIZE {max(plan.arena_size, 8)}u
+#define MT_MODEL_HASH 0x{digest[:8]}u
+
+#endif
+"""
+    return CompiledModel(graph, device_ops, host_pre, host_post, device_inputs, device_outputs,
+                         plan, model_c, model_h, em.const_bytes, digest)

@@ -1,0 +1,99 @@
+"""Run generated models natively: model.c + the firmware kernels compiled by the
+host gcc into a shared library (with UBSan), loaded with ctypes. Tests use it to
+check the C kernels bit-exactly against TFLM without an emulator."""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from .codegen import CompiledModel, compile_model
+from .errors import BuildError, ToolMissingError
+from .ir import Graph
+
+REPO = Path(__file__).resolve().parents[2]
+FIRMWARE = REPO / "firmware"
+CACHE = REPO / "build" / "native"
+CFLAGS = ["-std=c99", "-O1", "-g", "-fPIC", "-Wall", "-Wextra", "-Werror",
+          "-fsanitize=undefined", "-fno-sanitize-recover=undefined"]
+
+
+def _gcc() -> str:
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        raise ToolMissingError("no host C compiler: install gcc (sudo apt-get install gcc, or make setup)")
+    return cc
+
+
+def _run(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildError(f"native build failed: {' '.join(cmd)}\n{proc.stderr[-4000:]}")
+
+
+def _kernel_sources() -> list[Path]:
+    return sorted((FIRMWARE / "kernels").glob("*.c"))
+
+
+def kernels_archive() -> Path:
+    """Compile firmware/kernels once per source content into a static archive."""
+    h = hashlib.sha256(" ".join(CFLAGS).encode())
+    for path in _kernel_sources() + sorted((FIRMWARE / "include").glob("*.h")):
+        h.update(path.name.encode() + path.read_bytes())
+    out = CACHE / "kernels" / h.hexdigest()[:16]
+    lib = out / "libmt_kernels.a"
+    if lib.exists():
+        return lib
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    objs = []
+    for src in _kernel_sources():
+        obj = tmp / (src.stem + ".o")
+        _run([_gcc(), *CFLAGS, "-I", str(FIRMWARE / "include"), "-c", str(src), "-o", str(obj)])
+        objs.append(str(obj))
+    _run(["ar", "rcs", str(tmp / "libmt_kernels.a"), *objs])
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return lib
+
+
+class NativeModel:
+    def __init__(self, compiled: CompiledModel, lib_path: Path):
+        self.compiled = compiled
+        self.lib = ctypes.CDLL(str(lib_path))
+        self.lib.mt_native_arena.restype = ctypes.POINTER(ctypes.c_uint8)
+        self.arena = self.lib.mt_native_arena()
+
+    @classmethod
+    def build(cls, graph: Graph) -> "NativeModel":
+        compiled = compile_model(graph)
+        archive = kernels_archive()
+        key = hashlib.sha256((compiled.hash + str(archive)).encode()).hexdigest()[:16]
+        out = CACHE / "models" / key
+        lib = out / "libmodel.so"
+        if not lib.exists():
+            compiled.write(out)
+            _run([_gcc(), *CFLAGS, "-shared", "-I", str(FIRMWARE / "include"), "-I", str(out),
+                  str(out / "model.c"), str(FIRMWARE / "native" / "mt_native.c"), str(archive),
+                  "-o", str(out / "libmodel.so.tmp")])
+            (out / "libmodel.so.tmp").rename(lib)
+        return cls(compiled, lib)
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Model inputs -> model outputs, with float boundaries handled as on a board."""
+        c = self.compiled
+        for i, x in zip(c.device_inputs, c.to_device(inputs)):
+            raw = np.ascontiguousarray(x).tobytes()
+            ctypes.memmove(ctypes.addressof(self.arena.contents) + c.plan.offsets[i], raw, len(raw))
+        self.lib.mt_native_run()
+        outs = []
+        for i in c.device_outputs:
+            t = c.graph.tensor(i)
+            raw = ctypes.string_at(ctypes.addressof(self.arena.contents) + c.plan.offsets[i], t.nbytes)
+            outs.append(np.frombuffer(raw, dtype=t.dtype).reshape(t.shape).copy())
+        return c.from_device(outs)
