@@ -1,0 +1,129 @@
+/* Reference SOFTMAX / LOG_SOFTMAX kernels (see mt_softmax.h). */
+#include "mt_softmax.h"
+
+#include "mt_fixedpoint.h"
+#include "mt_quant.h"
+
+enum {
+    MT_SCALED_DIFF_INT_BITS = 5,  /* exp() input is Q5.26 */
+    MT_ACCUM_INT_BITS = 12,       /* sum of exps is Q12.19 */
+    MT_LOG_OUTPUT_INT_BITS = 4
+};
+
+static int8_t mt_row_max_s8(const int8_t *row, int32_t depth)
+{
+    int8_t m = INT8_MIN;
+    int32_t c;
+    for (c = 0; c < depth; c++) {
+        if (row[c] > m) {
+            m = row[c];
+        }
+    }
+    return m;
+}
+
+/* MultiplyByQuantizedMultiplierGreaterThanOne: x * 2^shift * multiplier / 2^31. */
+static inline int32_t mt_scale_diff(int32_t diff, int32_t multiplier, int32_t left_shift)
+{
+    return mt_sat_rounding_doubling_high_mul((int32_t)((uint32_t)diff << left_shift), multiplier);
+}
+
+/* Sum over the row of exp(diff) in Q12.19, for diffs >= diff_min. */
+static int32_t mt_sum_of_exps(const int8_t *row, int32_t depth, int32_t max_in_row,
+                              int32_t multiplier, int32_t left_shift, int32_t diff_min)
+{
+    int32_t sum = 0;
+    int32_t c;
+    for (c = 0; c < depth; c++) {
+        int32_t diff = (int32_t)row[c] - max_in_row;
+        if (diff >= diff_min) {
+            int32_t e = mt_fp_exp_on_negative_values(mt_scale_diff(diff, multiplier, left_shift),
+                                                     MT_SCALED_DIFF_INT_BITS);
+            sum = mt_fp_add(sum, mt_fp_rescale(e, 0, MT_ACCUM_INT_BITS));
+        }
+    }
+    return sum;
+}
+
+void mt_softmax_s8_ref(const mt_softmax_params *p, const int8_t *input, int8_t *output)
+{
+    int32_t i;
+    for (i = 0; i < p->outer; i++) {
+        const int8_t *row = input + (int32_t)i * p->depth;
+        int8_t *out = output + (int32_t)i * p->depth;
+        const int32_t max_in_row = mt_row_max_s8(row, p->depth);
+        const int32_t sum = mt_sum_of_exps(row, p->depth, max_in_row, p->input_multiplier,
+                                           p->input_left_shift, p->diff_min);
+        int num_bits_over_unit;
+        const int32_t scale = mt_fp_get_reciprocal(sum, MT_ACCUM_INT_BITS, &num_bits_over_unit);
+        const int exponent = num_bits_over_unit + 31 - 8;
+        int32_t c;
+        for (c = 0; c < p->depth; c++) {
+            int32_t diff = (int32_t)row[c] - max_in_row;
+            if (diff >= p->diff_min) {
+                int32_t e = mt_fp_exp_on_negative_values(
+                    mt_scale_diff(diff, p->input_multiplier, p->input_left_shift), MT_SCALED_DIFF_INT_BITS);
+                int32_t v = mt_rounding_divide_by_pot(mt_fp_mul(scale, e), exponent) - 128;
+                out[c] = (int8_t)mt_clamp(v, -128, 127);
+            } else {
+                out[c] = -128;
+            }
+        }
+    }
+}
+
+void mt_softmax_s8_s16_ref(const mt_softmax_params *p, const int8_t *input, int16_t *output)
+{
+    int32_t i;
+    for (i = 0; i < p->outer; i++) {
+        const int8_t *row = input + (int32_t)i * p->depth;
+        int16_t *out = output + (int32_t)i * p->depth;
+        const int32_t max_in_row = mt_row_max_s8(row, p->depth);
+        const int32_t sum = mt_sum_of_exps(row, p->depth, max_in_row, p->input_multiplier,
+                                           p->input_left_shift, p->diff_min);
+        int num_bits_over_unit;
+        const int32_t scale = mt_fp_get_reciprocal(sum, MT_ACCUM_INT_BITS, &num_bits_over_unit);
+        const int exponent = num_bits_over_unit + 31 - 16;
+        int32_t c;
+        for (c = 0; c < p->depth; c++) {
+            int32_t diff = (int32_t)row[c] - max_in_row;
+            if (diff >= p->diff_min) {
+                int32_t e = mt_fp_exp_on_negative_values(
+                    mt_scale_diff(diff, p->input_multiplier, p->input_left_shift), MT_SCALED_DIFF_INT_BITS);
+                int32_t v = mt_rounding_divide_by_pot(mt_fp_mul(scale, e), exponent) - 32768;
+                out[c] = (int16_t)mt_clamp(v, -32768, 32767);
+            } else {
+                out[c] = -32768;
+            }
+        }
+    }
+}
+
+void mt_log_softmax_s8_ref(const mt_log_softmax_params *p, const int8_t *input, int8_t *output)
+{
+    int32_t i;
+    for (i = 0; i < p->outer; i++) {
+        const int8_t *row = input + (int32_t)i * p->depth;
+        int8_t *out = output + (int32_t)i * p->depth;
+        const int32_t max_in_row = mt_row_max_s8(row, p->depth);
+        const int32_t sum = mt_sum_of_exps(row, p->depth, max_in_row, p->input_multiplier,
+                                           p->input_left_shift, p->diff_min);
+        const int32_t log_sum = mt_fp_log_x_ge_1(sum, MT_ACCUM_INT_BITS, MT_SCALED_DIFF_INT_BITS);
+        const int32_t rescaled_min = mt_requantize(mt_fp_add(log_sum, INT32_MIN), p->reverse_scaling_divisor,
+                                                   -p->reverse_scaling_right_shift);
+        const int32_t adjusted_diff_min = (p->diff_min - 1) > rescaled_min ? (p->diff_min - 1) : rescaled_min;
+        int32_t c;
+        for (c = 0; c < p->depth; c++) {
+            int32_t diff = (int32_t)row[c] - max_in_row;
+            if (diff > adjusted_diff_min) {
+                int32_t in_q5 = mt_requantize(diff, p->input_multiplier, p->input_left_shift);
+                int32_t v = mt_rounding_divide_by_pot(
+                                mt_fp_sub(in_q5, log_sum),
+                                31 - MT_SCALED_DIFF_INT_BITS - MT_LOG_OUTPUT_INT_BITS) + 127;
+                out[c] = (int8_t)mt_clamp(v, -128, 127);
+            } else {
+                out[c] = -128;
+            }
+        }
+    }
+}
