@@ -1,0 +1,235 @@
+"""Elementwise binary operators: ADD and MUL (int8, TFLM reference semantics).
+
+ADD follows TFLM's CalculateOpDataAdd + reference_integer_ops::AddFunc: both inputs
+are shifted left by 20 bits, rescaled to twice the larger input scale, summed and
+rescaled to the output (three MultiplyByQuantizedMultiplierSmallerThanOneExp).
+MUL follows CalculateOpDataMul + MulElementwise: one multiplier s1*s2/so applied
+with MultiplyByQuantizedMultiplier to the product of the offset inputs.
+Broadcasting is numpy's (which is TFLite's) up to MAX_BROADCAST_DIMS dimensions;
+the C kernels walk a compressed stride description computed here.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import quant as q
+from ..ir import Graph, Operator, Tensor
+from . import EmitContext, OpKernel, register
+
+# TFLM's broadcast kernels (BroadcastBinaryFunction6DSlow / BroadcastMul6DSlow) stop at 6.
+MAX_BROADCAST_DIMS = 6
+FUSED_ACTIVATIONS = ("NONE", "RELU", "RELU6", "RELU_N1_TO_1")
+ADD_LEFT_SHIFT = 20  # TFLM's left_shift for int8 ADD
+
+
+def activation_range_f32(activation: str, scale: float, zero_point: int) -> tuple[int, int]:
+    """CalculateActivationRangeQuantized for int8, with TFLM's float32 division
+    (``f / scale`` on floats, then std::round), which can differ from a double one."""
+    def quantize(v: float) -> int:
+        return zero_point + q.tflite_round(float(np.float32(v) / np.float32(scale)))
+
+    lo, hi = -128, 127
+    if activation == "NONE":
+        return lo, hi
+    if activation == "RELU":
+        return max(lo, quantize(0.0)), hi
+    if activation == "RELU6":
+        return max(lo, quantize(0.0)), min(hi, quantize(6.0))
+    if activation == "RELU_N1_TO_1":
+        return max(lo, quantize(-1.0)), min(hi, quantize(1.0))
+    raise ValueError(activation)
+
+
+def broadcast_strides(shape1: tuple[int, ...], shape2: tuple[int, ...],
+                      out_shape: tuple[int, ...]) -> tuple[list[int], list[int], list[int]]:
+    """Describe a broadcast as (dims, strides1, strides2), MAX_BROADCAST_DIMS long,
+    outermost first, with stride 0 where an input is broadcast. Adjacent dimensions
+    that both inputs traverse the same way are merged so the innermost loop is long."""
+    rank = len(out_shape)
+
+    def strides_of(shape: tuple[int, ...]) -> list[int]:
+        full = (1,) * (rank - len(shape)) + tuple(shape)
+        strides, step = [0] * rank, 1
+        for d in range(rank - 1, -1, -1):
+            strides[d] = step if full[d] != 1 else 0
+            step *= full[d]
+        return strides
+
+    s1, s2 = strides_of(shape1), strides_of(shape2)
+    dims: list[int] = []
+    st1: list[int] = []
+    st2: list[int] = []
+    for d in range(rank):
+        if out_shape[d] == 1:
+            continue  # size-1 output dims contribute nothing
+        if dims and all(
+            prev == cur * out_shape[d] if cur else prev == 0
+            for prev, cur in ((st1[-1], s1[d]), (st2[-1], s2[d]))
+        ):
+            # mergeable with the previous (outer) dimension
+            dims[-1] *= out_shape[d]
+            st1[-1], st2[-1] = s1[d], s2[d]
+            continue
+        dims.append(out_shape[d])
+        st1.append(s1[d])
+        st2.append(s2[d])
+    if not dims:
+        dims, st1, st2 = [1], [0], [0]
+    assert len(dims) <= MAX_BROADCAST_DIMS
+    pad = MAX_BROADCAST_DIMS - len(dims)
+    return [1] * pad + dims, [0] * pad + st1, [0] * pad + st2
+
+
+def _c_list(values: list[int]) -> str:
+    return "{" + ", ".join(str(int(v)) for v in values) + "}"
+
+
+class _BinaryInt8(OpKernel):
+    """Shared checks and broadcast handling of the int8 binary operators."""
+
+    def check(self, op: Operator, graph: Graph) -> None:
+        if len(op.inputs) != 2 or len(op.outputs) != 1 or min(op.inputs) < 0:
+            raise self.unsupported(op, f"{len(op.inputs)} inputs / {len(op.outputs)} outputs",
+                                   "exactly 2 inputs and 1 output")
+        a, b = graph.op_inputs(op)
+        (out,) = graph.op_outputs(op)
+        for t in (a, b, out):
+            if t.dtype != "int8":
+                raise self.unsupported(op, f"tensor {t.name} is {t.dtype}",
+                                       "int8 inputs and output (int16/float/int32 are not implemented)")
+            if t.quant is None or t.quant.scale.size != 1:
+                raise self.unsupported(op, f"tensor {t.name} is not per-tensor quantized",
+                                       "per-tensor int8 quantization")
+            if not 0 < t.scale < np.inf:
+                raise self.unsupported(op, f"tensor {t.name} has scale {t.scale}", "positive finite scales")
+        act = op.options.get("fused_activation_function", "NONE")
+        if act not in FUSED_ACTIVATIONS:
+            raise self.unsupported(op, f"fused activation {act}", ", ".join(FUSED_ACTIVATIONS))
+        if op.options.get("pot_scale_int16", False) not in (False, True):
+            raise self.unsupported(op, "unknown pot_scale_int16 option")
+        try:
+            shape = np.broadcast_shapes(a.shape, b.shape)
+        except ValueError:
+            raise self.unsupported(op, f"shapes {a.shape} and {b.shape} do not broadcast",
+                                   "numpy/TFLite broadcasting") from None
+        if tuple(shape) != tuple(out.shape):
+            raise self.unsupported(op, f"output shape {out.shape} is not the broadcast shape {tuple(shape)}")
+        if len(out.shape) > MAX_BROADCAST_DIMS:
+            raise self.unsupported(op, f"rank {len(out.shape)}", f"up to {MAX_BROADCAST_DIMS}-D tensors")
+
+    def _activation(self, op: Operator, out: Tensor) -> tuple[int, int]:
+        return activation_range_f32(op.options.get("fused_activation_function", "NONE"),
+                                    out.scale, out.zero_point)
+
+    def _broadcast_init(self, graph: Graph, op: Operator) -> str:
+        a, b = graph.op_inputs(op)
+        (out,) = graph.op_outputs(op)
+        size = int(np.prod(out.shape, dtype=np.int64))
+        if tuple(a.shape) == tuple(b.shape):
+            # same shapes: flat loop (TFLM's non-broadcast path), no stride walk
+            return f".size = {size}, .bcast = {{0}}"
+        dims, s1, s2 = broadcast_strides(a.shape, b.shape, out.shape)
+        return (f".size = {size}, .bcast = {{ .ndims = {MAX_BROADCAST_DIMS}, .dims = {_c_list(dims)}, "
+                f".strides1 = {_c_list(s1)}, .strides2 = {_c_list(s2)} }}")
+
+
+@register
+class Add(_BinaryInt8):
+    opcode = "ADD"
+
+    def params(self, op: Operator, graph: Graph) -> dict[str, int]:
+        """CalculateOpDataAdd for int8 output."""
+        a, b = graph.op_inputs(op)
+        (out,) = graph.op_outputs(op)
+        s1, s2, so = float(a.scale), float(b.scale), float(out.scale)
+        twice_max = 2.0 * max(s1, s2)
+        m1, sh1 = q.quantize_multiplier(s1 / twice_max)
+        m2, sh2 = q.quantize_multiplier(s2 / twice_max)
+        mo, sho = q.quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * so))
+        lo, hi = self._activation(op, out)
+        return dict(input1_offset=-a.zero_point, input2_offset=-b.zero_point, output_offset=out.zero_point,
+                    left_shift=ADD_LEFT_SHIFT, input1_multiplier=m1, input1_shift=sh1,
+                    input2_multiplier=m2, input2_shift=sh2, output_multiplier=mo, output_shift=sho,
+                    act_min=lo, act_max=hi)
+
+    def check(self, op: Operator, graph: Graph) -> None:
+        super().check(op, graph)
+        a, b = graph.op_inputs(op)
+        (out,) = graph.op_outputs(op)
+        real_out = 2.0 * max(a.scale, b.scale) / ((1 << ADD_LEFT_SHIFT) * out.scale)
+        if real_out >= 1.0:
+            # TFLM's QuantizeMultiplierSmallerThanOneExp aborts on this
+            raise self.unsupported(op, f"output scale {out.scale} is too small for the input scales "
+                                   f"({a.scale}, {b.scale}): 2*max(in)/(2^20*out) = {real_out:g} >= 1",
+                                   "output scale > 2*max(input scales)/2^20")
+        lo, hi = self._activation(op, out)
+        if lo > hi:
+            raise self.unsupported(op, "fused activation range is empty for the output quantization")
+
+    def reference(self, op: Operator, graph: Graph, inputs: list[np.ndarray | None]) -> list[np.ndarray]:
+        p = self.params(op, graph)
+        (out,) = graph.op_outputs(op)
+        x1 = np.asarray(inputs[0], dtype=np.int64) + p["input1_offset"]
+        x2 = np.asarray(inputs[1], dtype=np.int64) + p["input2_offset"]
+        x1 = x1 * (1 << p["left_shift"])
+        x2 = x2 * (1 << p["left_shift"])
+        y1 = q.multiply_by_quantized_multiplier_smaller_than_one_exp(x1, p["input1_multiplier"], p["input1_shift"])
+        y2 = q.multiply_by_quantized_multiplier_smaller_than_one_exp(x2, p["input2_multiplier"], p["input2_shift"])
+        raw = q.wrap_int32(y1 + y2)  # broadcasting happens here, as numpy does it
+        res = q.multiply_by_quantized_multiplier_smaller_than_one_exp(
+            raw, p["output_multiplier"], p["output_shift"]) + p["output_offset"]
+        res = np.clip(res, p["act_min"], p["act_max"])
+        return [np.broadcast_to(res, out.shape).astype(np.int8)]
+
+    def macs(self, op: Operator, graph: Graph) -> int:
+        return 0
+
+    def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
+        ctx.include("mt_elementwise.h")
+        p = self.params(op, graph)
+        fields = ", ".join(f".{k} = {v}" for k, v in p.items())
+        name = ctx.static_struct("mt_add_params", f"add{op.index}",
+                                 f"{{ {fields}, {self._broadcast_init(graph, op)} }}")
+        return f"mt_add_s8_ref(&{name}, {ctx.ptr(op.inputs[0])}, {ctx.ptr(op.inputs[1])}, {ctx.ptr(op.outputs[0])});"
+
+
+@register
+class Mul(_BinaryInt8):
+    opcode = "MUL"
+
+    def params(self, op: Operator, graph: Graph) -> dict[str, int]:
+        """CalculateOpDataMul for int8 output."""
+        a, b = graph.op_inputs(op)
+        (out,) = graph.op_outputs(op)
+        m, sh = q.quantize_multiplier(float(a.scale) * float(b.scale) / float(out.scale))
+        lo, hi = self._activation(op, out)
+        return dict(input1_offset=-a.zero_point, input2_offset=-b.zero_point, output_offset=out.zero_point,
+                    output_multiplier=m, output_shift=sh, act_min=lo, act_max=hi)
+
+    def check(self, op: Operator, graph: Graph) -> None:
+        super().check(op, graph)
+        (out,) = graph.op_outputs(op)
+        lo, hi = self._activation(op, out)
+        if lo > hi:
+            raise self.unsupported(op, "fused activation range is empty for the output quantization")
+
+    def reference(self, op: Operator, graph: Graph, inputs: list[np.ndarray | None]) -> list[np.ndarray]:
+        p = self.params(op, graph)
+        (out,) = graph.op_outputs(op)
+        x1 = np.asarray(inputs[0], dtype=np.int64) + p["input1_offset"]
+        x2 = np.asarray(inputs[1], dtype=np.int64) + p["input2_offset"]
+        res = q.multiply_by_quantized_multiplier(x1 * x2, p["output_multiplier"], p["output_shift"])
+        res = np.clip(res + p["output_offset"], p["act_min"], p["act_max"])
+        return [np.broadcast_to(res, out.shape).astype(np.int8)]
+
+    def macs(self, op: Operator, graph: Graph) -> int:
+        (out,) = graph.op_outputs(op)
+        return int(np.prod(out.shape, dtype=np.int64))
+
+    def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
+        ctx.include("mt_elementwise.h")
+        p = self.params(op, graph)
+        fields = ", ".join(f".{k} = {v}" for k, v in p.items())
+        name = ctx.static_struct("mt_mul_params", f"mul{op.index}",
+                                 f"{{ {fields}, {self._broadcast_init(graph, op)} }}")
+        return f"mt_mul_s8_ref(&{name}, {ctx.ptr(op.inputs[0])}, {ctx.ptr(op.inputs[1])}, {ctx.ptr(op.outputs[0])});"
