@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MicrotileError
+from .errors import MicrotileError, UnsupportedOperatorError
 from .ir import Graph, Operator
 from .ops import kernel_for
 from .planner import MemoryPlan, plan_memory
@@ -67,6 +67,14 @@ class CompiledModel:
 
 def validate(graph: Graph) -> None:
     """Check every operator (raises UnsupportedOperatorError naming the first bad one)."""
+    for i in graph.inputs:
+        t = graph.tensor(i)
+        if len(t.shape) >= 2 and t.shape[0] > 1:
+            consumer = next((op for op in graph.operators if i in op.inputs), None)
+            raise UnsupportedOperatorError(
+                consumer.index if consumer else -1, consumer.opcode if consumer else "INPUT",
+                f"input {t.name!r} has batch {t.shape[0]}; microtile runs batch 1 (convert the model with batch size 1)",
+            )
     for op in graph.operators:
         kernel_for(op).check(op, graph)
 

@@ -1,0 +1,119 @@
+"""Firmware builds: generated model + kernels + board port -> ELF, with CMake and the
+Arm GCC toolchain, cached by a content hash of everything that goes in. Also the
+flash/RAM accounting (before the build from the plan, after it from the ELF)."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .boards import Board, firmware_cmake_args
+from .codegen import CompiledModel
+from .errors import BuildError, DoesNotFitError, ToolMissingError
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_ROOT = REPO / "build" / "firmware"
+# Budget for what is not the model, used by the fit check before building: the
+# port + app + kernels code, and the app's stack and buffers (checked exactly after linking).
+CODE_BUDGET = 48 * 1024
+RAM_BUDGET = 12 * 1024
+
+
+@dataclass
+class Firmware:
+    elf: Path
+    build_id: str
+    sizes: "ElfSizes"
+
+
+@dataclass
+class ElfSizes:
+    rom_bytes: int  # everything the image puts in flash
+    ram_static_bytes: int  # .data + .bss (the arena included) + reserved stack/heap
+
+
+def _source_files() -> list[Path]:
+    files = [REPO / "CMakeLists.txt"]
+    for sub in ("firmware", "boards"):
+        files += sorted(p for p in (REPO / sub).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    return files
+
+
+def build_key(compiled: CompiledModel, board: Board) -> str:
+    h = hashlib.sha256(compiled.hash.encode() + board.name.encode())
+    for path in _source_files():
+        h.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def check_fits(compiled: CompiledModel, board: Board) -> None:
+    """Refuse, before building, a model that cannot fit the board."""
+    ram = board.ram_bytes
+    if compiled.plan.arena_size + RAM_BUDGET > ram:
+        raise DoesNotFitError(
+            f"model {compiled.graph.name} needs a {compiled.plan.arena_size / 1024:.1f} KiB activation arena "
+            f"(+ ~{RAM_BUDGET // 1024} KiB for stack and buffers), but {board.name} has {ram / 1024:.0f} KiB of RAM; "
+            "use a board with more RAM or a smaller model (fewer channels or a smaller input)"
+        )
+    flash = board.flash_bytes
+    if compiled.const_bytes + CODE_BUDGET > flash:
+        raise DoesNotFitError(
+            f"model {compiled.graph.name} has {compiled.const_bytes / 1024:.1f} KiB of weights and parameters "
+            f"(+ ~{CODE_BUDGET // 1024} KiB of code), but {board.name} has {flash / 1024:.0f} KiB of flash; "
+            "use a board with more flash or a smaller model"
+        )
+
+
+def _tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise ToolMissingError(f"{name} not found: run `make setup` (or sudo apt-get install {package})")
+    return path
+
+
+def build_firmware(compiled: CompiledModel, board: Board, verbose: bool = False) -> Firmware:
+    check_fits(compiled, board)
+    _tool("arm-none-eabi-gcc", "gcc-arm-none-eabi libnewlib-arm-none-eabi")
+    cmake = _tool("cmake", "cmake")
+    _tool("ninja", "ninja-build")
+    key = build_key(compiled, board)
+    out = BUILD_ROOT / board.name / key
+    elf = out / "microtile.elf"
+    if not elf.exists():
+        compiled.write(out / "model")
+        configure = [cmake, "-G", "Ninja", "-S", str(REPO), "-B", str(out),
+                     *firmware_cmake_args(board, out / "model", key)]
+        for cmd in (configure, [cmake, "--build", str(out)]):
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                log = proc.stdout[-3000:] + proc.stderr[-3000:]
+                if "overflowed" in log or "will not fit in region" in log:
+                    raise DoesNotFitError(
+                        f"model {compiled.graph.name} does not fit {board.name}: the linker says\n"
+                        + "\n".join(line for line in log.splitlines() if "overflow" in line or "fit in region" in line)
+                    )
+                raise BuildError(f"firmware build failed ({' '.join(cmd[:3])} ...):\n{log}")
+            if verbose:
+                print(proc.stdout)
+    return Firmware(elf, key, elf_sizes(elf, board))
+
+
+def elf_sizes(elf: Path, board: Board) -> ElfSizes:
+    """Flash and static RAM from the ELF's allocated sections, placed by address."""
+    from elftools.elf.constants import SH_FLAGS
+    from elftools.elf.elffile import ELFFile
+
+    rom = ram = 0
+    with open(elf, "rb") as f:
+        for sec in ELFFile(f).iter_sections():
+            if not sec["sh_flags"] & SH_FLAGS.SHF_ALLOC or sec["sh_size"] == 0:
+                continue
+            size, addr = sec["sh_size"], sec["sh_addr"]
+            in_ram = board.region_of(addr) == "ram"
+            if in_ram:
+                ram += size
+            if not in_ram or sec["sh_type"] != "SHT_NOBITS":
+                rom += size  # code, constants, and the initial values of .data
+    return ElfSizes(rom, ram)
