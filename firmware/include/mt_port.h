@@ -1,0 +1,57 @@
+/* Board port interface: what the device app needs from a board. One implementation
+ * per MCU family in firmware/ports/<port>/. */
+#ifndef MT_PORT_H
+#define MT_PORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Counter units reported over the link (INFO.counter_unit). */
+#define MT_COUNTER_UNIT_INSTRUCTIONS 0u /* QEMU: SysTick under -icount */
+#define MT_COUNTER_UNIT_CYCLES 1u       /* hardware: DWT CYCCNT */
+
+/* Clocks, UART, counter. Call once at boot, before anything else here. */
+void mt_port_init(void);
+
+/* Core clock in Hz (from the board YAML). */
+uint32_t mt_port_clock_hz(void);
+
+/* Write n bytes to the link UART; returns when all are queued in the UART. */
+void mt_port_uart_write(const uint8_t *data, size_t n);
+
+/* Read one byte from the link UART. Returns 1 and stores it in *byte, or 0 when
+ * nothing arrived within timeout_ms milliseconds of counter time
+ * (timeout_ms == 0: just poll once). */
+int mt_port_uart_read(uint8_t *byte, uint32_t timeout_ms);
+
+/* Wait until the UART has shifted out every byte (before a reset). */
+void mt_port_uart_flush(void);
+
+/* Raw 64-bit monotonic counter. Cheap, with a fixed instruction count, so the
+ * difference of two reads is exact after mt_port_counter_delta(). The raw scale is
+ * port specific: never interpret it directly. */
+uint64_t mt_port_counter_read(void);
+
+/* Counter units (instructions or cycles) between two raw reads, rounded to the
+ * nearest unit, with the counter's own interrupt handling subtracted. */
+uint64_t mt_port_counter_delta(uint64_t start, uint64_t end);
+
+/* MT_COUNTER_UNIT_INSTRUCTIONS or MT_COUNTER_UNIT_CYCLES. */
+uint32_t mt_port_counter_unit(void);
+
+/* Measurement trigger (a GPIO edge for a power probe); no-ops on QEMU. */
+void mt_port_trigger_set(void);
+void mt_port_trigger_clear(void);
+
+/* Stack region (for stack painting): [bottom, top). */
+uint8_t *mt_port_stack_bottom(void);
+uint8_t *mt_port_stack_top(void);
+
+/* Reset the MCU; does not return. */
+void mt_port_reset(void) __attribute__((noreturn));
+
+/* Called by the port when the CPU faults (HardFault etc.); the app reports it over
+ * the link and resets. pc is the faulting instruction, cause a short text. */
+void mt_app_fault(uint32_t pc, const char *cause) __attribute__((noreturn));
+
+#endif /* MT_PORT_H */

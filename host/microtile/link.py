@@ -1,0 +1,459 @@
+"""Host side of the device link (docs/protocol.md): COBS framing with CRC-32, and
+``DeviceLink``, the one owner of a board's serial port (``/dev/ttyACM*``) or of
+QEMU's UART socket (``socket://127.0.0.1:PORT``)."""
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import LinkError, LinkTimeoutError
+
+PROTO_VERSION = 1
+MAX_PAYLOAD = 512  # the firmware's MT_LINK_MAX_PAYLOAD; INFO reports the real value
+HEADER = struct.Struct("<BBH")  # type, seq, payload length
+CRC = struct.Struct("<I")
+
+CMD_INFO = 0x01
+CMD_WRITE_INPUT = 0x02
+CMD_INVOKE = 0x03
+CMD_READ_OUTPUT = 0x04
+CMD_READ_COUNTERS = 0x05
+CMD_RESET = 0x06
+CMD_CALIBRATE = 0x07
+CMD_ECHO = 0x08
+REPLY = 0x80
+FRAME_LOG = 0x70
+FRAME_ERROR = 0x7F
+
+ERROR_NAMES = {
+    1: "BAD_COBS",
+    2: "BAD_CRC",
+    3: "BAD_LENGTH",
+    4: "TOO_LONG",
+    5: "UNKNOWN_COMMAND",
+    6: "BAD_ARGUMENT",
+    7: "OUT_OF_RANGE",
+    8: "MODEL",
+    9: "FAULT",
+}
+COUNTER_UNITS = {0: "instructions", 1: "cycles"}
+
+COMMAND_NAMES = {
+    CMD_INFO: "INFO",
+    CMD_WRITE_INPUT: "WRITE_INPUT",
+    CMD_INVOKE: "INVOKE",
+    CMD_READ_OUTPUT: "READ_OUTPUT",
+    CMD_READ_COUNTERS: "READ_COUNTERS",
+    CMD_RESET: "RESET",
+    CMD_CALIBRATE: "CALIBRATE",
+    CMD_ECHO: "ECHO",
+}
+
+
+class FrameError(LinkError):
+    """A received frame that fails COBS, length or CRC checks."""
+
+
+class DeviceError(LinkError):
+    """The device answered with an ERROR frame."""
+
+    def __init__(self, code: int, command: int, message: str):
+        name = ERROR_NAMES.get(code, f"code {code}")
+        cmd = COMMAND_NAMES.get(command, f"0x{command:02x}") if command else "frame"
+        super().__init__(f"device error {name} on {cmd}: {message}")
+        self.code = code
+        self.code_name = name
+        self.command = command
+        self.device_message = message
+
+
+# ---- COBS, CRC, frames ----
+
+def cobs_encode(data: bytes) -> bytes:
+    """Consistent Overhead Byte Stuffing: the result has no 0x00 bytes."""
+    out = bytearray()
+    start = 0
+    n = len(data)
+    while True:
+        run = 0
+        while start + run < n and run < 254 and data[start + run] != 0:
+            run += 1
+        out.append(run + 1)
+        out += data[start:start + run]
+        start += run
+        if run == 254:
+            if start == n:
+                break
+            continue  # a full block carries no implied zero
+        if start >= n:
+            break
+        start += 1  # the zero the code byte stands for
+    return bytes(out)
+
+
+def cobs_decode(data: bytes) -> bytes:
+    """Inverse of cobs_encode; raises FrameError on malformed input."""
+    out = bytearray()
+    i = 0
+    n = len(data)
+    while i < n:
+        code = data[i]
+        i += 1
+        if code == 0:
+            raise FrameError("COBS: zero byte inside a frame")
+        run = code - 1
+        if run > n - i:
+            raise FrameError("COBS: block runs past the end of the frame (truncated)")
+        block = data[i:i + run]
+        if 0 in block:
+            raise FrameError("COBS: zero byte inside a frame")
+        out += block
+        i += run
+        if code != 0xFF and i < n:
+            out.append(0)
+    return bytes(out)
+
+
+def crc32(data: bytes) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class Frame:
+    type: int
+    seq: int
+    payload: bytes
+
+
+def build_frame(ftype: int, seq: int, payload: bytes = b"", max_payload: int = MAX_PAYLOAD) -> bytes:
+    """Encoded frame including the trailing 0x00 delimiter."""
+    if len(payload) > max_payload:
+        raise LinkError(f"payload of {len(payload)} bytes exceeds the {max_payload}-byte frame limit; chunk it")
+    body = HEADER.pack(ftype & 0xFF, seq & 0xFF, len(payload)) + bytes(payload)
+    return cobs_encode(body + CRC.pack(crc32(body))) + b"\x00"
+
+
+def parse_frame(encoded: bytes) -> Frame:
+    """Decode one frame given without its delimiter; checks length and CRC."""
+    raw = cobs_decode(encoded)
+    if len(raw) < HEADER.size + CRC.size:
+        raise FrameError(f"frame of {len(raw)} bytes is shorter than header + CRC")
+    body, (crc,) = raw[:-CRC.size], CRC.unpack(raw[-CRC.size:])
+    if crc32(body) != crc:
+        raise FrameError(f"CRC mismatch (got 0x{crc:08x}, computed 0x{crc32(body):08x})")
+    ftype, seq, length = HEADER.unpack(body[:HEADER.size])
+    if length != len(body) - HEADER.size:
+        raise FrameError(f"length field {length} does not match the {len(body) - HEADER.size}-byte payload")
+    return Frame(ftype, seq, body[HEADER.size:])
+
+
+def max_encoded_size(max_payload: int) -> int:
+    """Longest encoded frame (without delimiter) for a payload limit."""
+    raw = HEADER.size + max_payload + CRC.size
+    return raw + raw // 254 + 1
+
+
+class FrameDecoder:
+    """Splits a byte stream at 0x00 delimiters. ``feed`` returns Frames and, for
+    garbled input, FrameError instances (not raised: the stream goes on)."""
+
+    def __init__(self, max_encoded: int = max_encoded_size(MAX_PAYLOAD)):
+        self.max_encoded = max_encoded
+        self._buf = bytearray()
+        self._overflow = False
+
+    def feed(self, data: bytes) -> list[Frame | FrameError]:
+        out: list[Frame | FrameError] = []
+        for chunk_end in _split_keep(data):
+            piece, delimited = chunk_end
+            if not self._overflow:
+                self._buf += piece
+                if len(self._buf) > self.max_encoded:
+                    self._overflow = True
+                    self._buf.clear()
+            if delimited:
+                if self._overflow:
+                    out.append(FrameError(f"frame longer than {self.max_encoded} encoded bytes"))
+                elif self._buf:
+                    try:
+                        out.append(parse_frame(bytes(self._buf)))
+                    except FrameError as exc:
+                        out.append(exc)
+                self._buf.clear()
+                self._overflow = False
+        return out
+
+    def pending(self) -> int:
+        return len(self._buf)
+
+
+def _split_keep(data: bytes) -> list[tuple[bytes, bool]]:
+    parts = bytes(data).split(b"\x00")
+    return [(p, i < len(parts) - 1) for i, p in enumerate(parts)]
+
+
+# ---- decoded replies ----
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    proto_version: int
+    counter_unit: str
+    max_payload: int
+    clock_hz: int
+    model_hash: int
+    arena_size: int
+    stack_size: int
+    num_layers: int
+    max_layers: int
+    model_arena_size: int
+    input_sizes: list[int]
+    output_sizes: list[int]
+    build_id: str
+    model_name: str
+    board: str
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.input_sizes)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.output_sizes)
+
+
+@dataclass(frozen=True)
+class Counters:
+    unit: str
+    layers: list[int]  # per layer, last invoke
+    total: int  # sum of layers
+    stack_bytes: int  # max stack used during the last INVOKE (stack painting)
+    invokes: int  # N of the last INVOKE (0: none yet)
+
+
+def parse_info(p: bytes) -> DeviceInfo:
+    if len(p) < 32:
+        raise LinkError(f"INFO reply of {len(p)} bytes is too short; firmware and host versions differ?")
+    (ver, unit, max_payload, clock, mhash, arena, stack, n_in, n_out, n_layers, max_layers,
+     model_arena) = struct.unpack_from("<BBHIIIIHHHHI", p, 0)
+    if ver != PROTO_VERSION:
+        raise LinkError(f"device speaks protocol v{ver}, host v{PROTO_VERSION}: rebuild the firmware")
+    off = 32
+    sizes = list(struct.unpack_from(f"<{n_in + n_out}I", p, off))
+    off += 4 * (n_in + n_out)
+    strings = []
+    for _ in range(3):
+        n = p[off]
+        strings.append(p[off + 1:off + 1 + n].decode("utf-8", "replace"))
+        off += 1 + n
+    return DeviceInfo(ver, COUNTER_UNITS.get(unit, f"unit{unit}"), max_payload, clock, mhash, arena, stack,
+                      n_layers, max_layers, model_arena, sizes[:n_in], sizes[n_in:], *strings)
+
+
+# ---- the link ----
+
+class DeviceLink:
+    """Request/response client for the microtile device app.
+
+    ``port`` is any pyserial-like object (read(n) honouring .timeout, write, close);
+    use ``DeviceLink.open(url)`` for a URL or device path."""
+
+    def __init__(self, port: Any, timeout: float = 5.0, name: str = "",
+                 on_log: Callable[[str], None] | None = None):
+        self.port = port
+        self.timeout = timeout
+        self.name = name or getattr(port, "name", None) or getattr(port, "port", None) or "device"
+        self.on_log = on_log
+        self.logs: list[str] = []
+        self.stale_frames = 0
+        self._decoder = FrameDecoder()
+        self._pending: list[Frame | FrameError] = []
+        self._seq = 0
+        self._info: DeviceInfo | None = None
+        self._max_payload = MAX_PAYLOAD
+
+    @classmethod
+    def open(cls, target: str | Any, baudrate: int = 115200, timeout: float = 5.0,
+             **kwargs: Any) -> "DeviceLink":
+        """``target``: ``socket://host:port``, ``/dev/ttyACM0``, or an open serial object."""
+        if not isinstance(target, str):
+            return cls(target, timeout=timeout, **kwargs)
+        import serial
+
+        try:
+            port = serial.serial_for_url(target, baudrate=baudrate, timeout=0.05, write_timeout=timeout)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise LinkError(f"cannot open {target}: {exc}; check the board is connected (or QEMU is running) "
+                            "and that no other program holds the port") from None
+        return cls(port, timeout=timeout, name=target, **kwargs)
+
+    # -- context manager --
+    def __enter__(self) -> "DeviceLink":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.port.close()
+        except Exception:  # closing a dead socket must not mask the real error
+            pass
+
+    # -- raw frames --
+    def send_raw(self, data: bytes) -> None:
+        """Write bytes as they are (tests use this to send garbled frames)."""
+        try:
+            self.port.write(data)
+            flush = getattr(self.port, "flush", None)
+            if flush:
+                flush()
+        except Exception as exc:
+            raise LinkError(f"writing to {self.name} failed: {exc}; the board or QEMU went away") from None
+
+    def send_frame(self, ftype: int, seq: int, payload: bytes = b"") -> None:
+        # A leading 0x00 ends any half-received garbage on the device first.
+        self.send_raw(b"\x00" + build_frame(ftype, seq, payload, self._max_payload))
+
+    def receive(self, timeout: float | None = None, what: str = "a frame") -> Frame | FrameError:
+        """Next frame (or FrameError for a garbled one); LOG frames are collected."""
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while True:
+            while self._pending:
+                item = self._pending.pop(0)
+                if isinstance(item, Frame) and item.type == FRAME_LOG:
+                    text = item.payload.decode("utf-8", "replace")
+                    self.logs.append(text)
+                    if self.on_log:
+                        self.on_log(text)
+                    continue
+                return item
+            if time.monotonic() >= deadline:
+                raise LinkTimeoutError(
+                    f"board stopped answering after {limit:.1f} s: no reply to {what} on {self.name}. "
+                    "Check that the board runs microtile firmware and is not stuck (reset it or restart "
+                    "QEMU), or raise the time-out for long invokes")
+            try:
+                data = self.port.read(max(1, getattr(self.port, "in_waiting", 0) or 1))
+            except Exception as exc:
+                raise LinkError(f"reading from {self.name} failed: {exc}; the board or QEMU went away") from None
+            if data:
+                self._pending.extend(self._decoder.feed(data))
+
+    def _next_seq(self) -> int:
+        self._seq = self._seq % 255 + 1  # 1..255; 0 marks unsolicited frames
+        return self._seq
+
+    def request(self, cmd: int, payload: bytes = b"", timeout: float | None = None) -> bytes:
+        """Send one command, return the reply payload. Device ERROR frames raise
+        DeviceError; replies to earlier (timed-out) requests are skipped."""
+        seq = self._next_seq()
+        name = COMMAND_NAMES.get(cmd, f"command 0x{cmd:02x}")
+        self.send_frame(cmd, seq, payload)
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            item = self.receive(remaining, what=f"{name} (seq {seq})")
+            if isinstance(item, FrameError):
+                raise LinkError(f"garbled reply to {name} from {self.name}: {item}; "
+                                "check the baud rate and cable, then retry")
+            if item.type == FRAME_ERROR:
+                code, command = struct.unpack_from("<HB", item.payload.ljust(3, b"\0"))
+                err = DeviceError(code, command, item.payload[3:].decode("utf-8", "replace"))
+                if item.seq in (seq, 0):
+                    raise err
+                self.stale_frames += 1
+                continue
+            if item.seq != seq:
+                self.stale_frames += 1  # a late reply to an earlier request
+                continue
+            if item.type != cmd | REPLY:
+                raise LinkError(f"{name} (seq {seq}) got a reply of type 0x{item.type:02x}; "
+                                "host and firmware disagree on the protocol: rebuild the firmware")
+            return item.payload
+
+    # -- commands --
+    def info(self, timeout: float | None = None) -> DeviceInfo:
+        info = parse_info(self.request(CMD_INFO, timeout=timeout))
+        self._info = info
+        self._max_payload = info.max_payload
+        return info
+
+    def _ensure_info(self) -> DeviceInfo:
+        return self._info if self._info is not None else self.info()
+
+    def write_input(self, index: int, data: bytes) -> None:
+        info = self._ensure_info()
+        if not 0 <= index < info.num_inputs:
+            raise LinkError(f"input index {index} out of range: the model has {info.num_inputs} inputs")
+        if len(data) != info.input_sizes[index]:
+            raise LinkError(f"input {index} takes {info.input_sizes[index]} bytes, got {len(data)}")
+        chunk = info.max_payload - 6
+        for off in range(0, len(data), chunk):
+            self.request(CMD_WRITE_INPUT, struct.pack("<HI", index, off) + bytes(data[off:off + chunk]))
+
+    def invoke(self, n: int = 1, timeout: float | None = None) -> int:
+        """Run the model n times; returns the counter total of the last run."""
+        if n < 1:
+            raise LinkError("invoke count must be >= 1")
+        payload = self.request(CMD_INVOKE, struct.pack("<I", n), timeout=timeout)
+        _, total = struct.unpack("<IQ", payload[:12])
+        return total
+
+    def read_output(self, index: int) -> bytes:
+        info = self._ensure_info()
+        if not 0 <= index < info.num_outputs:
+            raise LinkError(f"output index {index} out of range: the model has {info.num_outputs} outputs")
+        size = info.output_sizes[index]
+        out = bytearray()
+        while len(out) < size:
+            n = min(info.max_payload, size - len(out))
+            part = self.request(CMD_READ_OUTPUT, struct.pack("<HIH", index, len(out), n))
+            if len(part) != n:
+                raise LinkError(f"READ_OUTPUT returned {len(part)} bytes, asked for {n}")
+            out += part
+        return bytes(out)
+
+    def read_counters(self) -> Counters:
+        layers: list[int] = []
+        while True:
+            p = self.request(CMD_READ_COUNTERS, struct.pack("<H", len(layers)))
+            unit, _, num_layers, first, count, invokes, stack, total = struct.unpack_from("<BBHHHIIQ", p, 0)
+            if first != len(layers):
+                raise LinkError(f"READ_COUNTERS answered from layer {first}, asked for {len(layers)}")
+            layers += struct.unpack_from(f"<{count}Q", p, 24)
+            if len(layers) >= num_layers or count == 0:
+                return Counters(COUNTER_UNITS.get(unit, f"unit{unit}"), layers, total, stack, invokes)
+
+    def calibrate(self, iterations: int) -> int:
+        """Counter units measured for a loop of exactly 2 * iterations instructions."""
+        p = self.request(CMD_CALIBRATE, struct.pack("<I", iterations), timeout=max(self.timeout, 30.0))
+        return struct.unpack_from("<Q", p, 0)[0]
+
+    def echo(self, payload: bytes) -> bytes:
+        return self.request(CMD_ECHO, payload)
+
+    def reset(self, timeout: float | None = None) -> DeviceInfo:
+        """Reset the MCU and wait until the app answers INFO again."""
+        self.request(CMD_RESET)
+        return self.wait_ready(self.timeout if timeout is None else timeout)
+
+    def wait_ready(self, timeout: float) -> DeviceInfo:
+        """Poll INFO until the device answers (after boot or reset)."""
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                return self.info(timeout=min(0.5, max(0.05, deadline - time.monotonic())))
+            except LinkTimeoutError as exc:
+                last = exc
+            except (DeviceError, FrameError) as exc:  # noise from a half-booted device
+                last = exc
+            except LinkError as exc:
+                last = exc
+        raise LinkTimeoutError(f"board stopped answering after {timeout:.1f} s: no INFO reply on {self.name} "
+                               f"({last}). Check the firmware booted (QEMU log, or reset the board)")
