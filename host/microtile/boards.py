@@ -82,6 +82,22 @@ class Board:
         return self.memories.get("ccm")
 
     @property
+    def flash_bytes(self) -> int:
+        return self.flash.size
+
+    @property
+    def ram_bytes(self) -> int:
+        """SRAM for stack, .data, .bss and the arena (CCM not included)."""
+        return self.ram.size
+
+    def region_of(self, addr: int) -> str | None:
+        """Name of the memory region ("flash", "ram", "ccm") holding addr, or None."""
+        for region in self.memories.values():
+            if region.origin <= addr < region.end:
+                return region.name
+        return None
+
+    @property
     def is_emulated(self) -> bool:
         return self.emulator is not None
 
@@ -105,9 +121,14 @@ def _aliases() -> dict[str, str]:
     return out
 
 
-def list_boards() -> list[str]:
+def board_names() -> list[str]:
     """Names of the boards in boards/ (aliases not included)."""
     return list(_board_files())
+
+
+def list_boards() -> list[Board]:
+    """Every board in boards/, loaded, sorted by name."""
+    return [load_board(name) for name in board_names()]
 
 
 def _int(data: dict[str, Any], key: str, where: str) -> int:
@@ -240,7 +261,7 @@ def _main(argv: list[str]) -> int:
             print(f'set({key} "{value}")')
         return 0
     if len(argv) == 1 and argv[0] == "list":
-        print("\n".join(list_boards()))
+        print("\n".join(board_names()))
         return 0
     print("usage: python -m microtile.boards cmake BOARD | list", file=sys.stderr)
     return 2
