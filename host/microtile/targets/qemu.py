@@ -100,6 +100,8 @@ class QemuTarget:
         self.stop()
 
     def start(self) -> None:
+        assert self.board.emulator is not None
+        self.qemu = self.qemu or find_qemu(self.board.emulator.program)
         if not self.elf.is_file():
             raise BoardNotFoundError(f"firmware {self.elf} not found; build it first")
         try:
