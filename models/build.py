@@ -3,8 +3,8 @@
     python -m microtile_models.build OUTDIR [--only NAME ...] [--seed N] [--float-io] [--list]
 
 ``zoo_model_bytes(name)`` is the function tests use: it builds a model once and
-caches the bytes under ``build/zoo/`` keyed by a hash of the zoo's own sources, so
-editing any builder invalidates the cache.
+caches the bytes under ``build/zoo/`` keyed by a hash of the zoo's sources and the
+writer's, so editing any builder invalidates the cache.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from microtile.errors import MicrotileError
+from microtile.tflite_format import write_tflite
 
 from . import zoo
-from .tflite_writer import write_tflite
 
 _PKG_DIR = Path(__file__).resolve().parent
 CACHE_DIR = Path(os.environ.get("MICROTILE_ZOO_CACHE", _PKG_DIR.parent / "build" / "zoo"))
@@ -26,8 +26,10 @@ CACHE_DIR = Path(os.environ.get("MICROTILE_ZOO_CACHE", _PKG_DIR.parent / "build"
 
 @lru_cache(maxsize=1)
 def _source_hash() -> str:
+    import microtile.tflite_format as writer
+
     h = hashlib.sha256()
-    for path in sorted(_PKG_DIR.glob("*.py")):
+    for path in sorted(_PKG_DIR.glob("*.py")) + [Path(writer.__file__)]:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]

@@ -130,9 +130,9 @@ class FloatNet:
     def random_inputs(self, count: int, tid: int | None = None, seed: int | None = None) -> np.ndarray:
         """``count`` float inputs in the input's declared range.
 
-        Images / spectrograms (rank 4) get a smooth component (a coarse random grid,
-        nearest-upsampled) plus noise, so global features differ between inputs the
-        way they do for real data; other inputs are uniform noise.
+        Images / spectrograms (rank 4) mix a per-input level, a smooth component (a
+        coarse random grid, nearest-upsampled) and noise, so global features differ
+        between inputs the way they do for real data; other inputs are uniform noise.
         """
         t = self.tensors[self.inputs[0] if tid is None else tid]
         assert t.input_range is not None
@@ -144,7 +144,8 @@ class FloatNet:
             h, w = shape[1], shape[2]
             coarse = rng.uniform(-1.0, 1.0, size=(count, -(-h // 4), -(-w // 4), shape[3]))
             smooth = coarse.repeat(4, axis=1).repeat(4, axis=2)[:, :h, :w, :]
-            u = 0.6 * smooth + 0.4 * u
+            level = rng.uniform(-1.0, 1.0, size=(count, 1, 1, shape[3]))
+            u = 0.3 * level + 0.4 * smooth + 0.3 * u
         return (lo + (hi - lo) * (u + 1.0) / 2.0).astype(np.float32)
 
     def output(self, x: int) -> None:
