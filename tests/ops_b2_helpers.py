@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 
+import importlib
+
+import microtile.ops
 from microtile.ir import Graph, Operator, Quant, Tensor
 from microtile.native import NativeModel
 from microtile.ops import kernel_for
 from microtile.reference import run_reference
 from microtile.tflite_format import write_tflite
+
+
+# kernel_for() only loads the operator families while the registry is empty; a test
+# module that imports one family directly would hide the others. Load them all.
+for _family in microtile.ops._FAMILIES:
+    try:
+        importlib.import_module(f"microtile.ops.{_family}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"microtile.ops.{_family}":
+            raise
 
 
 def quant(scale: float, zero_point: int) -> Quant:
