@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .boards import Board, firmware_cmake_args
+from .boards import Board, firmware_configure_command
 from .codegen import CompiledModel
 from .errors import BuildError, DoesNotFitError, ToolMissingError
 
@@ -83,8 +83,7 @@ def build_firmware(compiled: CompiledModel, board: Board, verbose: bool = False)
     elf = out / "microtile.elf"
     if not elf.exists():
         compiled.write(out / "model")
-        configure = [cmake, "-G", "Ninja", "-S", str(REPO), "-B", str(out),
-                     *firmware_cmake_args(board, out / "model", key)]
+        configure = firmware_configure_command(board, out / "model", key, out, cmake=cmake)
         for cmd in (configure, [cmake, "--build", str(out)]):
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
