@@ -416,7 +416,7 @@ int main(void)
     }
     for (;;) {
         uint8_t byte;
-        if (!mt_port_uart_read(&byte, 0)) {
+        if (!mt_port_uart_read(&byte, 1000)) {
             continue;
         }
         size_t len = 0;

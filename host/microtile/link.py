@@ -337,11 +337,31 @@ class DeviceLink:
                     "Check that the board runs microtile firmware and is not stuck (reset it or restart "
                     "QEMU), or raise the time-out for long invokes")
             try:
-                data = self.port.read(max(1, getattr(self.port, "in_waiting", 0) or 1))
+                data = self._read_available()
             except Exception as exc:
                 raise LinkError(f"reading from {self.name} failed: {exc}; the board or QEMU went away") from None
             if data:
                 self._pending.extend(self._decoder.feed(data))
+
+    def _read_available(self) -> bytes:
+        """Block up to the port's short timeout for one byte, then take whatever else
+        has arrived, so a reply is not read byte by byte."""
+        data = self.port.read(1)
+        if not data:
+            return b""
+        sock = getattr(self.port, "_socket", None)  # pyserial socket://: in_waiting is only 0/1
+        if sock is not None:
+            import select
+
+            chunks = [data]
+            while select.select([sock], [], [], 0)[0]:
+                more = sock.recv(65536)
+                if not more:
+                    break
+                chunks.append(more)
+            return b"".join(chunks)
+        waiting = getattr(self.port, "in_waiting", 0)
+        return data + self.port.read(waiting) if waiting else data
 
     def _next_seq(self) -> int:
         self._seq = self._seq % 255 + 1  # 1..255; 0 marks unsolicited frames

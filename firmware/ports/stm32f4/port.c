@@ -38,6 +38,9 @@
 #define USART_SR_TC (1u << 6)
 #define USART_SR_TXE (1u << 7)
 #define USART_CR1_RE (1u << 2)
+#define USART_CR1_RXNEIE (1u << 5)
+#define NVIC_ISER1 REG32(0xE000E104u)
+#define MT_USART2_IRQN 38u
 #define USART_CR1_TE (1u << 3)
 #define USART_CR1_UE (1u << 13)
 
@@ -137,7 +140,28 @@ static void mt_uart_init(void)
     GPIOA_MODER = (GPIOA_MODER & ~(0xFu << 4)) | (0xAu << 4);
     GPIOA_AFRL = (GPIOA_AFRL & ~(0xFFu << 8)) | (0x77u << 8);
     USART2_BRR = (MT_APB1_HZ + MT_UART_BAUD / 2u) / MT_UART_BAUD;
-    USART2_CR1 = USART_CR1_UE | USART_CR1_TE | USART_CR1_RE;
+    USART2_CR1 = USART_CR1_UE | USART_CR1_TE | USART_CR1_RE | USART_CR1_RXNEIE;
+    NVIC_ISER1 = 1u << (MT_USART2_IRQN - 32u);
+}
+
+/* RX ring buffer filled by the USART2 interrupt, so the CPU can sleep in WFI while
+ * it waits for the host (and QEMU's I/O thread is not slowed by SR polling). */
+#define MT_RX_RING 1024u
+static volatile uint8_t mt_rx_ring[MT_RX_RING];
+static volatile uint32_t mt_rx_head, mt_rx_tail;
+
+void USART2_IRQHandler(void);
+void USART2_IRQHandler(void)
+{
+    uint32_t sr = USART2_SR;
+    if (sr & (USART_SR_RXNE | USART_SR_ORE)) {
+        uint8_t b = (uint8_t)USART2_DR; /* clears RXNE (and ORE after the SR read) */
+        uint32_t head = mt_rx_head;
+        if ((sr & USART_SR_RXNE) && head - mt_rx_tail < MT_RX_RING) {
+            mt_rx_ring[head % MT_RX_RING] = b;
+            mt_rx_head = head + 1u;
+        }
+    }
 }
 
 void mt_port_init(void)
@@ -166,15 +190,22 @@ int mt_port_uart_read(uint8_t *byte, uint32_t timeout_ms)
     uint64_t start = timeout_ms ? mt_port_counter_read() : 0u;
     uint64_t limit = (uint64_t)timeout_ms * (MT_CLOCK_HZ / 1000u);
     for (;;) {
-        uint32_t sr = USART2_SR;
-        if (sr & (USART_SR_RXNE | USART_SR_ORE)) {
-            /* reading DR clears RXNE and, after the SR read, ORE */
-            *byte = (uint8_t)USART2_DR;
-            if (sr & USART_SR_RXNE) {
-                return 1;
-            }
+        __asm volatile("cpsid i" ::: "memory");
+        if (mt_rx_head != mt_rx_tail) {
+            uint32_t tail = mt_rx_tail;
+            *byte = mt_rx_ring[tail % MT_RX_RING];
+            mt_rx_tail = tail + 1u;
+            __asm volatile("cpsie i" ::: "memory");
+            return 1;
         }
-        if (timeout_ms == 0 || mt_port_counter_delta(start, mt_port_counter_read()) >= limit) {
+        if (timeout_ms == 0) {
+            __asm volatile("cpsie i" ::: "memory");
+            return 0;
+        }
+        /* sleep until an interrupt (a byte, or a SysTick wrap); WFI wakes on a pending
+         * interrupt even with PRIMASK set, so no byte slips in between */
+        __asm volatile("wfi\n\tcpsie i" ::: "memory");
+        if (mt_port_counter_delta(start, mt_port_counter_read()) >= limit) {
             return 0;
         }
     }

@@ -10,6 +10,7 @@ void Reset_Handler(void);
 void Default_Handler(void);
 void HardFault_Handler(void);
 void SysTick_Handler(void); /* mt_systick.S */
+void USART2_IRQHandler(void); /* port.c */
 
 #define MT_SCB_CPACR (*(volatile uint32_t *)0xE000ED88u)
 
@@ -68,7 +69,6 @@ void Default_Handler(void)
 typedef void (*mt_vector)(void);
 
 #define MT_X10(h) h, h, h, h, h, h, h, h, h, h
-#define MT_X80(h) MT_X10(h), MT_X10(h), MT_X10(h), MT_X10(h), MT_X10(h), MT_X10(h), MT_X10(h), MT_X10(h)
 
 __attribute__((section(".isr_vector"), used)) const mt_vector mt_vectors[16 + MT_NUM_IRQS] = {
     (mt_vector)(uintptr_t)&_estack,
@@ -84,6 +84,12 @@ __attribute__((section(".isr_vector"), used)) const mt_vector mt_vectors[16 + MT
     0,
     Default_Handler,   /* PendSV */
     SysTick_Handler,
-    /* external interrupts: none used (the UART is polled) */
-    MT_X80(Default_Handler), Default_Handler, Default_Handler,
+    /* external interrupts 0..81; only USART2 (38) is used */
+    MT_X10(Default_Handler), MT_X10(Default_Handler), MT_X10(Default_Handler), /* 0..29 */
+    Default_Handler, Default_Handler, Default_Handler, Default_Handler,        /* 30..33 */
+    Default_Handler, Default_Handler, Default_Handler, Default_Handler,        /* 34..37 */
+    USART2_IRQHandler,                                                         /* 38 */
+    Default_Handler,                                                           /* 39 */
+    MT_X10(Default_Handler), MT_X10(Default_Handler), MT_X10(Default_Handler), /* 40..69 */
+    MT_X10(Default_Handler), Default_Handler, Default_Handler,                 /* 70..81 */
 };

@@ -88,7 +88,7 @@ class QemuTarget:
         serials: list[str] = []
         for i in range(emu.serial_index):
             serials += ["-serial", "null"]
-        serials += ["-serial", f"tcp:127.0.0.1:{self.port},server=on,wait=off"]
+        serials += ["-serial", f"tcp:127.0.0.1:{self.port},server=on,wait=off,nodelay=on"]
         return [self.qemu or find_qemu(emu.program), "-M", emu.machine, "-nographic", "-monitor", "none",
                 "-icount", f"shift={emu.icount_shift}", "-kernel", str(self.elf), *serials, *self.extra_args]
 
