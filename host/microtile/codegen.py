@@ -216,6 +216,7 @@ const mt_model mt_model_def = {{
 
 #define MT_ARENA_SIZE {max(plan.arena_size, 8)}u
 #define MT_MODEL_HASH 0x{digest[:8]}u
+#define MT_NUM_LAYERS {len(device_ops)}u
 
 #endif
 """
