@@ -309,8 +309,8 @@ class HardSwish(_UnaryInt8):
         if p["output_multiplier_exponent"] > 0:
             (x,) = graph.op_inputs(op)
             (y,) = graph.op_outputs(op)
-            raise self.unsupported(op, f"output scale {y.scale} is smaller than input scale/128 ({x.scale}/128)",
-                                   "output scale >= input scale / 128, as TFLM requires")
+            raise self.unsupported(op, f"output scale {y.scale} is not above input scale / 128 ({x.scale}/128)",
+                                   "output scale > input scale / 128, as TFLM requires")
 
     def reference(self, op: Operator, graph: Graph, inputs: list[np.ndarray | None]) -> list[np.ndarray]:
         p = self.params(op, graph)
