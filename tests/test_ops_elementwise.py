@@ -207,3 +207,9 @@ def test_rejects_add_output_scale_tflm_cannot_represent():
     # 2*max(in)/(2^20*out) >= 1 aborts TFLM's QuantizeMultiplierSmallerThanOneExp
     _expect_unsupported(binary_graph("ADD", (4,), (4,), (4,), (1.0, 0), (1.0, 0), (1e-6, 0)),
                         "output scale .* too small")
+
+
+def test_macs_count_output_elements():
+    for opcode in ("ADD", "MUL"):
+        graph = binary_graph(opcode, (1, 4, 4, 8), (8,), (1, 4, 4, 8), (0.1, 0), (0.1, 0), (0.1, 0))
+        assert kernel_for(graph.operators[0]).macs(graph.operators[0], graph) == 128

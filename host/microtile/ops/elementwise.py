@@ -182,7 +182,9 @@ class Add(_BinaryInt8):
         return [np.broadcast_to(res, out.shape).astype(np.int8)]
 
     def macs(self, op: Operator, graph: Graph) -> int:
-        return 0
+        # one arithmetic op per output element, counted like MUL's
+        (out,) = graph.op_outputs(op)
+        return int(np.prod(out.shape, dtype=np.int64))
 
     def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
         ctx.include("mt_elementwise.h")
