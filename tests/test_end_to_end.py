@@ -111,3 +111,34 @@ def test_linker_overflow_is_reported_as_does_not_fit(monkeypatch):
     compiled = compile_model(load_tflite(write_tflite(_dense_graph(n_in, 2))))
     with pytest.raises(DoesNotFitError, match="does not fit"):
         build.build_firmware(compiled, board)
+
+
+def test_target_that_stops_answering_keeps_what_was_measured(tmp_path_factory, monkeypatch):
+    """QEMU frozen after two samples: the run ends with an error, not a hang, and the two
+    measured samples stay in the result."""
+    import os
+    import signal
+
+    from microtile.runner import run_model
+    from microtile.targets import qemu
+
+    started = []
+    original_enter = qemu.QemuTarget.__enter__
+
+    def enter(self):
+        target = original_enter(self)
+        target.link.timeout = 2.0
+        started.append(target)
+        return target
+
+    monkeypatch.setattr(qemu.QemuTarget, "__enter__", enter)
+
+    def freeze_after_two(done, total):
+        if done == 2:
+            os.kill(started[0].pid, signal.SIGSTOP)
+
+    model = _zoo_file(tmp_path_factory, "op_add")
+    result = run_model(model, "qemu", random=5, progress=freeze_after_two)
+    assert result.samples == 2 and len(result.layer_counts) == 2
+    assert result.error is not None and "answer" in result.error
+    assert result.to_json()["error"] == result.error
