@@ -20,6 +20,9 @@ from ..ir import Graph, Operator
 class EmitContext(Protocol):
     """What codegen offers an emitter while it writes one layer of model.c."""
 
+    kernels: str  # "reference" or "optimized": which kernel set the user asked for
+    board: object  # the target Board (core, DSP extension, flash size), or None for native builds
+
     def include(self, header: str) -> None:
         """#include "header" in model.c (headers live in firmware/include)."""
 
