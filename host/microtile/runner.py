@@ -88,15 +88,15 @@ def top1_of(output: np.ndarray) -> int:
 
 def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | None = None,
               random: int | None = None, labels: str | None = None, limit: int | None = None,
-              progress: Callable[[int, int], None] | None = None, probe: str | None = None) -> RunResult:
+              progress: Callable[[int, int], None] | None = None, probe: str | None = None,
+              kernels: str = "reference") -> RunResult:
     from .targets import open_target
 
     model_path = Path(model_path)
     graph = load_tflite(model_path)
     board = load_board(board_name)
-    compiled = compile_model(graph)
-    samples: list[Sample] = load_samples(graph, inputs, random if (inputs or labels) is None else None,
-                                         labels, limit)
+    compiled = compile_model(graph, kernels, board)
+    samples: list[Sample] = load_samples(graph, inputs, random, labels, limit)
     firmware = build_firmware(compiled, board)
     oracle = TflmOracle(model_path)
 
