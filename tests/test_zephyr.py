@@ -84,7 +84,7 @@ def test_west_resolves_the_import_to_the_allowlist():
         return yaml.safe_dump(upstream)
 
     m = _manifest(importer=importer)
-    assert calls == [("zephyr", "v4.2.0", "west.yml")] or calls[0][0] == "zephyr"
+    assert [(name, path) for name, _, path in calls] == [("zephyr", "west.yml")]
     names = {p.name: p for p in m.projects[1:]}
     assert set(names) == {"zephyr", "cmsis", "cmsis_6", "hal_stm32"}
     assert names["hal_stm32"].path == "modules/hal_stm32"
@@ -431,7 +431,6 @@ def test_zephyr_app_builds(small_model, board_name, tmp_path):
     fw = zephyr.build_zephyr(small_model, board, tmp_path)
     with open(fw.elf, "rb") as f:
         elf = ELFFile(f)
-        assert elf.get_symbol_table_by_name if True else None
         symbols = {s.name for s in elf.get_section_by_name(".symtab").iter_symbols()}
     assert {"main", "mt_port_counter_read", "mt_model_def", "k_sys_fatal_error_handler"} <= symbols
     assert 0 < fw.sizes.rom_bytes <= board.flash_bytes
