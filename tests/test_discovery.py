@@ -66,16 +66,17 @@ stack_size: 0x2000
 uart: {{name: USART2, baudrate: 115200}}
 counter: {{unit: cycles, source: dwt}}
 pyocd: {{target: {target}, pack: {pack}}}
+probe: {{board_id: "{board_id}"}}
 """
 BOARDS = {
     "nucleo_f446re": dict(desc="NUCLEO-F446RE", mcu="STM32F446RE", core="cortex-m4", clock=180000000,
-                          target="stm32f446retx", pack="true"),
+                          target="stm32f446retx", pack="true", board_id="0777"),
     "nucleo_f401re": dict(desc="NUCLEO-F401RE", mcu="STM32F401RE", core="cortex-m4", clock=84000000,
-                          target="stm32f401retx", pack="true"),
+                          target="stm32f401retx", pack="true", board_id="0720"),
     "nucleo_f429zi": dict(desc="NUCLEO-F429ZI", mcu="STM32F429ZI", core="cortex-m4", clock=180000000,
-                          target="stm32f429xi", pack="false"),
+                          target="stm32f429xi", pack="false", board_id="0796"),
     "nucleo_h743zi": dict(desc="NUCLEO-H743ZI", mcu="STM32H743ZI", core="cortex-m7", clock=480000000,
-                          target="stm32h743xx", pack="false"),
+                          target="stm32h743xx", pack="false", board_id="0813"),
 }
 
 
@@ -170,9 +171,12 @@ def test_stlink_v3_on_a_nucleo_144(monkeypatch, board_dir):
     probe = stlink_probe(monkeypatch, 0x374E, SER_V3, "0813")  # NUCLEO-H743ZI
     [a] = list_attached(probes=[probe], ports=[vcp("/dev/ttyACM0", SER_V3, pid=0x374E)])
     assert (a.board, a.port, a.board_info_name) == ("nucleo_h743zi", "/dev/ttyACM0", "NUCLEO-H743ZI")
+    assert a.board_id == "0813"
 
 
-def test_board_matching_by_name_revision_and_target(board_dir):
+def test_board_matching_by_id_name_revision_and_target(board_dir):
+    assert match_board(None, None, board_id="0796").name == "nucleo_f429zi"  # the YAML's probe.board_id
+    assert match_board("NUCLEO-F446RE", None, board_id="0796").name == "nucleo_f429zi"  # the id wins
     assert match_board("NUCLEO-F446RE", None).name == "nucleo_f446re"
     assert match_board("NUCLEO-H743ZI2", "stm32h743zitx").name == "nucleo_h743zi"  # board revision
     assert match_board(None, "stm32f429xi").name == "nucleo_f429zi"  # no name: the pyOCD target
@@ -329,3 +333,22 @@ def test_cli_udev_rules_and_probes():
     proc = subprocess.run([sys.executable, "-m", "microtile.cli", "probes"], capture_output=True, text=True)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "no debug probe found" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_every_nucleo_yaml_is_found_from_its_stlink_board_id():
+    """boards/*.yaml against pyOCD's board id table: the id an ST-LINK reports leads back
+    to the same YAML, by id and by the board name alone."""
+    from pyocd.board.board_ids import BOARD_ID_TO_INFO
+
+    from microtile.boards import list_boards
+    from microtile.discovery import is_probe_board, yaml_board_id
+
+    nucleos = [b for b in list_boards() if is_probe_board(b)]
+    if not nucleos:
+        pytest.skip("no board YAML with a pyocd: section in boards/ yet")
+    for b in nucleos:
+        bid = yaml_board_id(b)
+        assert bid in BOARD_ID_TO_INFO, f"{b.name}: probe.board_id {bid!r} is not an ST-LINK board id pyOCD knows"
+        info = BOARD_ID_TO_INFO[bid]
+        assert match_board(info.name, info.target, board_id=bid).name == b.name
+        assert match_board(info.name, info.target).name == b.name, info.name

@@ -68,6 +68,7 @@ class AttachedProbe:
     pyocd_target: str | None  # pyOCD target type for that board id, e.g. "stm32f446retx"
     port: str | None  # the VCP device, e.g. /dev/ttyACM0
     board: str | None  # the microtile board name it matched, e.g. nucleo_f446re
+    board_id: str | None = None  # the ST-LINK's 4-character board id, e.g. "0777"
 
     def describe(self) -> str:
         what = self.board_info_name or "unknown board"
@@ -90,6 +91,14 @@ def pyocd_config(board: Board) -> tuple[str | None, bool]:
     return (str(target) if target else None), bool(pack)
 
 
+def yaml_board_id(board: Board) -> str | None:
+    """The ST-LINK board id the YAML declares (``probe: {board_id: "0777"}``)."""
+    bid = getattr(board, "board_id", None)
+    if bid is None:
+        bid = (board.raw.get("probe") or {}).get("board_id")
+    return str(bid) if bid else None
+
+
 def is_probe_board(board: Board) -> bool:
     """True for boards flashed through a debug probe (they have a pyOCD target)."""
     return pyocd_config(board)[0] is not None
@@ -100,9 +109,13 @@ def _norm(name: str) -> str:
 
 
 def match_board(board_info_name: str | None, target: str | None,
-                boards: Sequence[Board] | None = None) -> Board | None:
-    """The board in boards/ for a probe's reported board name / pyOCD target."""
+                boards: Sequence[Board] | None = None, board_id: str | None = None) -> Board | None:
+    """The board in boards/ for a probe's reported board id, board name or pyOCD target."""
     candidates = [b for b in (boards if boards is not None else list_boards()) if is_probe_board(b)]
+    if board_id:
+        for b in candidates:
+            if (yaml_board_id(b) or "").upper() == board_id.upper():
+                return b
     if board_info_name:
         key = _norm(board_info_name)  # NUCLEO-F446RE -> nucleo_f446re
         for b in candidates:
@@ -148,16 +161,17 @@ def pyocd_probes() -> list[Any]:
     return list(ConnectHelper.get_all_connected_probes(blocking=False))
 
 
-def _board_info(probe: Any) -> tuple[str | None, str | None]:
-    """(board name, pyOCD target) from the probe's board id; (None, None) if unreadable
+def _board_info(probe: Any) -> tuple[str | None, str | None, str | None]:
+    """(board name, pyOCD target, board id) from the probe's board id; Nones if unreadable
     (an old ST-LINK firmware, or the probe is busy in another program)."""
     try:
+        board_id = getattr(probe, "board_id", None)  # StlinkProbe; other probes have none
         info = probe.associated_board_info
     except Exception:  # pyOCD/libusb errors: the probe is still usable for flashing
-        return None, None
+        return None, None, None
     if info is None:
-        return None, None
-    return info.name, info.target
+        return None, None, board_id
+    return info.name, info.target, board_id
 
 
 def list_attached(probes: Sequence[Any] | None = None, ports: Iterable[Any] | None = None,
@@ -171,14 +185,14 @@ def list_attached(probes: Sequence[Any] | None = None, ports: Iterable[Any] | No
     paired = pair_ports([p.unique_id for p in probes], ports)
     out = []
     for probe in probes:
-        name, target = _board_info(probe)
-        board = match_board(name, target, boards)
+        name, target, board_id = _board_info(probe)
+        board = match_board(name, target, boards, board_id)
         port = paired.get(probe.unique_id)
         out.append(AttachedProbe(
             unique_id=str(probe.unique_id), description=str(probe.description),
             vendor_name=str(probe.vendor_name or ""), product_name=str(probe.product_name or ""),
             board_info_name=name, pyocd_target=target, port=port.device if port is not None else None,
-            board=board.name if board else None))
+            board=board.name if board else None, board_id=board_id))
     return sorted(out, key=lambda a: a.unique_id)
 
 
@@ -361,6 +375,6 @@ def resolve_board(board: str, probe: str | None = None,
 __all__ = [
     "AmbiguousProbeError", "AttachedProbe", "GENERIC_BOARD", "MicrotileError", "PackMissingError",
     "ProbeNotFoundError", "ProbePermissionError", "inaccessible_stlinks", "is_permission_error",
-    "is_probe_board", "list_attached", "match_board", "pair_ports", "pyocd_config", "pyocd_probes",
+    "is_probe_board", "list_attached", "yaml_board_id", "match_board", "pair_ports", "pyocd_config", "pyocd_probes",
     "resolve_board", "select_attached", "stlink_ports", "udev_rules",
 ]

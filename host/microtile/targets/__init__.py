@@ -1,4 +1,5 @@
-"""Targets that run a firmware image and expose a DeviceLink: QEMU now, boards later."""
+"""Targets that run a firmware image and expose a DeviceLink: QEMU, and Nucleo boards
+through their ST-LINK (pyOCD flashing, virtual COM port)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,17 +8,45 @@ from typing import Any
 from ..boards import Board, load_board
 from ..errors import BoardNotFoundError
 
+# Defaults for every open_target call in this process, set once by front ends that
+# know them (the pytest plugin's --port/--baud); explicit arguments win.
+DEFAULTS: dict[str, Any] = {}
 
-def open_target(board: Board | str, firmware: Any, probe: str | None = None, **kwargs: Any):
+
+def configure(**defaults: Any) -> None:
+    """Set process-wide defaults for open_target (``port=``, ``baudrate=``, ``emulate=``);
+    None removes one."""
+    for key, value in defaults.items():
+        if value is None:
+            DEFAULTS.pop(key, None)
+        else:
+            DEFAULTS[key] = value
+
+
+def open_target(board: Board | str, firmware: Any, probe: str | None = None, *,
+                emulate: bool | None = None, **kwargs: Any):
     """A context manager with ``.link`` (a DeviceLink) for the board.
 
-    ``firmware`` is an ELF path or an object with an ``.elf`` attribute (build.Firmware)."""
+    ``firmware`` is an ELF path or an object with ``.elf`` and ``.build_id``
+    (build.Firmware). Boards flashed through a probe (a ``pyocd:`` section in their YAML)
+    run on the real board; boards that only have an ``emulator:`` run on it. A board with
+    both runs on hardware unless ``emulate=True``."""
+    from ..discovery import is_probe_board
+
     board = load_board(board) if isinstance(board, str) else board
     elf = Path(getattr(firmware, "elf", firmware))
-    if board.emulator is not None:
+    if emulate is None:
+        emulate = bool(DEFAULTS.get("emulate"))
+    on_hardware = is_probe_board(board) and not emulate
+    if not on_hardware:
+        if board.emulator is None:
+            raise BoardNotFoundError(f"board {board.name} has neither a pyOCD target nor an emulator in "
+                                     f"{board.path}; it cannot be run")
         from .qemu import QemuTarget
 
-        return QemuTarget(board, elf, **kwargs)
-    raise BoardNotFoundError(
-        f"board {board.name}: flashing real hardware is not implemented yet"
-        f"{' (probe ' + probe + ')' if probe else ''}; use --board qemu")
+        qemu_kwargs = {k: v for k, v in kwargs.items() if k not in ("port", "baudrate", "force_flash")}
+        return QemuTarget(board, elf, **qemu_kwargs)
+    from .nucleo import NucleoTarget
+
+    options = {**{k: v for k, v in DEFAULTS.items() if k != "emulate"}, **kwargs}
+    return NucleoTarget(board, elf, build_id=getattr(firmware, "build_id", None), probe=probe, **options)
