@@ -195,6 +195,16 @@ static void mt_cmd_info(uint8_t seq)
         p[n] = (uint8_t)len;
         n += 1u + len;
     }
+    /* appended in protocol v1 (older hosts ignore it), when it fits: the port's boot
+     * status bits and their text */
+    if (n + 5u <= MT_LINK_MAX_PAYLOAD) {
+        mt_put_u32(p + n, mt_port_status());
+        n += 4u;
+        uint32_t room = MT_LINK_MAX_PAYLOAD - n - 1u;
+        uint32_t len = mt_put_text(p + n + 1, room < 255u ? room : 255u, mt_port_status_text());
+        p[n] = (uint8_t)len;
+        n += 1u + len;
+    }
     mt_send(MT_CMD_INFO | MT_REPLY, seq, n);
 }
 
@@ -413,6 +423,9 @@ int main(void)
                 mt_model_def.name ? mt_model_def.name : "?");
     if (mt_model_problem) {
         mt_send_log("model problem: ", mt_model_problem);
+    }
+    if (mt_port_status() != 0) {
+        mt_send_log("port: ", mt_port_status_text());
     }
     for (;;) {
         uint8_t byte;

@@ -9,12 +9,34 @@
 /* Counter units reported over the link (INFO.counter_unit). */
 #define MT_COUNTER_UNIT_INSTRUCTIONS 0u /* QEMU: SysTick under -icount */
 #define MT_COUNTER_UNIT_CYCLES 1u       /* hardware: DWT CYCCNT */
+#define MT_COUNTER_UNIT_NONE 2u         /* no counter (a board image on QEMU: no DWT);
+                                           counts are 0 and mean "not available" */
+
+/* Boot status bits (mt_port_status): what the port could not set up. The firmware
+ * still serves the link; INFO and a boot LOG frame report them. */
+#define MT_PORT_FAIL_HSE 0x01u        /* HSE (ST-LINK MCO) did not start: PLL fed from HSI */
+#define MT_PORT_FAIL_PLL 0x02u        /* PLL did not lock: running on the reset clock */
+#define MT_PORT_FAIL_VOLTAGE 0x04u    /* voltage scaling / supply not ready: reset clock */
+#define MT_PORT_FAIL_OVERDRIVE 0x08u  /* over-drive not ready: reset clock */
+#define MT_PORT_FAIL_SWITCH 0x10u     /* system clock switch not confirmed: reset clock */
+#define MT_PORT_FAIL_FLASH 0x20u      /* flash wait states not accepted: reset clock */
+#define MT_PORT_FAIL_COUNTER 0x40u    /* no cycle counter (DWT CYCCNT does not count) */
+#define MT_PORT_FAIL_UART 0x80u       /* a UART transmit wait timed out */
+#define MT_PORT_FAIL_CLOCK 0x3Eu      /* any failure that left the reset clock running */
 
 /* Clocks, UART, counter. Call once at boot, before anything else here. */
 void mt_port_init(void);
 
-/* Core clock in Hz (from the board YAML). */
+/* Core clock in Hz actually running: the board YAML's clock_hz, or the reset clock
+ * when the clock tree could not be set up (see mt_port_status). */
 uint32_t mt_port_clock_hz(void);
+
+/* MT_PORT_FAIL_* bits, 0 when the board came up as configured. */
+uint32_t mt_port_status(void);
+
+/* mt_port_status() as short text, e.g. "pll-timeout; running on the reset clock";
+ * "ok" when it is 0. */
+const char *mt_port_status_text(void);
 
 /* Write n bytes to the link UART; returns when all are queued in the UART. */
 void mt_port_uart_write(const uint8_t *data, size_t n);
@@ -36,7 +58,7 @@ uint64_t mt_port_counter_read(void);
  * nearest unit, with the counter's own interrupt handling subtracted. */
 uint64_t mt_port_counter_delta(uint64_t start, uint64_t end);
 
-/* MT_COUNTER_UNIT_INSTRUCTIONS or MT_COUNTER_UNIT_CYCLES. */
+/* MT_COUNTER_UNIT_INSTRUCTIONS, MT_COUNTER_UNIT_CYCLES or MT_COUNTER_UNIT_NONE. */
 uint32_t mt_port_counter_unit(void);
 
 /* Measurement trigger (a GPIO edge for a power probe); no-ops on QEMU. */

@@ -39,7 +39,9 @@ ERROR_NAMES = {
     8: "MODEL",
     9: "FAULT",
 }
-COUNTER_UNITS = {0: "instructions", 1: "cycles"}
+# INFO/READ_COUNTERS counter unit byte. "none": the firmware has no working counter
+# (a board image on QEMU, where there is no DWT): its counts are 0 and mean "n/a".
+COUNTER_UNITS = {0: "instructions", 1: "cycles", 2: "none"}
 
 COMMAND_NAMES = {
     CMD_INFO: "INFO",
@@ -214,6 +216,8 @@ class DeviceInfo:
     build_id: str
     model_name: str
     board: str
+    port_status: int = 0  # MT_PORT_FAIL_* bits (firmware/include/mt_port.h); 0: board up as configured
+    port_status_text: str = ""  # e.g. "hse-timeout pll-timeout; running on the reset clock"
 
     @property
     def num_inputs(self) -> int:
@@ -248,8 +252,14 @@ def parse_info(p: bytes) -> DeviceInfo:
         n = p[off]
         strings.append(p[off + 1:off + 1 + n].decode("utf-8", "replace"))
         off += 1 + n
+    status, status_text = 0, ""
+    if len(p) >= off + 5:  # appended by newer firmware: port status u32 + text
+        status = struct.unpack_from("<I", p, off)[0]
+        n = p[off + 4]
+        status_text = p[off + 5:off + 5 + n].decode("utf-8", "replace")
     return DeviceInfo(ver, COUNTER_UNITS.get(unit, f"unit{unit}"), max_payload, clock, mhash, arena, stack,
-                      n_layers, max_layers, model_arena, sizes[:n_in], sizes[n_in:], *strings)
+                      n_layers, max_layers, model_arena, sizes[:n_in], sizes[n_in:], *strings,
+                      port_status=status, port_status_text=status_text)
 
 
 # ---- the link ----

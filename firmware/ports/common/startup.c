@@ -1,7 +1,9 @@
-/* STM32F4 startup: vector table, .data/.bss initialisation, FPU enable, faults. */
+/* Cortex-M startup shared by every bare-metal port: vector table (sized by the
+ * family's MT_NUM_IRQS, the link UART's handler at MT_UART_IRQN), .data/.bss
+ * initialisation, FPU enable, faults. */
 #include <stdint.h>
 
-#include "mt_port.h"
+#include "mt_port_common.h"
 
 extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, _estack;
 
@@ -9,8 +11,8 @@ int main(void);
 void Reset_Handler(void);
 void Default_Handler(void);
 void HardFault_Handler(void);
-void SysTick_Handler(void); /* mt_systick.S */
-void USART2_IRQHandler(void); /* port.c */
+void SysTick_Handler(void);     /* the counter part: counter_systick_icount_handler.S or counter_dwt.c */
+void mt_uart_irq_handler(void); /* port_common.c */
 
 #define MT_SCB_CPACR (*(volatile uint32_t *)0xE000ED88u)
 
@@ -64,13 +66,19 @@ void Default_Handler(void)
     mt_app_fault(0, "unexpected interrupt");
 }
 
-#define MT_NUM_IRQS 82 /* STM32F405/407 */
-
 typedef void (*mt_vector)(void);
 
-#define MT_X10(h) h, h, h, h, h, h, h, h, h, h
+/* External interrupt n: the link UART's handler or the default one. */
+#define MT_IRQ(n) ((n) == MT_UART_IRQN ? mt_uart_irq_handler : Default_Handler)
+#define MT_IRQ10(b) MT_IRQ((b) + 0), MT_IRQ((b) + 1), MT_IRQ((b) + 2), MT_IRQ((b) + 3), MT_IRQ((b) + 4), \
+                    MT_IRQ((b) + 5), MT_IRQ((b) + 6), MT_IRQ((b) + 7), MT_IRQ((b) + 8), MT_IRQ((b) + 9)
+/* the table holds MT_NUM_IRQS rounded up to tens (unused slots: Default_Handler) */
+#define MT_IRQ_SLOTS (((MT_NUM_IRQS) + 9) / 10 * 10)
+#if MT_IRQ_SLOTS > 160 || MT_UART_IRQN >= MT_NUM_IRQS
+#error "MT_NUM_IRQS / MT_UART_IRQN out of range for this vector table"
+#endif
 
-__attribute__((section(".isr_vector"), used)) const mt_vector mt_vectors[16 + MT_NUM_IRQS] = {
+__attribute__((section(".isr_vector"), used)) const mt_vector mt_vectors[16 + MT_IRQ_SLOTS] = {
     (mt_vector)(uintptr_t)&_estack,
     Reset_Handler,
     Default_Handler,   /* NMI */
@@ -84,12 +92,18 @@ __attribute__((section(".isr_vector"), used)) const mt_vector mt_vectors[16 + MT
     0,
     Default_Handler,   /* PendSV */
     SysTick_Handler,
-    /* external interrupts 0..81; only USART2 (38) is used */
-    MT_X10(Default_Handler), MT_X10(Default_Handler), MT_X10(Default_Handler), /* 0..29 */
-    Default_Handler, Default_Handler, Default_Handler, Default_Handler,        /* 30..33 */
-    Default_Handler, Default_Handler, Default_Handler, Default_Handler,        /* 34..37 */
-    USART2_IRQHandler,                                                         /* 38 */
-    Default_Handler,                                                           /* 39 */
-    MT_X10(Default_Handler), MT_X10(Default_Handler), MT_X10(Default_Handler), /* 40..69 */
-    MT_X10(Default_Handler), Default_Handler, Default_Handler,                 /* 70..81 */
+    MT_IRQ10(0), MT_IRQ10(10), MT_IRQ10(20), MT_IRQ10(30), MT_IRQ10(40), MT_IRQ10(50), MT_IRQ10(60),
+    MT_IRQ10(70),
+#if MT_IRQ_SLOTS > 80
+    MT_IRQ10(80),
+#endif
+#if MT_IRQ_SLOTS > 90
+    MT_IRQ10(90),
+#endif
+#if MT_IRQ_SLOTS > 100
+    MT_IRQ10(100), MT_IRQ10(110), MT_IRQ10(120), MT_IRQ10(130), MT_IRQ10(140),
+#endif
+#if MT_IRQ_SLOTS > 150
+    MT_IRQ10(150),
+#endif
 };
