@@ -13,21 +13,45 @@ from .errors import MicrotileError
 console = Console()
 
 
-def _print_run(result) -> None:
+def run_json(result) -> dict:
+    """The run's JSON; for cycle counts also the time at the board clock
+    (``clock_hz``, and ``time_us`` per layer and in total = cycles / clock_hz)."""
     data = result.to_json()
+    if data["counter_unit"] == "cycles":
+        # The clock the firmware reported (INFO) when the runner kept it, else the YAML's.
+        clock = getattr(result, "clock_hz", None) or result.board.clock_hz
+        data["clock_hz"] = clock
+        for entry in (*data["layers"], data["total"]):
+            entry["time_us"] = round(entry["cycles"] * 1e6 / clock, 3)
+    return data
+
+
+def _print_run(result) -> None:
+    data = run_json(result)
     unit = data["counter_unit"]
-    table = Table(title=f"{data['model']} on {data['board']} ({unit}; mean of {data['samples']} runs)")
+    timed = "clock_hz" in data
+    clock = f" at {data['clock_hz'] / 1e6:g} MHz" if timed else ""
+    what = unit if unit in ("instructions", "cycles") else "no counter"
+    table = Table(title=f"{data['model']} on {data['board']} ({what}{clock}; mean of {data['samples']} runs)")
     table.add_column("#", justify="right")
     table.add_column("op")
     table.add_column("MACs", justify="right")
-    table.add_column(unit, justify="right")
-    table.add_column(f"{unit}/MAC", justify="right")
+    counted = unit in ("instructions", "cycles")  # "none": the target has no counter (board image on QEMU)
+    label = unit if counted else "counts"
+    table.add_column(label, justify="right")
+    table.add_column(f"{label}/MAC", justify="right")
+    if timed:
+        table.add_column("time µs", justify="right")
+    def cells(entry: dict) -> list[str]:
+        if not counted:
+            return ["n/a", "-"]
+        per_mac = f"{entry[unit] / entry['macs']:.2f}" if entry["macs"] else "-"
+        return [f"{entry[unit]:,}", per_mac, *([f"{entry['time_us']:,.1f}"] if timed else [])]
+
     for layer in data["layers"]:
-        per_mac = f"{layer[unit] / layer['macs']:.2f}" if layer["macs"] else "-"
-        table.add_row(str(layer["index"]), layer["op"], f"{layer['macs']:,}", f"{layer[unit]:,}", per_mac)
+        table.add_row(str(layer["index"]), layer["op"], f"{layer['macs']:,}", *cells(layer))
     total = data["total"]
-    per_mac = f"{total[unit] / total['macs']:.2f}" if total["macs"] else "-"
-    table.add_row("", "total", f"{total['macs']:,}", f"{total[unit]:,}", per_mac, style="bold")
+    table.add_row("", "total", f"{total['macs']:,}", *cells(total), style="bold")
     console.print(table)
     ram, rom = data["ram"], data["rom"]
     console.print(
@@ -42,11 +66,42 @@ def _print_run(result) -> None:
         console.print(f"Top-1 {100 * data['top1']:.1f}% (TFLM reference kernels: {100 * data['tflm_top1']:.1f}%)")
     if unit == "instructions":
         console.print("[dim]Emulated run: counts are executed instructions (QEMU -icount), not cycles.[/dim]")
+    elif timed:
+        console.print(f"[dim]Counts are core clock cycles (DWT CYCCNT) on the board; time = cycles / "
+                      f"{data['clock_hz']:,} Hz.[/dim]")
+    elif not counted:
+        console.print("[dim]This target has no cycle counter (a board image on QEMU: no DWT); "
+                      "counts are unavailable, not zero.[/dim]")
+
+
+def _resolve_board(args) -> str:
+    """--board nucleo -> the attached Nucleo's board name (and its probe into args.probe);
+    --port/--baud become the hardware targets' defaults."""
+    from . import targets
+    from .discovery import resolve_board
+
+    emulate = bool(getattr(args, "emulate", False))
+    targets.configure(port=getattr(args, "port", None), baudrate=getattr(args, "baud", None),
+                      emulate=True if emulate else None)
+    if emulate:
+        from .boards import load_board
+
+        board = load_board(args.board)
+        if board.emulator is None:
+            raise MicrotileError(f"board {board.name} has no emulator: drop --emulate, or use --board qemu")
+        return board.name
+    name, device = resolve_board(args.board, args.probe)
+    if device is not None:
+        args.probe = device.unique_id
+        console.print(f"[dim]{name}: probe {device.unique_id} ({device.board_info_name or device.description}), "
+                      f"VCP {getattr(args, 'port', None) or device.port}[/dim]")
+    return name
 
 
 def cmd_run(args) -> int:
-    from .runner import run_model, write_json
+    from .runner import run_model
 
+    args.board = _resolve_board(args)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
         task = progress.add_task("running", total=None)
@@ -55,7 +110,10 @@ def cmd_run(args) -> int:
                            progress=lambda done, total: progress.update(task, completed=done, total=total))
     _print_run(result)
     if args.json:
-        write_json(result, args.json)
+        import json
+        from pathlib import Path
+
+        Path(args.json).write_text(json.dumps(run_json(result), indent=2) + "\n")
         console.print(f"wrote {args.json}")
     if result.error:
         console.print(f"[red]error after {result.samples} sample(s):[/red] {result.error}")
@@ -80,15 +138,52 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def cmd_probes(args) -> int:
+    from .discovery import list_attached
+
+    attached = list_attached()
+    if not attached:
+        from .discovery import select_attached
+
+        select_attached("nucleo", attached=[])  # raises with the reason (cable, udev rules)
+    table = Table(title="attached debug probes")
+    for col in ("unique id", "probe", "board (ST-LINK)", "pyOCD target", "VCP", "--board"):
+        table.add_column(col)
+    for a in attached:
+        table.add_row(a.unique_id, a.description, a.board_info_name or "-", a.pyocd_target or "-",
+                      a.port or "-", a.board or "-")
+    console.print(table)
+    return 0
+
+
+def cmd_udev_rules(args) -> int:
+    from .discovery import udev_rules
+
+    sys.stdout.write(udev_rules())
+    return 0
+
+
 def cmd_boards(args) -> int:
     from .boards import list_boards
 
-    table = Table(title="boards")
-    for col in ("name", "core", "clock", "flash", "RAM", "counts"):
+    table = Table(title="boards (boards/*.yaml)")
+    for col in ("name", "MCU", "core", "clock", "flash", "RAM", "VCP UART", "counts", "pyOCD target", "emulator"):
         table.add_column(col)
     for b in list_boards():
-        table.add_row(b.name, b.core, f"{b.clock_hz / 1e6:.0f} MHz", f"{b.flash_bytes // 1024} KiB",
-                      f"{b.ram_bytes // 1024} KiB", b.counter_unit)
+        ram = b.ram_bytes + sum(r.size for r in b.extra_ram)
+        uart = b.uart.name + (f" {b.uart.tx}/{b.uart.rx}" if b.uart.tx and b.uart.rx else "")
+        if b.pyocd is None:
+            pyocd = "-"
+        else:
+            pyocd = b.pyocd.target + (" (pack)" if b.pyocd.pack else "")
+        if b.emulator is None:
+            emulator = "none"
+        elif b.emulator.board is None:
+            emulator = f"qemu {b.emulator.machine}"
+        else:
+            emulator = f"qemu {b.emulator.machine} (stand-in)"
+        table.add_row(b.name, b.mcu, b.core + ("+fpu" if b.fpu else ""), f"{b.clock_hz / 1e6:.0f} MHz",
+                      f"{b.flash_bytes // 1024} KiB", f"{ram // 1024} KiB", uart, b.counter_unit, pyocd, emulator)
     console.print(table)
     return 0
 
@@ -99,8 +194,13 @@ def main(argv: list[str] | None = None) -> int:
 
     run = sub.add_parser("run", help="compile, build, run on the target and check against TFLM")
     run.add_argument("model", help="int8 .tflite model")
-    run.add_argument("--board", default="qemu", help="target board (default: qemu; see `microtile boards`)")
+    run.add_argument("--board", default="qemu",
+                     help="target board (default: qemu; nucleo = the attached Nucleo; see `microtile boards`)")
     run.add_argument("--probe", help="debug probe unique id, when several boards are attached")
+    run.add_argument("--port", help="board serial port (default: the probe's ST-LINK virtual COM port)")
+    run.add_argument("--baud", type=int, help="board serial baud rate (default: the board YAML's uart.baudrate)")
+    run.add_argument("--emulate", action="store_true",
+                     help="run the board's image on its emulator (QEMU) instead of the attached board")
     src = run.add_mutually_exclusive_group()
     src.add_argument("--inputs", help="directory of .bin/.npy inputs, or one .npy (N x input shape)")
     src.add_argument("--random", type=int, metavar="N", help="N seeded random inputs (default: 1)")
@@ -117,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
 
     boards = sub.add_parser("boards", help="list the supported boards")
     boards.set_defaults(func=cmd_boards)
+
+    probes = sub.add_parser("probes", help="list attached debug probes, their serial ports and boards")
+    probes.set_defaults(func=cmd_probes)
+
+    udev = sub.add_parser("udev-rules", help="print udev rules giving your user access to ST-LINK probes")
+    udev.set_defaults(func=cmd_udev_rules)
 
     args = parser.parse_args(argv)
     try:

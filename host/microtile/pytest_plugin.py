@@ -1,76 +1,147 @@
 """pytest plugin (registered through the pytest11 entry point).
 
-    pytest                      # device tests run on QEMU (the default --board qemu)
-    pytest --board nucleo_f446re [--probe UID]
+    pytest                                   # device tests run on QEMU (the default --board qemu)
+    pytest --board nucleo                    # the single Nucleo attached over ST-LINK USB
+    pytest --board nucleo_f446re [--probe UID] [--port /dev/ttyACM1] [--baud 115200]
+    pytest --board nucleo_f446re --emulate   # that board's image on its emulator (QEMU)
 
-Tests marked ``hardware`` need a real board; without one they skip with a message
-saying what they would need. Fixtures: ``board`` (the Board), ``run_on_board`` (runs a
-.tflite on the selected target and returns a RunResult), ``shared_dir`` (the
-MLPerf Tiny data beside the repo, or a skip).
+Device tests (those using the ``board`` / ``run_on_board`` fixtures) run on the selected
+target. On a board, each firmware build is flashed once: the target asks the board for
+the build id it runs (INFO) and flashes only a different one, so tests sharing a model
+share the flash. Without an attached board, ``--board nucleo...`` skips every device test
+with a message saying what is needed (exit status 0). Tests marked ``hardware`` need a
+real board and skip otherwise.
+
+``--port``/``--baud`` are pytest-embedded's options when it is installed: here they
+override the discovered VCP and the board's baud rate.
+
+Fixtures: ``board`` (the Board), ``attached_probe`` (the AttachedProbe in use, or None on
+QEMU), ``run_on_board`` (runs a .tflite on the selected target and returns a RunResult),
+``shared_dir`` (the MLPerf Tiny data beside the repo, or a skip).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 SHARED_ENV = "MICROTILE_SHARED"
+NEEDS_BOARD = ("needs a Nucleo board attached over its ST-LINK USB connector (pytest --board nucleo "
+               "or --board nucleo_<name> [--probe UID]; `microtile probes` lists what is attached)")
+
+_selection_key = pytest.StashKey[tuple[Any, Any, str | None]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("microtile")
     group.addoption("--board", default="qemu",
-                    help="target for device tests: qemu (default) or a board from `microtile boards`")
+                    help="target for device tests: qemu (default), nucleo (the attached Nucleo), or a board "
+                    "from `microtile boards`")
     group.addoption("--probe", default=None, help="debug probe unique id when several boards are attached")
+    group.addoption("--emulate", action="store_true", default=False,
+                    help="run the --board's image on its emulator (QEMU) instead of the real board")
+
+
+def _option(config: pytest.Config, name: str) -> Any:
+    try:
+        return config.getoption(name)
+    except ValueError:  # pytest-embedded not installed: no --port/--baud
+        return None
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "hardware: needs a real board (pytest --board nucleo...)")
     config.addinivalue_line("markers", "qemu: runs firmware on qemu-system-arm")
     config.addinivalue_line("markers", "shared: needs the MLPerf Tiny data in ../shared")
+    from . import targets
+
+    baud = _option(config, "baud")
+    targets.configure(port=_option(config, "port"), baudrate=int(baud) if baud else None,
+                      emulate=True if config.getoption("--emulate") else None)
 
 
-def _is_hardware(name: str) -> bool:
-    return name.startswith("nucleo")
+def _wants_hardware(config: pytest.Config) -> bool:
+    from .boards import load_board
+    from .discovery import GENERIC_BOARD, is_probe_board
+    from .errors import MicrotileError
+
+    name = config.getoption("--board")
+    if config.getoption("--emulate"):
+        return False
+    if name == GENERIC_BOARD:
+        return True
+    try:
+        return is_probe_board(load_board(name))
+    except MicrotileError:
+        return False  # reported by the board fixture
+
+
+def select_target(config: pytest.Config) -> tuple[Any, Any, str | None]:
+    """(Board, AttachedProbe or None, reason to skip or None), once per session."""
+    if _selection_key in config.stash:
+        return config.stash[_selection_key]
+    from .boards import load_board
+    from .discovery import AmbiguousProbeError, ProbeNotFoundError, resolve_board
+    from .errors import MicrotileError
+
+    name = config.getoption("--board")
+    probe = config.getoption("--probe")
+    selection: tuple[Any, Any, str | None]
+    try:
+        if _wants_hardware(config):
+            resolved, device = resolve_board(name, probe)
+            selection = (load_board(resolved), device, None)
+        else:
+            selection = (load_board(name), None, None)
+    except AmbiguousProbeError as exc:  # the user must choose: not a skip
+        pytest.exit(f"--board {name}: {exc}", returncode=4)
+    except ProbeNotFoundError as exc:
+        selection = (None, None, f"{NEEDS_BOARD}: {exc}")
+    except MicrotileError as exc:  # unknown board, udev permissions, ...: a usage error
+        pytest.exit(f"--board {name}: {exc}", returncode=4)
+    config.stash[_selection_key] = selection
+    return selection
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    name = config.getoption("--board")
-    if _is_hardware(name):
+    hardware_items = [item for item in items if "hardware" in item.keywords]
+    if not hardware_items:
         return
-    skip = pytest.mark.skip(
-        reason=f"needs a Nucleo board: run with --board nucleo_<name> and a board attached over ST-LINK "
-        f"(selected target: {name})"
-    )
-    for item in items:
-        if "hardware" in item.keywords:
-            item.add_marker(skip)
+    if _wants_hardware(config):
+        _, _, reason = select_target(config)
+        if reason is None:
+            return
+    else:
+        reason = f"{NEEDS_BOARD} (selected target: {config.getoption('--board')})"
+    for item in hardware_items:
+        item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session")
 def board(pytestconfig: pytest.Config):
-    from .boards import load_board
-    from .errors import MicrotileError
-
-    name = pytestconfig.getoption("--board")
-    try:
-        selected = load_board(name)
-    except MicrotileError as exc:
-        pytest.exit(f"--board {name}: {exc}", returncode=4)
-    if not selected.is_emulated:
-        pytest.skip(f"--board {name}: running on a real board needs pyOCD flashing, which this version "
-                    "does not provide yet; use --board qemu")
+    selected, _, reason = select_target(pytestconfig)
+    if reason is not None:
+        pytest.skip(reason)
     return selected
 
 
 @pytest.fixture(scope="session")
-def run_on_board(board, pytestconfig: pytest.Config):
+def attached_probe(board, pytestconfig: pytest.Config):
+    """The AttachedProbe the device tests use (None when they run on an emulator)."""
+    return select_target(pytestconfig)[1]
+
+
+@pytest.fixture(scope="session")
+def run_on_board(board, attached_probe, pytestconfig: pytest.Config):
     """Run a model on the selected target: ``run_on_board(path, random=3)`` -> RunResult."""
     from .runner import run_model
 
+    probe = attached_probe.unique_id if attached_probe is not None else pytestconfig.getoption("--probe")
+
     def run(model_path, **kwargs):
-        return run_model(model_path, board.name, probe=pytestconfig.getoption("--probe"), **kwargs)
+        return run_model(model_path, board.name, probe=probe, **kwargs)
 
     return run
 

@@ -1,0 +1,143 @@
+"""`--board nucleo`: the pytest plugin, the CLI and, with a board attached, the real thing.
+
+Tests marked ``hardware`` run only with ``pytest --board nucleo[_<name>] [--probe UID]``
+and an attached Nucleo; the others check, on any machine, what happens without one and
+how cycle counts are reported."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from microtile.boards import load_board
+from microtile.build import build_firmware
+from microtile.codegen import compile_model
+from microtile.discovery import list_attached
+from microtile.runner import RunResult
+from microtile.tflite_format import load_tflite
+from microtile_models.build import zoo_model_bytes
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _model(tmp_path_factory, name: str = "op_conv_3x3_same_relu") -> Path:
+    path = tmp_path_factory.mktemp("zoo") / f"{name}.tflite"
+    path.write_bytes(zoo_model_bytes(name))
+    return path
+
+
+@pytest.fixture(scope="module")
+def no_board_attached():
+    if list_attached():
+        pytest.skip("a debug probe is attached to this machine: the no-board behaviour cannot be checked")
+
+
+# ---- without a board (every machine) ----
+
+@pytest.mark.parametrize("board", ["nucleo", "nucleo_f446re"])
+def test_pytest_board_nucleo_without_board_skips_cleanly(no_board_attached, board):
+    """Every device test and every hardware test skips with the message; exit status 0."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--board", board,
+         "tests/test_end_to_end.py::test_single_operator_models_bit_exact_on_target",
+         "tests/test_end_to_end.py::test_model_too_big_for_ram_is_refused",
+         "tests/test_hardware.py::test_runs_report_cycles_and_time_at_the_board_clock"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert " passed" not in out and " failed" not in out and "error" not in out.lower()
+    assert "needs a Nucleo board attached over its ST-LINK USB connector" in out
+    assert "no debug probe found" in out and "pyocd list" in out
+    from microtile_models.zoo import SINGLE_OP_MODELS
+
+    # every single-operator model, the RAM check, the hardware test
+    assert f"{len(SINGLE_OP_MODELS) + 2} skipped" in out, out
+
+
+def test_pytest_unknown_board_is_a_usage_error():
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--board", "nucleo_x1",
+                           "tests/test_end_to_end.py::test_model_too_big_for_ram_is_refused"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "unknown board 'nucleo_x1'" in proc.stdout + proc.stderr
+
+
+def test_cli_run_board_nucleo_without_board(no_board_attached, tmp_path_factory):
+    proc = subprocess.run([sys.executable, "-m", "microtile.cli", "run", str(_model(tmp_path_factory)),
+                           "--board", "nucleo", "--random", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no debug probe found" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_cycles_are_also_reported_as_time_at_the_board_clock(tmp_path_factory):
+    """run_json adds clock_hz and time_us = cycles / clock_hz (a RunResult with cycle
+    counts, as a board run produces it; the firmware is the real build for the board)."""
+    from microtile.cli import run_json
+
+    board = load_board("nucleo_f446re")
+    compiled = compile_model(load_tflite(_model(tmp_path_factory)))
+    firmware = build_firmware(compiled, board)
+    result = RunResult(compiled.graph.name, board, "cycles", compiled, firmware,
+                       layer_counts=[[180_000], [180_002]], samples=2)
+    data = run_json(result)
+    assert data["counter_unit"] == "cycles" and data["clock_hz"] == 180_000_000
+    assert data["layers"][0]["cycles"] == 180_001 and data["layers"][0]["time_us"] == pytest.approx(1000.006)
+    assert data["total"]["time_us"] == pytest.approx(1000.006)
+    # Emulated instruction counts have no time.
+    qemu = RunResult(compiled.graph.name, load_board("qemu"), "instructions", compiled, firmware,
+                     layer_counts=[[5000]], samples=1)
+    assert "clock_hz" not in run_json(qemu) and "time_us" not in run_json(qemu)["total"]
+
+
+# ---- with a board (pytest --board nucleo) ----
+
+@pytest.mark.hardware
+def test_runs_report_cycles_and_time_at_the_board_clock(run_on_board, board, attached_probe, tmp_path_factory):
+    from microtile.targets.nucleo import FLASH_LOG
+
+    model = _model(tmp_path_factory)
+    first = run_on_board(model, random=2)
+    assert first.error is None and first.mismatches == []
+    assert first.counter_unit == "cycles" and all(c > 0 for c in first.mean_counts())
+    flashes = len(FLASH_LOG)
+    again = run_on_board(model, random=2)  # same build: the board is not flashed again
+    assert again.error is None and len(FLASH_LOG) == flashes
+    # Cycle counts of the same code on the same inputs repeat closely (caches, flash wait states).
+    a, b = first.mean_counts(), again.mean_counts()
+    assert all(abs(x - y) <= max(50, x // 100) for x, y in zip(a, b)), (a, b)
+
+
+@pytest.mark.hardware
+def test_calibration_loop_costs_cycles(board, attached_probe, tmp_path_factory):
+    """The 2n-instruction CALIBRATE loop on the real core: at least one cycle per
+    instruction (SUBS + taken BNE: 3 or more cycles per iteration on an M4/M7)."""
+    from microtile.targets import open_target
+
+    compiled = compile_model(load_tflite(_model(tmp_path_factory)))
+    firmware = build_firmware(compiled, board)
+    with open_target(board, firmware, probe=attached_probe.unique_id) as target:
+        info = target.link.info()
+        assert info.counter_unit == "cycles" and info.board == board.name
+        assert info.build_id == firmware.build_id
+        n = 100_000
+        cycles = target.link.calibrate(n)
+        assert 2 * n <= cycles <= 20 * n, cycles
+        assert target.link.calibrate(n) == pytest.approx(cycles, rel=0.01)
+    with open_target(board, firmware, probe=attached_probe.unique_id) as again:
+        assert not again.flashed and not again.decision.flash
+
+
+@pytest.mark.hardware
+def test_cli_run_on_the_board(board, attached_probe, tmp_path_factory, tmp_path):
+    out = tmp_path / "run.json"
+    proc = subprocess.run([sys.executable, "-m", "microtile.cli", "run", str(_model(tmp_path_factory)),
+                           "--board", board.name, "--probe", attached_probe.unique_id, "--random", "2",
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "bit-exact with TFLM" in proc.stdout and "time µs" in proc.stdout and "cycles" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["counter_unit"] == "cycles" and data["clock_hz"] > 0
+    assert data["total"]["time_us"] == pytest.approx(data["total"]["cycles"] * 1e6 / data["clock_hz"], rel=1e-3)
