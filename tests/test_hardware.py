@@ -141,3 +141,8 @@ def test_cli_run_on_the_board(board, attached_probe, tmp_path_factory, tmp_path)
     data = json.loads(out.read_text())
     assert data["counter_unit"] == "cycles" and data["clock_hz"] > 0
     assert data["total"]["time_us"] == pytest.approx(data["total"]["cycles"] * 1e6 / data["clock_hz"], rel=1e-3)
+
+
+def test_target_args_select_the_same_target(target_args, board, attached_probe):
+    assert target_args[:2] == ["--board", board.name]
+    assert ("--probe" in target_args) == (attached_probe is not None)

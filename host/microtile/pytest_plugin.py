@@ -17,7 +17,8 @@ override the discovered VCP and the board's baud rate.
 
 Fixtures: ``board`` (the Board), ``attached_probe`` (the AttachedProbe in use, or None on
 QEMU), ``run_on_board`` (runs a .tflite on the selected target and returns a RunResult),
-``shared_dir`` (the MLPerf Tiny data beside the repo, or a skip).
+``target_args`` (the same target as ``microtile run`` arguments), ``shared_dir`` (the
+MLPerf Tiny data beside the repo, or a skip).
 """
 from __future__ import annotations
 
@@ -144,6 +145,23 @@ def run_on_board(board, attached_probe, pytestconfig: pytest.Config):
         return run_model(model_path, board.name, probe=probe, **kwargs)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def target_args(board, attached_probe, pytestconfig: pytest.Config) -> list[str]:
+    """``microtile run`` arguments selecting the same target as the device tests
+    (``--board NAME`` plus ``--probe UID`` on a board, ``--emulate`` under --emulate)."""
+    args = ["--board", board.name]
+    if attached_probe is not None:
+        args += ["--probe", attached_probe.unique_id]
+    elif pytestconfig.getoption("--emulate"):
+        args.append("--emulate")
+    port, baud = _option(pytestconfig, "port"), _option(pytestconfig, "baud")
+    if attached_probe is not None and port:
+        args += ["--port", str(port)]
+    if attached_probe is not None and baud:
+        args += ["--baud", str(baud)]
+    return args
 
 
 def find_shared() -> Path | None:
