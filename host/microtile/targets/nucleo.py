@@ -13,7 +13,6 @@ sleeping core, SWD pins reused), retries with connect-under-reset.
 from __future__ import annotations
 
 import errno
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from ..link import DeviceInfo, DeviceLink
 CONNECT_MODES = ("halt", "under-reset")  # the second is the retry
 SWD_FREQUENCY_HZ = 4_000_000  # ST-LINK/V2-1 and V3 both run SWD at 4 MHz
 
-# Flashes done by this process, per probe: (build id, connect mode). Tests read it to
+# Flashes done by this process: (probe unique id, build id, connect mode). Tests read it to
 # check that one firmware build is flashed once.
 FLASH_LOG: list[tuple[str, str | None, str]] = []
 
