@@ -3,11 +3,23 @@ one-operator IR graphs run on TFLM (the oracle), the numpy reference and the
 native C build, which must all agree bit for bit."""
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 
+from microtile import ops
 from microtile.ir import Graph, Operator, Quant, Tensor
 from microtile.native import NativeModel
 from microtile.ops import kernel_for
+
+# kernel_for() imports the operator families only while the registry is empty, so a
+# test that imports one family module directly would hide all the others: load them all.
+for _family in ops._FAMILIES:
+    try:
+        importlib.import_module(f"microtile.ops.{_family}")
+    except ModuleNotFoundError as _exc:
+        if _exc.name != f"microtile.ops.{_family}":
+            raise
 from microtile.reference import run_reference
 from microtile.tflite_format import write_tflite
 

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
+from ops_b1_helpers import all_int8, check_against_tflm, one_op_graph, qtensor, random_int8  # first: loads all kernels
+
 from microtile.errors import UnsupportedOperatorError
 from microtile.ir import Tensor
 from microtile.ops import kernel_for
-
-from ops_b1_helpers import all_int8, check_against_tflm, one_op_graph, qtensor, random_int8
 
 scales = st.floats(-4.0, 1.0).map(lambda e: float(np.float32(10.0 ** e)))
 zero_points = st.integers(-128, 127)
@@ -135,3 +135,19 @@ def test_rejects_per_channel_and_size_mismatch():
     graph.tensors[0].quant.zero_point = np.array([0, 0], np.int64)
     _expect_unsupported(graph, "per-tensor")
     _expect_unsupported(unary_graph("RELU6", (1, 8), (0.1, 0), (0.1, 0), out_shape=(1, 4)), "differ")
+
+
+def test_chain_of_operators():
+    """ADD -> RELU -> LOGISTIC -> HARD_SWISH -> RELU6 -> QUANTIZE -> MUL in one
+    compiled model (arena reuse between layers), bit-exact with TFLM."""
+    from microtile.ir import Graph, Operator
+
+    s = (1, 4, 4, 8)
+    ts = [qtensor(0, s, 0.05, 0), qtensor(1, (8,), 0.02, 3), qtensor(2, s, 0.1, -1), qtensor(3, s, 0.1, -128),
+          qtensor(4, s, 1 / 256, -128), qtensor(5, s, 0.05, -10), qtensor(6, s, 0.05, -10),
+          qtensor(7, s, 0.07, 3), qtensor(8, s, 0.07, 3)]
+    ops = [Operator(0, "ADD", [0, 1], [2], {"fused_activation_function": "NONE"}), Operator(1, "RELU", [2], [3]),
+           Operator(2, "LOGISTIC", [3], [4]), Operator(3, "HARD_SWISH", [4], [5]), Operator(4, "RELU6", [5], [6]),
+           Operator(5, "QUANTIZE", [6], [7]), Operator(6, "MUL", [7, 2], [8], {"fused_activation_function": "RELU"})]
+    rng = np.random.default_rng(0)
+    check_against_tflm(Graph("chain", ts, ops, [0, 1], [8]), [random_int8(rng, s), random_int8(rng, (8,))])

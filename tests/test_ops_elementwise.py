@@ -7,12 +7,12 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
+from ops_b1_helpers import check_against_tflm, one_op_graph, qtensor, quant, random_int8  # first: loads all kernels
+
 from microtile.errors import UnsupportedOperatorError
 from microtile.ir import Tensor
 from microtile.ops import kernel_for
 from microtile.ops.elementwise import broadcast_strides
-
-from ops_b1_helpers import check_against_tflm, one_op_graph, qtensor, quant, random_int8
 
 ACTIVATIONS = ["NONE", "RELU", "RELU6", "RELU_N1_TO_1"]
 scales = st.floats(-3.5, 0.5).map(lambda e: float(np.float32(10.0 ** e)))

@@ -10,11 +10,10 @@ from hypothesis import strategies as st
 from microtile.codegen import compile_model
 from microtile.errors import UnsupportedOperatorError
 from microtile.ir import Graph, Operator, Tensor
-import microtile.ops.activation  # noqa: F401  (RELU; kernel_for only loads families into an empty registry)
+from ops_b1_helpers import assert_same, check_against_tflm, one_op_graph, qtensor  # first: loads all kernels
+
 from microtile.ops import kernel_for
 from microtile.ops.quantize import dequantize_array, quantize_array
-
-from ops_b1_helpers import assert_same, check_against_tflm, one_op_graph, qtensor
 
 scales = st.floats(-4.0, 1.0).map(lambda e: float(np.float32(10.0 ** e)))
 zero_points = st.integers(-128, 127)
