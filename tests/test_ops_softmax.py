@@ -199,3 +199,44 @@ def test_mlperf_tiny_softmax_layers():
                 assert np.array_equal(expected, native.run([inp])[0]), path.name
             tested += 1
     assert tested >= 3
+
+
+@pytest.mark.parametrize("opcode,out", [("SOFTMAX", SOFTMAX_OUT), ("LOG_SOFTMAX", LOG_SOFTMAX_OUT)])
+def test_long_rows_near_accumulator_limit(opcode, out):
+    """4000 near-equal values: the Q12.19 sum of exps gets close to 2**31."""
+    rng = np.random.default_rng(21)
+    shape = (1, 4000)
+    x = rng.integers(120, 128, size=shape).astype(np.int8)
+    check_against_tflm(softmax_graph(shape, 2.0 ** -18, 0, out=out, opcode=opcode), [x])
+
+
+@pytest.mark.shared
+def test_mlperf_tiny_classifier_tails():
+    """RESHAPE -> FULLY_CONNECTED -> SOFTMAX, the tail of each MLPerf Tiny CNN, cut out
+    of the real model and run end to end (needs the FULLY_CONNECTED kernel too)."""
+    from microtile.ir import Graph
+    from microtile.native import NativeModel
+    from microtile.reference import run_reference
+    from microtile.tflite_format import load_tflite, write_tflite
+
+    from ops_b2_helpers import tflm
+
+    models = [p for p in _shared_models() if not p.name.startswith("ad01")]
+    if not models:
+        pytest.skip("MLPerf Tiny models not found in ../shared (set MICROTILE_SHARED)")
+    for path in models:
+        g = load_tflite(path)
+        last_pool = max(i for i, op in enumerate(g.operators) if op.opcode == "AVERAGE_POOL_2D")
+        ops = g.operators[last_pool + 1:]
+        assert [op.opcode for op in ops] == ["RESHAPE", "FULLY_CONNECTED", "SOFTMAX"], path.name
+        for k, op in enumerate(ops):
+            op.index = k
+        tail = Graph(path.stem + "_tail", g.tensors, ops, [g.operators[last_pool].outputs[0]], g.outputs)
+        blob = write_tflite(tail)
+        native = NativeModel.build(tail)
+        rng = np.random.default_rng(1)
+        for _ in range(30):
+            xs = [random_int8(rng, g.tensor(i).shape) for i in tail.inputs]
+            expected = tflm(blob, xs)[0]
+            assert np.array_equal(expected, run_reference(tail, xs)[0]), path.name
+            assert np.array_equal(expected, native.run(xs)[0]), path.name
