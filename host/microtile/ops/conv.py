@@ -1,0 +1,370 @@
+"""CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED with TFLM's int8 semantics.
+
+The numpy references follow tflite/kernels/internal/reference/integer_ops/
+{conv,depthwise_conv,fully_connected}.h and the multipliers computed in TFLM's
+Prepare functions (PopulateConvolutionQuantizationParams for the convolutions,
+CalculateOpDataFullyConnected for FC). Multipliers and shifts are computed here on
+the host, so the C kernels (firmware/kernels/mt_{conv,depthwise_conv,fully_connected}.c)
+only do integer work. Shifts use TFLite's sign convention (positive = left).
+
+The helpers at the top (padding, activation range, multipliers) are shared with
+pool.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Graph, Operator, Tensor
+from ..quant import multiply_by_quantized_multiplier, quantize_multiplier, tflite_round, wrap_int32
+from . import OpKernel, register
+
+ACTIVATIONS = ("NONE", "RELU", "RELU6", "RELU_N1_TO_1")
+PADDINGS = ("SAME", "VALID")
+
+
+# ---------------------------------------------------------------- shared helpers
+
+def out_size_and_padding(in_size: int, filter_size: int, stride: int, padding: str) -> tuple[int, int]:
+    """ComputeOutSize + ComputePaddingWithOffset (dilation 1): (output size, padding
+    before). TFLM's reference kernels ignore the odd extra padding after."""
+    if padding == "SAME":
+        out = (in_size + stride - 1) // stride
+    else:
+        out = (in_size + stride - filter_size) // stride
+    total = max(0, (out - 1) * stride + filter_size - in_size)
+    return out, total // 2
+
+
+def activation_range(activation: str, out: Tensor) -> tuple[int, int]:
+    """CalculateActivationRangeQuantized for int8 output, with its float32
+    arithmetic (value / scale in float, then std::round) so edge cases match."""
+    scale = np.float32(out.scale)
+    zp = out.zero_point
+
+    def q(v: float) -> int:
+        return zp + tflite_round(float(np.float32(v) / scale))
+
+    lo, hi = -128, 127
+    if activation == "RELU":
+        return max(lo, q(0.0)), hi
+    if activation == "RELU6":
+        return max(lo, q(0.0)), min(hi, q(6.0))
+    if activation == "RELU_N1_TO_1":
+        return max(lo, q(-1.0)), min(hi, q(1.0))
+    return lo, hi
+
+
+def per_channel_multipliers(input_scale: float, filter_scales: np.ndarray, output_scale: float,
+                            channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """PopulateConvolutionQuantizationParams: one (multiplier, shift) per output
+    channel, effective scale computed in double from the float32 scales; a
+    per-tensor filter scale is broadcast."""
+    scales = np.asarray(filter_scales, dtype=np.float32).reshape(-1)
+    if scales.size == 1:
+        scales = np.repeat(scales, channels)
+    mult = np.zeros(channels, dtype=np.int32)
+    shift = np.zeros(channels, dtype=np.int32)
+    in_s, out_s = float(np.float32(input_scale)), float(np.float32(output_scale))
+    for c in range(channels):
+        mult[c], shift[c] = quantize_multiplier(in_s * float(scales[c]) / out_s)
+    return mult, shift
+
+
+def _int8_activation(kernel: OpKernel, op: Operator, t: Tensor | None, role: str) -> None:
+    if t is None:
+        raise kernel.unsupported(op, f"{role} is missing")
+    if t.dtype != "int8":
+        raise kernel.unsupported(op, f"{role} {t.name} is {t.dtype}", "int8 activations")
+    if t.quant is None or t.quant.scale.size != 1:
+        raise kernel.unsupported(op, f"{role} {t.name} needs per-tensor int8 quantization")
+
+
+def _check_common_options(kernel: OpKernel, op: Operator, *, with_padding: bool = True) -> None:
+    o = op.options
+    act = o.get("fused_activation_function", "NONE")
+    if act not in ACTIVATIONS:
+        raise kernel.unsupported(op, f"fused activation {act}", ", ".join(ACTIVATIONS))
+    if with_padding:
+        if o.get("padding") not in PADDINGS:
+            raise kernel.unsupported(op, f"padding {o.get('padding')}", "SAME, VALID")
+        if o.get("stride_h", 1) < 1 or o.get("stride_w", 1) < 1:
+            raise kernel.unsupported(op, "stride < 1")
+
+
+def _check_dilation(kernel: OpKernel, op: Operator) -> None:
+    dh, dw = op.options.get("dilation_h_factor", 1), op.options.get("dilation_w_factor", 1)
+    if dh != 1 or dw != 1:
+        raise kernel.unsupported(op, f"dilation {dh}x{dw}", "dilation 1 only")
+
+
+def _check_filter_and_bias(kernel: OpKernel, op: Operator, graph: Graph, channels: int, axis: int) -> None:
+    f = graph.tensor(op.inputs[1])
+    if not f.is_constant:
+        raise kernel.unsupported(op, "filter is not a constant tensor", "constant weights")
+    if f.dtype != "int8":
+        raise kernel.unsupported(op, f"filter {f.name} is {f.dtype}", "int8 weights")
+    if f.quant is None:
+        raise kernel.unsupported(op, f"filter {f.name} is not quantized")
+    n = f.quant.scale.size
+    if n != 1 and (n != channels or f.quant.axis != axis):
+        raise kernel.unsupported(
+            op, f"filter has {n} scales on axis {f.quant.axis}",
+            f"per-tensor or {channels} per-channel scales on axis {axis}")
+    if len(op.inputs) > 2 and op.inputs[2] >= 0:
+        b = graph.tensor(op.inputs[2])
+        if not b.is_constant or b.dtype != "int32":
+            raise kernel.unsupported(op, f"bias {b.name} is {b.dtype}{'' if b.is_constant else ' (not constant)'}",
+                                     "constant int32 bias")
+        if b.data.size != channels:
+            raise kernel.unsupported(op, f"bias has {b.data.size} values for {channels} output channels")
+
+
+def _bias(op: Operator, inputs: list, channels: int) -> np.ndarray:
+    if len(inputs) > 2 and inputs[2] is not None:
+        return np.asarray(inputs[2], dtype=np.int64).reshape(-1)
+    return np.zeros(channels, dtype=np.int64)
+
+
+def _requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, out_zp: int,
+                act: tuple[int, int]) -> np.ndarray:
+    """acc (..., C) int32 accumulators -> int8, per-channel multipliers on the last axis."""
+    y = multiply_by_quantized_multiplier(wrap_int32(acc), mult.astype(np.int64), shift.astype(np.int64))
+    y = y + out_zp
+    return np.clip(y, act[0], act[1]).astype(np.int8)
+
+
+def _patches(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
+             oh: int, ow: int) -> np.ndarray:
+    """x (N, H, W, C) zero-centred int64 -> windows (N, OH, OW, KH, KW, C); the
+    padding area is 0, which is what skipping out-of-image taps amounts to."""
+    n, h, w, c = x.shape
+    need_h = (oh - 1) * sh + kh
+    need_w = (ow - 1) * sw + kw
+    xp = np.zeros((n, max(need_h, ph + h), max(need_w, pw + w), c), dtype=np.int64)
+    xp[:, ph:ph + h, pw:pw + w, :] = x
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))  # N, H', W', C, KH, KW
+    win = win[:, 0:(oh - 1) * sh + 1:sh, 0:(ow - 1) * sw + 1:sw]
+    return np.moveaxis(win, 3, 5)  # N, OH, OW, KH, KW, C
+
+
+def _conv_geometry(op: Operator, graph: Graph) -> dict:
+    x = graph.tensor(op.inputs[0])
+    f = graph.tensor(op.inputs[1])
+    o = op.options
+    sh, sw = o.get("stride_h", 1), o.get("stride_w", 1)
+    n, h, w, _ = x.shape
+    kh, kw = f.shape[1], f.shape[2]
+    oh, ph = out_size_and_padding(h, kh, sh, o["padding"])
+    ow, pw = out_size_and_padding(w, kw, sw, o["padding"])
+    return dict(n=n, h=h, w=w, c=x.shape[3], kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, oh=oh, ow=ow)
+
+
+def _check_conv_shapes(kernel: OpKernel, op: Operator, graph: Graph, out_c: int) -> dict:
+    x = graph.tensor(op.inputs[0])
+    y = graph.tensor(op.outputs[0])
+    if len(x.shape) != 4:
+        raise kernel.unsupported(op, f"input rank {len(x.shape)}", "4-D NHWC input")
+    g = _conv_geometry(op, graph)
+    if g["oh"] < 1 or g["ow"] < 1:
+        raise kernel.unsupported(op, "filter larger than the input with VALID padding")
+    expected = (g["n"], g["oh"], g["ow"], out_c)
+    if tuple(y.shape) != expected:
+        raise kernel.unsupported(op, f"output shape {tuple(y.shape)} does not match the computed {expected}")
+    return g
+
+
+# ---------------------------------------------------------------- CONV_2D
+
+@register
+class Conv2D(OpKernel):
+    opcode = "CONV_2D"
+
+    def check(self, op: Operator, graph: Graph) -> None:
+        x, f = graph.tensor(op.inputs[0]), graph.tensor(op.inputs[1])
+        _int8_activation(self, op, x, "input")
+        _int8_activation(self, op, graph.tensor(op.outputs[0]), "output")
+        _check_common_options(self, op)
+        _check_dilation(self, op)
+        if len(f.shape) != 4:
+            raise self.unsupported(op, f"filter rank {len(f.shape)}", "OHWI filter")
+        if len(x.shape) == 4 and f.shape[3] != x.shape[3]:
+            raise self.unsupported(op, f"grouped convolution (filter depth {f.shape[3]}, input depth {x.shape[3]})",
+                                   "filter depth == input depth")
+        _check_filter_and_bias(self, op, graph, f.shape[0], 0)
+        _check_conv_shapes(self, op, graph, f.shape[0])
+
+    def params(self, op: Operator, graph: Graph) -> dict:
+        x, f, y = graph.tensor(op.inputs[0]), graph.tensor(op.inputs[1]), graph.tensor(op.outputs[0])
+        g = _conv_geometry(op, graph)
+        mult, shift = per_channel_multipliers(x.scale, f.quant.scale, y.scale, f.shape[0])
+        act = activation_range(op.options.get("fused_activation_function", "NONE"), y)
+        return dict(g, oc=f.shape[0], mult=mult, shift=shift, act=act, in_zp=x.zero_point, out_zp=y.zero_point)
+
+    def reference(self, op: Operator, graph: Graph, inputs: list) -> list[np.ndarray]:
+        p = self.params(op, graph)
+        x = np.asarray(inputs[0], dtype=np.int64).reshape(p["n"], p["h"], p["w"], p["c"]) - p["in_zp"]
+        w = np.asarray(inputs[1], dtype=np.int64)  # O, KH, KW, I
+        win = _patches(x, p["kh"], p["kw"], p["sh"], p["sw"], p["ph"], p["pw"], p["oh"], p["ow"])
+        acc = np.tensordot(win, w, axes=([3, 4, 5], [1, 2, 3]))  # N, OH, OW, O
+        acc = wrap_int32(wrap_int32(acc) + _bias(op, inputs, p["oc"]))
+        return [_requantize(acc, p["mult"], p["shift"], p["out_zp"], p["act"])]
+
+    def macs(self, op: Operator, graph: Graph) -> int:
+        g = _conv_geometry(op, graph)
+        oc = graph.tensor(op.inputs[1]).shape[0]
+        return g["n"] * g["oh"] * g["ow"] * oc * g["kh"] * g["kw"] * g["c"]
+
+    def emit(self, op: Operator, graph: Graph, ctx) -> str:
+        p = self.params(op, graph)
+        ctx.include("mt_conv.h")
+        mult = ctx.const_array("conv_mult", p["mult"])
+        shift = ctx.const_array("conv_shift", p["shift"])
+        init = (f"{{{p['n']}, {p['h']}, {p['w']}, {p['c']}, {p['oh']}, {p['ow']}, {p['oc']}, "
+                f"{p['kh']}, {p['kw']}, {p['sh']}, {p['sw']}, {p['ph']}, {p['pw']}, "
+                f"{-p['in_zp']}, {p['out_zp']}, {p['act'][0]}, {p['act'][1]}, {mult}, {shift}}}")
+        params = ctx.static_struct("mt_conv_params", "conv_params", init)
+        bias = ctx.ptr(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else "NULL"
+        return (f"mt_conv_s8_ref(&{params}, {ctx.ptr(op.inputs[0])}, {ctx.ptr(op.inputs[1])}, "
+                f"{bias}, {ctx.ptr(op.outputs[0])});")
+
+
+# ---------------------------------------------------------------- DEPTHWISE_CONV_2D
+
+@register
+class DepthwiseConv2D(OpKernel):
+    opcode = "DEPTHWISE_CONV_2D"
+
+    def check(self, op: Operator, graph: Graph) -> None:
+        x, f = graph.tensor(op.inputs[0]), graph.tensor(op.inputs[1])
+        _int8_activation(self, op, x, "input")
+        _int8_activation(self, op, graph.tensor(op.outputs[0]), "output")
+        _check_common_options(self, op)
+        _check_dilation(self, op)
+        if len(f.shape) != 4 or f.shape[0] != 1:
+            raise self.unsupported(op, f"filter shape {tuple(f.shape)}", "1HW(I*M) filter")
+        if len(x.shape) != 4:
+            raise self.unsupported(op, f"input rank {len(x.shape)}", "4-D NHWC input")
+        oc, ic = f.shape[3], x.shape[3]
+        if oc % ic != 0:
+            raise self.unsupported(op, f"{oc} output channels for {ic} input channels",
+                                   "output channels = input channels * depth multiplier")
+        m = op.options.get("depth_multiplier", oc // ic)
+        if m != oc // ic:
+            raise self.unsupported(op, f"depth_multiplier option {m} but filter implies {oc // ic}")
+        _check_filter_and_bias(self, op, graph, oc, 3)
+        _check_conv_shapes(self, op, graph, oc)
+
+    def params(self, op: Operator, graph: Graph) -> dict:
+        x, f, y = graph.tensor(op.inputs[0]), graph.tensor(op.inputs[1]), graph.tensor(op.outputs[0])
+        g = _conv_geometry(op, graph)
+        oc = f.shape[3]
+        mult, shift = per_channel_multipliers(x.scale, f.quant.scale, y.scale, oc)
+        act = activation_range(op.options.get("fused_activation_function", "NONE"), y)
+        return dict(g, oc=oc, dm=oc // g["c"], mult=mult, shift=shift, act=act,
+                    in_zp=x.zero_point, out_zp=y.zero_point)
+
+    def reference(self, op: Operator, graph: Graph, inputs: list) -> list[np.ndarray]:
+        p = self.params(op, graph)
+        x = np.asarray(inputs[0], dtype=np.int64).reshape(p["n"], p["h"], p["w"], p["c"]) - p["in_zp"]
+        # Output channel oc reads input channel oc // M: repeat each input channel M times.
+        x = np.repeat(x, p["dm"], axis=3)
+        w = np.asarray(inputs[1], dtype=np.int64).reshape(p["kh"], p["kw"], p["oc"])
+        win = _patches(x, p["kh"], p["kw"], p["sh"], p["sw"], p["ph"], p["pw"], p["oh"], p["ow"])
+        acc = np.einsum("nyxhwc,hwc->nyxc", win, w)
+        acc = wrap_int32(wrap_int32(acc) + _bias(op, inputs, p["oc"]))
+        return [_requantize(acc, p["mult"], p["shift"], p["out_zp"], p["act"])]
+
+    def macs(self, op: Operator, graph: Graph) -> int:
+        g = _conv_geometry(op, graph)
+        oc = graph.tensor(op.inputs[1]).shape[3]
+        return g["n"] * g["oh"] * g["ow"] * oc * g["kh"] * g["kw"]
+
+    def emit(self, op: Operator, graph: Graph, ctx) -> str:
+        p = self.params(op, graph)
+        ctx.include("mt_depthwise_conv.h")
+        mult = ctx.const_array("dw_mult", p["mult"])
+        shift = ctx.const_array("dw_shift", p["shift"])
+        init = (f"{{{p['n']}, {p['h']}, {p['w']}, {p['c']}, {p['oh']}, {p['ow']}, {p['dm']}, "
+                f"{p['kh']}, {p['kw']}, {p['sh']}, {p['sw']}, {p['ph']}, {p['pw']}, "
+                f"{-p['in_zp']}, {p['out_zp']}, {p['act'][0]}, {p['act'][1]}, {mult}, {shift}}}")
+        params = ctx.static_struct("mt_depthwise_conv_params", "dw_params", init)
+        bias = ctx.ptr(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else "NULL"
+        return (f"mt_depthwise_conv_s8_ref(&{params}, {ctx.ptr(op.inputs[0])}, {ctx.ptr(op.inputs[1])}, "
+                f"{bias}, {ctx.ptr(op.outputs[0])});")
+
+
+# ---------------------------------------------------------------- FULLY_CONNECTED
+
+@register
+class FullyConnected(OpKernel):
+    opcode = "FULLY_CONNECTED"
+
+    def check(self, op: Operator, graph: Graph) -> None:
+        x, f, y = graph.tensor(op.inputs[0]), graph.tensor(op.inputs[1]), graph.tensor(op.outputs[0])
+        _int8_activation(self, op, x, "input")
+        _int8_activation(self, op, y, "output")
+        _check_common_options(self, op, with_padding=False)
+        fmt = op.options.get("weights_format", "DEFAULT")
+        if fmt != "DEFAULT":
+            raise self.unsupported(op, f"weights_format {fmt}", "DEFAULT")
+        if op.options.get("asymmetric_quantize_inputs"):
+            raise self.unsupported(op, "hybrid (asymmetric_quantize_inputs)", "int8 inputs and weights")
+        if len(f.shape) != 2:
+            raise self.unsupported(op, f"weights rank {len(f.shape)}", "[out, in] weights")
+        out_c, depth = f.shape
+        size = int(np.prod(x.shape))
+        if size % depth != 0:
+            raise self.unsupported(op, f"input of {size} values is not a multiple of the weights depth {depth}")
+        _check_filter_and_bias(self, op, graph, out_c, 0)
+        if f.quant.per_channel and len(y.shape) != 2:
+            # TFLM's per-channel kernel reads batches and depth from output dims 0 and 1.
+            raise self.unsupported(op, f"per-channel weights with a rank-{len(y.shape)} output",
+                                   "per-channel weights with a 2-D output (keep_num_dims=False)")
+        if int(np.prod(y.shape)) != size // depth * out_c or y.shape[-1] != out_c:
+            raise self.unsupported(op, f"output shape {tuple(y.shape)} does not match {size // depth} x {out_c}")
+
+    def params(self, op: Operator, graph: Graph) -> dict:
+        x, f, y = graph.tensor(op.inputs[0]), graph.tensor(op.inputs[1]), graph.tensor(op.outputs[0])
+        out_c, depth = f.shape
+        if f.quant.per_channel:
+            mult, shift = per_channel_multipliers(x.scale, f.quant.scale, y.scale, out_c)
+            w_off = 0  # TFLM's per-channel kernel ignores the weights zero point
+        else:
+            # GetQuantizedConvolutionMultipler: the scale product is taken in float32.
+            real = float(np.float32(x.scale) * np.float32(f.scale)) / float(np.float32(y.scale))
+            m, s = quantize_multiplier(real)
+            mult = np.full(out_c, m, dtype=np.int32)
+            shift = np.full(out_c, s, dtype=np.int32)
+            w_off = -f.zero_point
+        act = activation_range(op.options.get("fused_activation_function", "NONE"), y)
+        batches = int(np.prod(x.shape)) // depth
+        return dict(batches=batches, depth=depth, oc=out_c, mult=mult, shift=shift, act=act,
+                    in_off=-x.zero_point, w_off=w_off, out_zp=y.zero_point)
+
+    def reference(self, op: Operator, graph: Graph, inputs: list) -> list[np.ndarray]:
+        p = self.params(op, graph)
+        x = np.asarray(inputs[0], dtype=np.int64).reshape(p["batches"], p["depth"]) + p["in_off"]
+        w = np.asarray(inputs[1], dtype=np.int64) + p["w_off"]
+        acc = wrap_int32(wrap_int32(x @ w.T) + _bias(op, inputs, p["oc"]))
+        y = _requantize(acc, p["mult"], p["shift"], p["out_zp"], p["act"])
+        return [y.reshape(graph.tensor(op.outputs[0]).shape)]
+
+    def macs(self, op: Operator, graph: Graph) -> int:
+        out_c, depth = graph.tensor(op.inputs[1]).shape
+        return int(np.prod(graph.tensor(op.inputs[0]).shape)) // depth * depth * out_c
+
+    def emit(self, op: Operator, graph: Graph, ctx) -> str:
+        p = self.params(op, graph)
+        ctx.include("mt_fully_connected.h")
+        mult = ctx.const_array("fc_mult", p["mult"])
+        shift = ctx.const_array("fc_shift", p["shift"])
+        init = (f"{{{p['batches']}, {p['depth']}, {p['oc']}, {p['in_off']}, {p['w_off']}, {p['out_zp']}, "
+                f"{p['act'][0]}, {p['act'][1]}, {mult}, {shift}}}")
+        params = ctx.static_struct("mt_fully_connected_params", "fc_params", init)
+        bias = ctx.ptr(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else "NULL"
+        return (f"mt_fully_connected_s8_ref(&{params}, {ctx.ptr(op.inputs[0])}, {ctx.ptr(op.inputs[1])}, "
+                f"{bias}, {ctx.ptr(op.outputs[0])});")
+
+
+__all__ = ["Conv2D", "DepthwiseConv2D", "FullyConnected", "activation_range", "out_size_and_padding",
+           "per_channel_multipliers"]
