@@ -12,6 +12,8 @@ pool.py.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..ir import Graph, Operator, Tensor
@@ -60,11 +62,20 @@ def per_channel_multipliers(input_scale: float, filter_scales: np.ndarray, outpu
     channel, effective scale computed in double from the float32 scales; a
     per-tensor filter scale is broadcast."""
     scales = np.asarray(filter_scales, dtype=np.float32).reshape(-1)
+    mult, shift = _multipliers_cached(float(np.float32(input_scale)), scales.tobytes(),
+                                      float(np.float32(output_scale)), channels)
+    return mult.copy(), shift.copy()
+
+
+@functools.lru_cache(maxsize=1024)
+def _multipliers_cached(in_s: float, scales_raw: bytes, out_s: float,
+                        channels: int) -> tuple[np.ndarray, np.ndarray]:
+    # The reference executor runs every layer once per input: compute once per layer.
+    scales = np.frombuffer(scales_raw, dtype=np.float32)
     if scales.size == 1:
         scales = np.repeat(scales, channels)
     mult = np.zeros(channels, dtype=np.int32)
     shift = np.zeros(channels, dtype=np.int32)
-    in_s, out_s = float(np.float32(input_scale)), float(np.float32(output_scale))
     for c in range(channels):
         mult[c], shift[c] = quantize_multiplier(in_s * float(scales[c]) / out_s)
     return mult, shift
@@ -147,6 +158,15 @@ def _patches(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int
     return np.moveaxis(win, 3, 5)  # N, OH, OW, KH, KW, C
 
 
+def _exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Integer matrix product through float64 BLAS (numpy's integer matmul is
+    slow); exact while every partial sum stays below 2**53."""
+    bound = float(np.abs(a).max(initial=0)) * float(np.abs(b).max(initial=0)) * a.shape[-1]
+    if bound >= 2.0 ** 53:
+        return a.astype(np.int64) @ b.astype(np.int64)
+    return np.rint(a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+
+
 def _conv_geometry(op: Operator, graph: Graph) -> dict:
     x = graph.tensor(op.inputs[0])
     f = graph.tensor(op.inputs[1])
@@ -205,7 +225,8 @@ class Conv2D(OpKernel):
         x = np.asarray(inputs[0], dtype=np.int64).reshape(p["n"], p["h"], p["w"], p["c"]) - p["in_zp"]
         w = np.asarray(inputs[1], dtype=np.int64)  # O, KH, KW, I
         win = _patches(x, p["kh"], p["kw"], p["sh"], p["sw"], p["ph"], p["pw"], p["oh"], p["ow"])
-        acc = np.tensordot(win, w, axes=([3, 4, 5], [1, 2, 3]))  # N, OH, OW, O
+        acc = _exact_matmul(win.reshape(-1, p["kh"] * p["kw"] * p["c"]), w.reshape(p["oc"], -1).T)
+        acc = acc.reshape(p["n"], p["oh"], p["ow"], p["oc"])
         acc = wrap_int32(wrap_int32(acc) + _bias(op, inputs, p["oc"]))
         return [_requantize(acc, p["mult"], p["shift"], p["out_zp"], p["act"])]
 
@@ -270,7 +291,9 @@ class DepthwiseConv2D(OpKernel):
         x = np.repeat(x, p["dm"], axis=3)
         w = np.asarray(inputs[1], dtype=np.int64).reshape(p["kh"], p["kw"], p["oc"])
         win = _patches(x, p["kh"], p["kw"], p["sh"], p["sw"], p["ph"], p["pw"], p["oh"], p["ow"])
-        acc = np.einsum("nyxhwc,hwc->nyxc", win, w)
+        # float64 is exact here: |sum| <= 255 * 128 * KH * KW, far below 2**53.
+        acc = np.rint(np.einsum("nyxhwc,hwc->nyxc", win.astype(np.float64), w.astype(np.float64)))
+        acc = acc.astype(np.int64)
         acc = wrap_int32(wrap_int32(acc) + _bias(op, inputs, p["oc"]))
         return [_requantize(acc, p["mult"], p["shift"], p["out_zp"], p["act"])]
 
@@ -345,7 +368,7 @@ class FullyConnected(OpKernel):
         p = self.params(op, graph)
         x = np.asarray(inputs[0], dtype=np.int64).reshape(p["batches"], p["depth"]) + p["in_off"]
         w = np.asarray(inputs[1], dtype=np.int64) + p["w_off"]
-        acc = wrap_int32(wrap_int32(x @ w.T) + _bias(op, inputs, p["oc"]))
+        acc = wrap_int32(wrap_int32(_exact_matmul(x, w.T)) + _bias(op, inputs, p["oc"]))
         y = _requantize(acc, p["mult"], p["shift"], p["out_zp"], p["act"])
         return [y.reshape(graph.tensor(op.outputs[0]).shape)]
 
