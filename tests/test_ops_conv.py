@@ -1,5 +1,9 @@
-"""CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED: numpy reference and C kernel vs TFLM."""
+"""CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED: numpy reference and C kernel vs TFLM.
+
+MT_OPS_EXAMPLES=<n> raises the number of random cases per property (default 25-30)."""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -13,7 +17,8 @@ from microtile.ops.conv import out_size_and_padding
 from ops_a_helpers import check_against_tflm, log_uniform, one_op_graph, quant, random_int8, tensor
 
 ACTS = st.sampled_from(["NONE", "RELU", "RELU6", "RELU_N1_TO_1"])
-SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=int(os.environ.get("MT_OPS_EXAMPLES", 25)), deadline=None,
+                    derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 
 

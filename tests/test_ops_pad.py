@@ -1,6 +1,8 @@
 """PAD and PADV2: numpy reference and C kernel vs TFLM."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,7 +13,8 @@ from microtile.ops import kernel_for
 
 from ops_a_helpers import check_against_tflm, log_uniform, one_op_graph, quant, random_int8, tensor
 
-SETTINGS = settings(max_examples=30, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=int(os.environ.get("MT_OPS_EXAMPLES", 30)), deadline=None,
+                    derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 
 

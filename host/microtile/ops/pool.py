@@ -152,10 +152,6 @@ class Mean(OpKernel):
         raw = [int(v) for v in np.asarray(a.data).reshape(-1)]
         if any(not -len(x.shape) <= v < len(x.shape) for v in raw):
             raise self.unsupported(op, f"axes {raw} out of range for rank {len(x.shape)}")
-        axes = self.axes(op, graph)
-        if len(axes) > 2:
-            # TFLM's reference reduce resolves at most 2 distinct axes.
-            raise self.unsupported(op, f"{len(axes)} distinct reduction axes", "at most 2 axes")
         expected = self.out_shape(op, graph)
         if int(np.prod(y.shape)) != int(np.prod(expected)):
             raise self.unsupported(op, f"output shape {tuple(y.shape)} does not match the computed {expected}")
