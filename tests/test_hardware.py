@@ -73,23 +73,24 @@ def test_cli_run_board_nucleo_without_board(no_board_attached, tmp_path_factory)
 
 
 def test_cycles_are_also_reported_as_time_at_the_board_clock(tmp_path_factory):
-    """run_json adds clock_hz and time_us = cycles / clock_hz (a RunResult with cycle
+    """The JSON adds clock_hz and time_us = cycles / clock_hz (a RunResult with cycle
     counts, as a board run produces it; the firmware is the real build for the board)."""
-    from microtile.cli import run_json
-
     board = load_board("nucleo_f446re")
     compiled = compile_model(load_tflite(_model(tmp_path_factory)))
     firmware = build_firmware(compiled, board)
     result = RunResult(compiled.graph.name, board, "cycles", compiled, firmware,
                        layer_counts=[[180_000], [180_002]], samples=2)
-    data = run_json(result)
+    data = result.to_json()
     assert data["counter_unit"] == "cycles" and data["clock_hz"] == 180_000_000
     assert data["layers"][0]["cycles"] == 180_001 and data["layers"][0]["time_us"] == pytest.approx(1000.006)
     assert data["total"]["time_us"] == pytest.approx(1000.006)
     # Emulated instruction counts have no time.
     qemu = RunResult(compiled.graph.name, load_board("qemu"), "instructions", compiled, firmware,
                      layer_counts=[[5000]], samples=1)
-    assert "clock_hz" not in run_json(qemu) and "time_us" not in run_json(qemu)["total"]
+    assert "clock_hz" not in qemu.to_json() and "time_us" not in qemu.to_json()["total"]
+    # A board that fell back to its reset clock reports it; time follows the reported clock.
+    result.clock_hz = 16_000_000
+    assert result.to_json()["total"]["time_us"] == pytest.approx(180_001 / 16)
 
 
 # ---- with a board (pytest --board nucleo) ----

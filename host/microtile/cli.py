@@ -13,21 +13,8 @@ from .errors import MicrotileError
 console = Console()
 
 
-def run_json(result) -> dict:
-    """The run's JSON; for cycle counts also the time at the board clock
-    (``clock_hz``, and ``time_us`` per layer and in total = cycles / clock_hz)."""
-    data = result.to_json()
-    if data["counter_unit"] == "cycles":
-        # The clock the firmware reported (INFO) when the runner kept it, else the YAML's.
-        clock = getattr(result, "clock_hz", None) or result.board.clock_hz
-        data["clock_hz"] = clock
-        for entry in (*data["layers"], data["total"]):
-            entry["time_us"] = round(entry["cycles"] * 1e6 / clock, 3)
-    return data
-
-
 def _print_run(result) -> None:
-    data = run_json(result)
+    data = result.to_json()
     unit = data["counter_unit"]
     timed = "clock_hz" in data
     clock = f" at {data['clock_hz'] / 1e6:g} MHz" if timed else ""
@@ -74,16 +61,17 @@ def _print_run(result) -> None:
                       "counts are unavailable, not zero.[/dim]")
 
 
+def _target_options(args) -> dict:
+    """open_target options from --emulate / --port / --baud."""
+    return {"emulate": bool(getattr(args, "emulate", False)), "port": getattr(args, "port", None),
+            "baudrate": getattr(args, "baud", None)}
+
+
 def _resolve_board(args) -> str:
-    """--board nucleo -> the attached Nucleo's board name (and its probe into args.probe);
-    --port/--baud become the hardware targets' defaults."""
-    from . import targets
+    """--board nucleo -> the attached Nucleo's board name (and its probe into args.probe)."""
     from .discovery import resolve_board
 
-    emulate = bool(getattr(args, "emulate", False))
-    targets.configure(port=getattr(args, "port", None), baudrate=getattr(args, "baud", None),
-                      emulate=True if emulate else None)
-    if emulate:
+    if getattr(args, "emulate", False):
         from .boards import load_board
 
         board = load_board(args.board)
@@ -99,21 +87,19 @@ def _resolve_board(args) -> str:
 
 
 def cmd_run(args) -> int:
-    from .runner import run_model
+    from .runner import run_model, write_json
 
     args.board = _resolve_board(args)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
         task = progress.add_task("running", total=None)
         result = run_model(args.model, args.board, inputs=args.inputs, random=args.random,
-                           labels=args.labels, limit=args.limit, probe=args.probe,
+                           labels=args.labels, limit=args.limit, probe=args.probe, os_name=args.os,
+                           target_options=_target_options(args),
                            progress=lambda done, total: progress.update(task, completed=done, total=total))
     _print_run(result)
     if args.json:
-        import json
-        from pathlib import Path
-
-        Path(args.json).write_text(json.dumps(run_json(result), indent=2) + "\n")
+        write_json(result, args.json)
         console.print(f"wrote {args.json}")
     if result.error:
         console.print(f"[red]error after {result.samples} sample(s):[/red] {result.error}")
@@ -201,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--baud", type=int, help="board serial baud rate (default: the board YAML's uart.baudrate)")
     run.add_argument("--emulate", action="store_true",
                      help="run the board's image on its emulator (QEMU) instead of the attached board")
+    run.add_argument("--os", choices=("baremetal", "zephyr"), default="baremetal",
+                     help="firmware: bare-metal image (default) or the Zephyr app (needs ZEPHYR_BASE; docs/zephyr.md)")
     src = run.add_mutually_exclusive_group()
     src.add_argument("--inputs", help="directory of .bin/.npy inputs, or one .npy (N x input shape)")
     src.add_argument("--random", type=int, metavar="N", help="N seeded random inputs (default: 1)")

@@ -56,11 +56,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "hardware: needs a real board (pytest --board nucleo...)")
     config.addinivalue_line("markers", "qemu: runs firmware on qemu-system-arm")
     config.addinivalue_line("markers", "shared: needs the MLPerf Tiny data in ../shared")
-    from . import targets
-
-    baud = _option(config, "baud")
-    targets.configure(port=_option(config, "port"), baudrate=int(baud) if baud else None,
-                      emulate=True if config.getoption("--emulate") else None)
 
 
 def _wants_hardware(config: pytest.Config) -> bool:
@@ -141,8 +136,12 @@ def run_on_board(board, attached_probe, pytestconfig: pytest.Config):
 
     probe = attached_probe.unique_id if attached_probe is not None else pytestconfig.getoption("--probe")
 
+    baud = _option(pytestconfig, "baud")
+    options = {"emulate": bool(pytestconfig.getoption("--emulate")), "port": _option(pytestconfig, "port"),
+               "baudrate": int(baud) if baud else None}
+
     def run(model_path, **kwargs):
-        return run_model(model_path, board.name, probe=probe, **kwargs)
+        return run_model(model_path, board.name, probe=probe, target_options=options, **kwargs)
 
     return run
 

@@ -37,6 +37,8 @@ class RunResult:
     tflm_correct: int = 0
     labelled: int = 0
     error: str | None = None
+    clock_hz: int | None = None  # the clock the target reports (a board may fall back to its reset clock)
+    port_status: str = "ok"  # the board port's own report (clock fallback, missing counter, ...)
 
     @property
     def top1(self) -> float | None:
@@ -60,7 +62,7 @@ class RunResult:
             for op, m, c in zip(self.compiled.device_ops, macs, counts)
         ]
         arena = self.compiled.plan.arena_size
-        return {
+        data = {
             "model": self.model,
             "board": self.board.name,
             "samples": self.samples,
@@ -79,7 +81,14 @@ class RunResult:
             },
             "rom": {"total_bytes": self.firmware.sizes.rom_bytes},
             "error": self.error,
+            "port_status": self.port_status,
         }
+        if unit == "cycles":  # also as time, at the clock the firmware reported
+            clock = self.clock_hz or self.board.clock_hz
+            data["clock_hz"] = clock
+            for entry in (*layers, data["total"]):
+                entry["time_us"] = round(entry["cycles"] * 1e6 / clock, 3)
+        return data
 
 
 def top1_of(output: np.ndarray) -> int:
@@ -89,7 +98,10 @@ def top1_of(output: np.ndarray) -> int:
 def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | None = None,
               random: int | None = None, labels: str | None = None, limit: int | None = None,
               progress: Callable[[int, int], None] | None = None, probe: str | None = None,
-              kernels: str = "reference") -> RunResult:
+              kernels: str = "reference", os_name: str = "baremetal",
+              target_options: dict | None = None) -> RunResult:
+    """Run a model on a target. ``target_options`` go to ``targets.open_target``
+    (``emulate``, ``port``, ``baudrate``); ``os_name`` is "baremetal" or "zephyr"."""
     from .targets import open_target
 
     model_path = Path(model_path)
@@ -97,12 +109,19 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
     board = load_board(board_name)
     compiled = compile_model(graph, kernels, board)
     samples: list[Sample] = load_samples(graph, inputs, random, labels, limit)
-    firmware = build_firmware(compiled, board)
+    if os_name == "zephyr":
+        from .zephyr import build_zephyr
+
+        firmware = build_zephyr(compiled, board)
+    elif os_name == "baremetal":
+        firmware = build_firmware(compiled, board)
+    else:
+        raise MicrotileError(f"unknown --os {os_name!r}: baremetal or zephyr")
     oracle = TflmOracle(model_path)
 
     result = RunResult(graph.name, board, board.counter_unit, compiled, firmware)
     try:
-        with open_target(board, firmware, probe=probe) as target:
+        with open_target(board, firmware, probe=probe, **(target_options or {})) as target:
             link = target.link
             info = link.info()
             if info.model_hash != int(compiled.hash[:8], 16):
@@ -110,6 +129,8 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
                     f"the target runs model hash {info.model_hash:08x}, not {compiled.hash[:8]}: stale image"
                 )
             result.counter_unit = info.counter_unit
+            result.clock_hz = info.clock_hz
+            result.port_status = getattr(info, "port_status_text", "") or "ok"
             for k, sample in enumerate(samples):
                 for i, (t_index, arr) in enumerate(zip(compiled.device_inputs, compiled.to_device(sample.arrays))):
                     link.write_input(i, np.ascontiguousarray(arr).tobytes())

@@ -8,23 +8,8 @@ from typing import Any
 from ..boards import Board, load_board
 from ..errors import BoardNotFoundError
 
-# Defaults for every open_target call in this process, set once by front ends that
-# know them (the pytest plugin's --port/--baud); explicit arguments win.
-DEFAULTS: dict[str, Any] = {}
-
-
-def configure(**defaults: Any) -> None:
-    """Set process-wide defaults for open_target (``port=``, ``baudrate=``, ``emulate=``);
-    None removes one."""
-    for key, value in defaults.items():
-        if value is None:
-            DEFAULTS.pop(key, None)
-        else:
-            DEFAULTS[key] = value
-
-
 def open_target(board: Board | str, firmware: Any, probe: str | None = None, *,
-                emulate: bool | None = None, **kwargs: Any):
+                emulate: bool = False, **kwargs: Any):
     """A context manager with ``.link`` (a DeviceLink) for the board.
 
     ``firmware`` is an ELF path or an object with ``.elf`` and ``.build_id``
@@ -35,8 +20,6 @@ def open_target(board: Board | str, firmware: Any, probe: str | None = None, *,
 
     board = load_board(board) if isinstance(board, str) else board
     elf = Path(getattr(firmware, "elf", firmware))
-    if emulate is None:
-        emulate = bool(DEFAULTS.get("emulate"))
     on_hardware = is_probe_board(board) and not emulate
     if not on_hardware:
         if board.emulator is None:
@@ -44,9 +27,9 @@ def open_target(board: Board | str, firmware: Any, probe: str | None = None, *,
                                      f"{board.path}; it cannot be run")
         from .qemu import QemuTarget
 
-        qemu_kwargs = {k: v for k, v in kwargs.items() if k not in ("port", "baudrate", "force_flash")}
+        qemu_kwargs = {k: v for k, v in kwargs.items() if k not in ("port", "baudrate", "force_flash")}  # hardware only
         return QemuTarget(board, elf, **qemu_kwargs)
     from .nucleo import NucleoTarget
 
-    options = {**{k: v for k, v in DEFAULTS.items() if k != "emulate"}, **kwargs}
+    options = {k: v for k, v in kwargs.items() if v is not None}
     return NucleoTarget(board, elf, build_id=getattr(firmware, "build_id", None), probe=probe, **options)
