@@ -1,37 +1,43 @@
-/* Portable reference CONV_2D int8 kernel; bit-exact with TFLM's ConvPerChannel. */
+/* Portable reference CONV_2D int8 kernel; bit-exact with TFLM's ConvPerChannel.
+ *
+ * Taps outside the image contribute nothing, so each output pixel clips the
+ * filter window to the image once; in NHWC / OHWI a clipped filter row is then
+ * one contiguous run of (taps * in_c) values in both input and filter. */
 #include "mt_conv.h"
 
 #include "mt_quant.h"
+
+static inline int32_t mt_max32(int32_t a, int32_t b) { return a > b ? a : b; }
+static inline int32_t mt_min32(int32_t a, int32_t b) { return a < b ? a : b; }
 
 void mt_conv_s8_ref(const mt_conv_params *p, const int8_t *input, const int8_t *filter,
                     const int32_t *bias, int8_t *output)
 {
     const int32_t in_row = p->in_w * p->in_c;
-    const int32_t filter_size = p->k_h * p->k_w * p->in_c;
+    const int32_t filter_row = p->k_w * p->in_c;
+    const int32_t filter_size = p->k_h * filter_row;
     for (int32_t b = 0; b < p->batches; b++) {
-        const int8_t *in_b = input + (int32_t)b * p->in_h * in_row;
+        const int8_t *in_b = input + b * p->in_h * in_row;
         for (int32_t oy = 0; oy < p->out_h; oy++) {
             const int32_t y0 = oy * p->stride_h - p->pad_h;
+            const int32_t ky_lo = mt_max32(0, -y0);
+            const int32_t ky_hi = mt_min32(p->k_h, p->in_h - y0);
             for (int32_t ox = 0; ox < p->out_w; ox++) {
                 const int32_t x0 = ox * p->stride_w - p->pad_w;
+                const int32_t kx_lo = mt_max32(0, -x0);
+                const int32_t kx_hi = mt_min32(p->k_w, p->in_w - x0);
+                const int32_t run = (kx_hi - kx_lo) * p->in_c; /* contiguous values per filter row */
+                /* an index, not a pointer: before clipping it may point outside the image */
+                const int32_t in0 = (y0 * p->in_w + x0 + kx_lo) * p->in_c;
+                const int32_t f0 = kx_lo * p->in_c;
                 for (int32_t oc = 0; oc < p->out_c; oc++) {
-                    const int8_t *f = filter + oc * filter_size;
+                    const int8_t *f = filter + oc * filter_size + f0;
                     int32_t acc = 0;
-                    for (int32_t ky = 0; ky < p->k_h; ky++) {
-                        const int32_t y = y0 + ky;
-                        if (y < 0 || y >= p->in_h) {
-                            continue; /* padding contributes nothing */
-                        }
-                        for (int32_t kx = 0; kx < p->k_w; kx++) {
-                            const int32_t x = x0 + kx;
-                            if (x < 0 || x >= p->in_w) {
-                                continue;
-                            }
-                            const int8_t *in = in_b + y * in_row + x * p->in_c;
-                            const int8_t *fw = f + (ky * p->k_w + kx) * p->in_c;
-                            for (int32_t ic = 0; ic < p->in_c; ic++) {
-                                acc += (int32_t)fw[ic] * ((int32_t)in[ic] + p->input_offset);
-                            }
+                    for (int32_t ky = ky_lo; ky < ky_hi; ky++) {
+                        const int8_t *in = in_b + (in0 + ky * in_row);
+                        const int8_t *fw = f + ky * filter_row;
+                        for (int32_t i = 0; i < run; i++) {
+                            acc += (int32_t)fw[i] * ((int32_t)in[i] + p->input_offset);
                         }
                     }
                     if (bias != 0) {

@@ -1,37 +1,40 @@
 /* Portable reference DEPTHWISE_CONV_2D int8 kernel; bit-exact with TFLM's
- * DepthwiseConvPerChannel. */
+ * DepthwiseConvPerChannel. Each output pixel clips the filter window to the
+ * image once (taps outside contribute nothing). */
 #include "mt_depthwise_conv.h"
 
 #include "mt_quant.h"
+
+static inline int32_t mt_max32(int32_t a, int32_t b) { return a > b ? a : b; }
+static inline int32_t mt_min32(int32_t a, int32_t b) { return a < b ? a : b; }
 
 void mt_depthwise_conv_s8_ref(const mt_depthwise_conv_params *p, const int8_t *input,
                               const int8_t *filter, const int32_t *bias, int8_t *output)
 {
     const int32_t out_c = p->in_c * p->depth_multiplier;
     const int32_t in_row = p->in_w * p->in_c;
+    const int32_t filter_row = p->k_w * out_c;
     for (int32_t b = 0; b < p->batches; b++) {
-        const int8_t *in_b = input + (int32_t)b * p->in_h * in_row;
+        const int8_t *in_b = input + b * p->in_h * in_row;
         for (int32_t oy = 0; oy < p->out_h; oy++) {
             const int32_t y0 = oy * p->stride_h - p->pad_h;
+            const int32_t ky_lo = mt_max32(0, -y0);
+            const int32_t ky_hi = mt_min32(p->k_h, p->in_h - y0);
             for (int32_t ox = 0; ox < p->out_w; ox++) {
                 const int32_t x0 = ox * p->stride_w - p->pad_w;
+                const int32_t kx_lo = mt_max32(0, -x0);
+                const int32_t kx_hi = mt_min32(p->k_w, p->in_w - x0);
+                const int32_t in0 = y0 * in_row + x0 * p->in_c; /* index: may lie outside before clipping */
                 for (int32_t ic = 0; ic < p->in_c; ic++) {
                     for (int32_t m = 0; m < p->depth_multiplier; m++) {
                         const int32_t oc = ic * p->depth_multiplier + m;
                         int32_t acc = 0;
-                        for (int32_t ky = 0; ky < p->k_h; ky++) {
-                            const int32_t y = y0 + ky;
-                            if (y < 0 || y >= p->in_h) {
-                                continue;
-                            }
-                            for (int32_t kx = 0; kx < p->k_w; kx++) {
-                                const int32_t x = x0 + kx;
-                                if (x < 0 || x >= p->in_w) {
-                                    continue;
-                                }
-                                const int32_t in_val = in_b[y * in_row + x * p->in_c + ic];
-                                const int32_t f_val = filter[(ky * p->k_w + kx) * out_c + oc];
-                                acc += f_val * (in_val + p->input_offset);
+                        for (int32_t ky = ky_lo; ky < ky_hi; ky++) {
+                            const int32_t row = in0 + ky * in_row + ic;
+                            const int8_t *f = filter + ky * filter_row + oc;
+                            for (int32_t kx = kx_lo; kx < kx_hi; kx++) {
+                                acc += (int32_t)f[kx * out_c] *
+                                       ((int32_t)in_b[row + kx * p->in_c] + p->input_offset);
                             }
                         }
                         if (bias != 0) {
