@@ -11,8 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from microtile.errors import UnsupportedOperatorError
+from microtile.native import NativeModel
 from microtile.ops import kernel_for
 from microtile.ops.conv import out_size_and_padding
+from microtile.reference import run_reference
 
 from ops_a_helpers import check_against_tflm, log_uniform, one_op_graph, quant, random_int8, tensor
 
@@ -160,11 +162,28 @@ def test_fully_connected_keep_num_dims():
     assert out.shape == (1, 3, 5)
 
 
-def test_fully_connected_weights_zero_point():
+@pytest.mark.parametrize("batches", [1, 2])  # batch 1 also runs the C kernel
+def test_fully_connected_weights_zero_point(batches):
     """Per-tensor weights with a zero point: TFLM's kernel applies it (weights_offset)."""
     rng = np.random.default_rng(6)
-    graph = fc_graph(rng, batches=2, depth=20, oc=7, w_zp=3)
-    check_against_tflm(graph, [random_int8(rng, (2, 20))])
+    graph = fc_graph(rng, batches=batches, depth=20, oc=7, w_zp=3)
+    check_against_tflm(graph, [random_int8(rng, (batches, 20))])
+
+
+def test_depthwise_without_bias_equals_zero_bias():
+    """TFLM's depthwise Prepare dereferences a missing bias, so the no-bias variant
+    is checked against TFLM running the same layer with an all-zero bias."""
+    rng = np.random.default_rng(13)
+    with_bias = conv_graph(rng, h=6, w=5, c=3, oc=6, kh=3, kw=3, depthwise=True, act="RELU")
+    with_bias.tensors[2].data = np.zeros(6, dtype=np.int32)
+    x = random_int8(rng, (1, 6, 5, 3))
+    expected = check_against_tflm(with_bias, [x])
+    no_bias = conv_graph(np.random.default_rng(13), h=6, w=5, c=3, oc=6, kh=3, kw=3, depthwise=True,
+                         act="RELU", bias=False)
+    op = no_bias.operators[0]
+    kernel_for(op).check(op, no_bias)
+    np.testing.assert_array_equal(run_reference(no_bias, [x])[0], expected)
+    np.testing.assert_array_equal(NativeModel.build(no_bias).run([x])[0], expected)
 
 
 # ---------------------------------------------------------------- unsupported variants
