@@ -18,7 +18,7 @@ import numpy as np
 
 from ..ir import Graph, Operator, Tensor
 from ..quant import multiply_by_quantized_multiplier, quantize_multiplier, tflite_round, wrap_int32
-from . import OpKernel, register
+from . import EmitContext, OpKernel, register
 
 ACTIVATIONS = ("NONE", "RELU", "RELU6", "RELU_N1_TO_1")
 PADDINGS = ("SAME", "VALID")
@@ -220,7 +220,7 @@ class Conv2D(OpKernel):
         act = activation_range(op.options.get("fused_activation_function", "NONE"), y)
         return dict(g, oc=f.shape[0], mult=mult, shift=shift, act=act, in_zp=x.zero_point, out_zp=y.zero_point)
 
-    def reference(self, op: Operator, graph: Graph, inputs: list) -> list[np.ndarray]:
+    def reference(self, op: Operator, graph: Graph, inputs: list[np.ndarray | None]) -> list[np.ndarray]:
         p = self.params(op, graph)
         x = np.asarray(inputs[0], dtype=np.int64).reshape(p["n"], p["h"], p["w"], p["c"]) - p["in_zp"]
         w = np.asarray(inputs[1], dtype=np.int64)  # O, KH, KW, I
@@ -235,7 +235,7 @@ class Conv2D(OpKernel):
         oc = graph.tensor(op.inputs[1]).shape[0]
         return g["n"] * g["oh"] * g["ow"] * oc * g["kh"] * g["kw"] * g["c"]
 
-    def emit(self, op: Operator, graph: Graph, ctx) -> str:
+    def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
         p = self.params(op, graph)
         ctx.include("mt_conv.h")
         mult = ctx.const_array("conv_mult", p["mult"])
@@ -284,7 +284,7 @@ class DepthwiseConv2D(OpKernel):
         return dict(g, oc=oc, dm=oc // g["c"], mult=mult, shift=shift, act=act,
                     in_zp=x.zero_point, out_zp=y.zero_point)
 
-    def reference(self, op: Operator, graph: Graph, inputs: list) -> list[np.ndarray]:
+    def reference(self, op: Operator, graph: Graph, inputs: list[np.ndarray | None]) -> list[np.ndarray]:
         p = self.params(op, graph)
         x = np.asarray(inputs[0], dtype=np.int64).reshape(p["n"], p["h"], p["w"], p["c"]) - p["in_zp"]
         # Output channel oc reads input channel oc // M: repeat each input channel M times.
@@ -302,7 +302,7 @@ class DepthwiseConv2D(OpKernel):
         oc = graph.tensor(op.inputs[1]).shape[3]
         return g["n"] * g["oh"] * g["ow"] * oc * g["kh"] * g["kw"]
 
-    def emit(self, op: Operator, graph: Graph, ctx) -> str:
+    def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
         p = self.params(op, graph)
         ctx.include("mt_depthwise_conv.h")
         mult = ctx.const_array("dw_mult", p["mult"])
@@ -364,7 +364,7 @@ class FullyConnected(OpKernel):
         return dict(batches=batches, depth=depth, oc=out_c, mult=mult, shift=shift, act=act,
                     in_off=-x.zero_point, w_off=w_off, out_zp=y.zero_point)
 
-    def reference(self, op: Operator, graph: Graph, inputs: list) -> list[np.ndarray]:
+    def reference(self, op: Operator, graph: Graph, inputs: list[np.ndarray | None]) -> list[np.ndarray]:
         p = self.params(op, graph)
         x = np.asarray(inputs[0], dtype=np.int64).reshape(p["batches"], p["depth"]) + p["in_off"]
         w = np.asarray(inputs[1], dtype=np.int64) + p["w_off"]
@@ -376,7 +376,7 @@ class FullyConnected(OpKernel):
         out_c, depth = graph.tensor(op.inputs[1]).shape
         return int(np.prod(graph.tensor(op.inputs[0]).shape)) // depth * depth * out_c
 
-    def emit(self, op: Operator, graph: Graph, ctx) -> str:
+    def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
         p = self.params(op, graph)
         ctx.include("mt_fully_connected.h")
         mult = ctx.const_array("fc_mult", p["mult"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph, Operator
-from . import OpKernel, register
+from . import EmitContext, OpKernel, register
 
 MAX_PAD_RANK = 4
 
@@ -52,12 +52,12 @@ class _Pad(OpKernel):
     def pad_value(self, op: Operator, graph: Graph, inputs: list | None = None) -> int:
         return graph.tensor(op.outputs[0]).zero_point
 
-    def reference(self, op: Operator, graph: Graph, inputs: list) -> list[np.ndarray]:
+    def reference(self, op: Operator, graph: Graph, inputs: list[np.ndarray | None]) -> list[np.ndarray]:
         x = np.asarray(inputs[0], dtype=np.int8).reshape(graph.tensor(op.inputs[0]).shape)
         p = self.paddings(op, graph)
         return [np.pad(x, [tuple(int(v) for v in r) for r in p], constant_values=self.pad_value(op, graph, inputs))]
 
-    def emit(self, op: Operator, graph: Graph, ctx) -> str:
+    def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
         x = graph.tensor(op.inputs[0])
         ext = MAX_PAD_RANK - len(x.shape)
         dims = (1,) * ext + tuple(x.shape)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..ir import Graph, Operator
 from ..quant import multiply_by_quantized_multiplier, quantize_multiplier
-from . import OpKernel, register
+from . import EmitContext, OpKernel, register
 from .conv import ACTIVATIONS, PADDINGS, activation_range, out_size_and_padding
 
 
@@ -82,7 +82,7 @@ class _Pool2D(OpKernel):
         mask = np.lib.stride_tricks.sliding_window_view(inside, (p["kh"], p["kw"]))[sl_h, sl_w]
         return np.moveaxis(win, 3, 5), mask
 
-    def emit(self, op: Operator, graph: Graph, ctx) -> str:
+    def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
         p = self.params(op, graph)
         ctx.include("mt_pool.h")
         init = (f"{{{p['n']}, {p['h']}, {p['w']}, {p['c']}, {p['oh']}, {p['ow']}, {p['kh']}, {p['kw']}, "
@@ -96,7 +96,7 @@ class AveragePool2D(_Pool2D):
     opcode = "AVERAGE_POOL_2D"
     c_function = "mt_avg_pool_s8_ref"
 
-    def reference(self, op: Operator, graph: Graph, inputs: list) -> list[np.ndarray]:
+    def reference(self, op: Operator, graph: Graph, inputs: list[np.ndarray | None]) -> list[np.ndarray]:
         p = self.params(op, graph)
         x = np.asarray(inputs[0], dtype=np.int64).reshape(p["n"], p["h"], p["w"], p["c"])
         win, mask = self._windows(p, x, 0)
@@ -118,7 +118,7 @@ class MaxPool2D(_Pool2D):
     opcode = "MAX_POOL_2D"
     c_function = "mt_max_pool_s8_ref"
 
-    def reference(self, op: Operator, graph: Graph, inputs: list) -> list[np.ndarray]:
+    def reference(self, op: Operator, graph: Graph, inputs: list[np.ndarray | None]) -> list[np.ndarray]:
         p = self.params(op, graph)
         x = np.asarray(inputs[0], dtype=np.int64).reshape(p["n"], p["h"], p["w"], p["c"])
         win, _ = self._windows(p, x, -128)  # padding never wins against real values
@@ -186,7 +186,7 @@ class Mean(OpKernel):
         return dict(dims=dims, reduce=reduce, count=count, mult=mult, shift=shift,
                     in_zp=x.zero_point, out_zp=y.zero_point)
 
-    def reference(self, op: Operator, graph: Graph, inputs: list) -> list[np.ndarray]:
+    def reference(self, op: Operator, graph: Graph, inputs: list[np.ndarray | None]) -> list[np.ndarray]:
         p = self.params(op, graph)
         x = np.asarray(inputs[0], dtype=np.int64).reshape(p["dims"])
         axes = tuple(i for i, r in enumerate(p["reduce"]) if r)
@@ -198,7 +198,7 @@ class Mean(OpKernel):
     def macs(self, op: Operator, graph: Graph) -> int:
         return int(np.prod(graph.tensor(op.inputs[0]).shape))
 
-    def emit(self, op: Operator, graph: Graph, ctx) -> str:
+    def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
         p = self.params(op, graph)
         ctx.include("mt_mean.h")
         dims = ", ".join(str(d) for d in p["dims"])
