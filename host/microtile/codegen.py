@@ -70,7 +70,7 @@ def validate(graph: Graph) -> None:
     """Check every operator (raises UnsupportedOperatorError naming the first bad one)."""
     for i in graph.inputs:
         t = graph.tensor(i)
-        if len(t.shape) >= 2 and t.shape[0] > 1:
+        if len(t.shape) == 4 and t.shape[0] > 1:  # NHWC images; lower ranks may be broadcast operands
             consumer = next((op for op in graph.operators if i in op.inputs), None)
             raise UnsupportedOperatorError(
                 consumer.index if consumer else -1, consumer.opcode if consumer else "INPUT",

@@ -93,9 +93,10 @@ def multiply_by_quantized_multiplier_greater_than_one(x, multiplier, left_shift)
 
 def activation_range(activation: str, scale: float, zero_point: int,
                      qmin: int = -128, qmax: int = 127) -> tuple[int, int]:
-    """CalculateActivationRangeQuantized for a fused activation."""
+    """CalculateActivationRangeQuantized for a fused activation; ``v / scale`` in
+    float32 as TFLM computes it (a double division can round differently)."""
     def q(v: float) -> int:
-        return zero_point + tflite_round(v / scale)
+        return zero_point + tflite_round(float(np.float32(v) / np.float32(scale)))
 
     if activation == "NONE":
         return qmin, qmax

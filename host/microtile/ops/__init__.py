@@ -75,14 +75,20 @@ def register(cls: type[OpKernel]) -> type[OpKernel]:
     return cls
 
 
-def kernel_for(op: Operator) -> OpKernel:
-    if not REGISTRY:
+_loaded = False
+
+
+def load_families() -> None:
+    """Import every family module once (importing one directly must not hide the others)."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
         for family in _FAMILIES:
-            try:
-                importlib.import_module(f"{__name__}.{family}")
-            except ModuleNotFoundError as exc:
-                if exc.name != f"{__name__}.{family}":
-                    raise
+            importlib.import_module(f"{__name__}.{family}")
+
+
+def kernel_for(op: Operator) -> OpKernel:
+    load_families()
     try:
         return REGISTRY[op.opcode]
     except KeyError:
