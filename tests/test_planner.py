@@ -1,7 +1,6 @@
 """The arena plan: tensors that are alive at the same time never share bytes."""
 from __future__ import annotations
 
-import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -8,7 +8,7 @@ its C call. Weights become const arrays (flash); every call gets constant parame
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

@@ -14,7 +14,8 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import UnsupportedOperatorError
-from ..ir import Graph, Operator
+from ..ir import Graph, Operator, Tensor
+from ..quant import activation_range
 
 
 class EmitContext(Protocol):
@@ -62,6 +63,11 @@ class OpKernel:
 
     def unsupported(self, op: Operator, problem: str, supported: str = "") -> UnsupportedOperatorError:
         return UnsupportedOperatorError(op.index, op.opcode, problem, supported)
+
+
+def fused_activation_range(op: Operator, out: Tensor) -> tuple[int, int]:
+    """The int8 clamp range of the operator's fused activation on its output."""
+    return activation_range(op.options.get("fused_activation_function", "NONE"), out.scale, out.zero_point)
 
 
 REGISTRY: dict[str, OpKernel] = {}

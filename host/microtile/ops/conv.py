@@ -17,8 +17,8 @@ import functools
 import numpy as np
 
 from ..ir import Graph, Operator, Tensor
-from ..quant import multiply_by_quantized_multiplier, quantize_multiplier, tflite_round, wrap_int32
-from . import EmitContext, OpKernel, register
+from ..quant import multiply_by_quantized_multiplier, quantize_multiplier, wrap_int32
+from . import EmitContext, OpKernel, fused_activation_range, register
 
 ACTIVATIONS = ("NONE", "RELU", "RELU6", "RELU_N1_TO_1")
 PADDINGS = ("SAME", "VALID")
@@ -35,25 +35,6 @@ def out_size_and_padding(in_size: int, filter_size: int, stride: int, padding: s
         out = (in_size + stride - filter_size) // stride
     total = max(0, (out - 1) * stride + filter_size - in_size)
     return out, total // 2
-
-
-def activation_range(activation: str, out: Tensor) -> tuple[int, int]:
-    """CalculateActivationRangeQuantized for int8 output, with its float32
-    arithmetic (value / scale in float, then std::round) so edge cases match."""
-    scale = np.float32(out.scale)
-    zp = out.zero_point
-
-    def q(v: float) -> int:
-        return zp + tflite_round(float(np.float32(v) / scale))
-
-    lo, hi = -128, 127
-    if activation == "RELU":
-        return max(lo, q(0.0)), hi
-    if activation == "RELU6":
-        return max(lo, q(0.0)), min(hi, q(6.0))
-    if activation == "RELU_N1_TO_1":
-        return max(lo, q(-1.0)), min(hi, q(1.0))
-    return lo, hi
 
 
 def per_channel_multipliers(input_scale: float, filter_scales: np.ndarray, output_scale: float,
@@ -217,7 +198,7 @@ class Conv2D(OpKernel):
         x, f, y = graph.tensor(op.inputs[0]), graph.tensor(op.inputs[1]), graph.tensor(op.outputs[0])
         g = _conv_geometry(op, graph)
         mult, shift = per_channel_multipliers(x.scale, f.quant.scale, y.scale, f.shape[0])
-        act = activation_range(op.options.get("fused_activation_function", "NONE"), y)
+        act = fused_activation_range(op, y)
         return dict(g, oc=f.shape[0], mult=mult, shift=shift, act=act, in_zp=x.zero_point, out_zp=y.zero_point)
 
     def reference(self, op: Operator, graph: Graph, inputs: list[np.ndarray | None]) -> list[np.ndarray]:
@@ -280,7 +261,7 @@ class DepthwiseConv2D(OpKernel):
         g = _conv_geometry(op, graph)
         oc = f.shape[3]
         mult, shift = per_channel_multipliers(x.scale, f.quant.scale, y.scale, oc)
-        act = activation_range(op.options.get("fused_activation_function", "NONE"), y)
+        act = fused_activation_range(op, y)
         return dict(g, oc=oc, dm=oc // g["c"], mult=mult, shift=shift, act=act,
                     in_zp=x.zero_point, out_zp=y.zero_point)
 
@@ -359,7 +340,7 @@ class FullyConnected(OpKernel):
             mult = np.full(out_c, m, dtype=np.int32)
             shift = np.full(out_c, s, dtype=np.int32)
             w_off = -f.zero_point
-        act = activation_range(op.options.get("fused_activation_function", "NONE"), y)
+        act = fused_activation_range(op, y)
         batches = int(np.prod(x.shape)) // depth
         return dict(batches=batches, depth=depth, oc=out_c, mult=mult, shift=shift, act=act,
                     in_off=-x.zero_point, w_off=w_off, out_zp=y.zero_point)
@@ -389,5 +370,5 @@ class FullyConnected(OpKernel):
                 f"{bias}, {ctx.ptr(op.outputs[0])});")
 
 
-__all__ = ["Conv2D", "DepthwiseConv2D", "FullyConnected", "activation_range", "out_size_and_padding",
+__all__ = ["Conv2D", "DepthwiseConv2D", "FullyConnected", "fused_activation_range", "out_size_and_padding",
            "per_channel_multipliers"]

@@ -13,31 +13,13 @@ from __future__ import annotations
 import numpy as np
 
 from .. import quant as q
-from ..ir import Graph, Operator, Tensor
-from . import EmitContext, OpKernel, register
+from ..ir import Graph, Operator
+from . import EmitContext, OpKernel, fused_activation_range, register
 
 # TFLM's broadcast kernels (BroadcastBinaryFunction6DSlow / BroadcastMul6DSlow) stop at 6.
 MAX_BROADCAST_DIMS = 6
 FUSED_ACTIVATIONS = ("NONE", "RELU", "RELU6", "RELU_N1_TO_1")
 ADD_LEFT_SHIFT = 20  # TFLM's left_shift for int8 ADD
-
-
-def activation_range_f32(activation: str, scale: float, zero_point: int) -> tuple[int, int]:
-    """CalculateActivationRangeQuantized for int8, with TFLM's float32 division
-    (``f / scale`` on floats, then std::round), which can differ from a double one."""
-    def quantize(v: float) -> int:
-        return zero_point + q.tflite_round(float(np.float32(v) / np.float32(scale)))
-
-    lo, hi = -128, 127
-    if activation == "NONE":
-        return lo, hi
-    if activation == "RELU":
-        return max(lo, quantize(0.0)), hi
-    if activation == "RELU6":
-        return max(lo, quantize(0.0)), min(hi, quantize(6.0))
-    if activation == "RELU_N1_TO_1":
-        return max(lo, quantize(-1.0)), min(hi, quantize(1.0))
-    raise ValueError(activation)
 
 
 def broadcast_strides(shape1: tuple[int, ...], shape2: tuple[int, ...],
@@ -117,10 +99,6 @@ class _BinaryInt8(OpKernel):
         if len(out.shape) > MAX_BROADCAST_DIMS:
             raise self.unsupported(op, f"rank {len(out.shape)}", f"up to {MAX_BROADCAST_DIMS}-D tensors")
 
-    def _activation(self, op: Operator, out: Tensor) -> tuple[int, int]:
-        return activation_range_f32(op.options.get("fused_activation_function", "NONE"),
-                                    out.scale, out.zero_point)
-
     def _broadcast_init(self, graph: Graph, op: Operator) -> str:
         a, b = graph.op_inputs(op)
         (out,) = graph.op_outputs(op)
@@ -146,7 +124,7 @@ class Add(_BinaryInt8):
         m1, sh1 = q.quantize_multiplier(s1 / twice_max)
         m2, sh2 = q.quantize_multiplier(s2 / twice_max)
         mo, sho = q.quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * so))
-        lo, hi = self._activation(op, out)
+        lo, hi = fused_activation_range(op, out)
         return dict(input1_offset=-a.zero_point, input2_offset=-b.zero_point, output_offset=out.zero_point,
                     left_shift=ADD_LEFT_SHIFT, input1_multiplier=m1, input1_shift=sh1,
                     input2_multiplier=m2, input2_shift=sh2, output_multiplier=mo, output_shift=sho,
@@ -162,7 +140,7 @@ class Add(_BinaryInt8):
             raise self.unsupported(op, f"output scale {out.scale} is too small for the input scales "
                                    f"({a.scale}, {b.scale}): 2*max(in)/(2^20*out) = {real_out:g} >= 1",
                                    "output scale > 2*max(input scales)/2^20")
-        lo, hi = self._activation(op, out)
+        lo, hi = fused_activation_range(op, out)
         if lo > hi:
             raise self.unsupported(op, "fused activation range is empty for the output quantization")
 
@@ -204,14 +182,14 @@ class Mul(_BinaryInt8):
         a, b = graph.op_inputs(op)
         (out,) = graph.op_outputs(op)
         m, sh = q.quantize_multiplier(float(a.scale) * float(b.scale) / float(out.scale))
-        lo, hi = self._activation(op, out)
+        lo, hi = fused_activation_range(op, out)
         return dict(input1_offset=-a.zero_point, input2_offset=-b.zero_point, output_offset=out.zero_point,
                     output_multiplier=m, output_shift=sh, act_min=lo, act_max=hi)
 
     def check(self, op: Operator, graph: Graph) -> None:
         super().check(op, graph)
         (out,) = graph.op_outputs(op)
-        lo, hi = self._activation(op, out)
+        lo, hi = fused_activation_range(op, out)
         if lo > hi:
             raise self.unsupported(op, "fused activation range is empty for the output quantization")
 

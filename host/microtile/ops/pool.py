@@ -15,7 +15,8 @@ import numpy as np
 from ..ir import Graph, Operator
 from ..quant import multiply_by_quantized_multiplier, quantize_multiplier
 from . import EmitContext, OpKernel, register
-from .conv import ACTIVATIONS, PADDINGS, activation_range, out_size_and_padding
+from . import fused_activation_range
+from .conv import ACTIVATIONS, PADDINGS, out_size_and_padding
 
 
 def _check_int8_same_quant(kernel: OpKernel, op: Operator, graph: Graph) -> None:
@@ -63,7 +64,7 @@ class _Pool2D(OpKernel):
         sh, sw = o.get("stride_h", 1), o.get("stride_w", 1)
         oh, ph = out_size_and_padding(h, kh, sh, o["padding"])
         ow, pw = out_size_and_padding(w, kw, sw, o["padding"])
-        act = activation_range(o.get("fused_activation_function", "NONE"), y)
+        act = fused_activation_range(op, y)
         return dict(n=n, h=h, w=w, c=c, kh=kh, kw=kw, sh=sh, sw=sw, oh=oh, ow=ow, ph=ph, pw=pw, act=act)
 
     def _windows(self, p: dict, x: np.ndarray, fill: int) -> tuple[np.ndarray, np.ndarray]:
