@@ -15,8 +15,16 @@ class TflmOracle:
         from tflite_micro.python.tflite_micro import runtime
 
         data = Path(model).read_bytes() if isinstance(model, (str, Path)) else bytes(model)
-        self.num_outputs = tflite.Model.GetRootAs(data, 0).Subgraphs(0).OutputsLength()
-        self.interpreter = runtime.Interpreter.from_bytes(data)
+        subgraph = tflite.Model.GetRootAs(data, 0).Subgraphs(0)
+        self.num_outputs = subgraph.OutputsLength()
+        # The package's default arena (10x the model size) is too small for models with few
+        # weights and large activations (a lone pooling layer): add room for every tensor.
+        activations = 0
+        for i in range(subgraph.TensorsLength()):
+            t = subgraph.Tensors(i)
+            activations += int(np.prod(t.ShapeAsNumpy())) * 4 if t.ShapeLength() else 4
+        self.interpreter = runtime.Interpreter.from_bytes(
+            data, arena_size=len(data) * 10 + activations + 16384)
 
     def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         for i, x in enumerate(inputs):
