@@ -10,7 +10,8 @@ from rich.table import Table
 
 from .errors import MicrotileError
 
-console = Console()
+# Piped output (logs, CI) gets room for the full tables instead of rich's 80 columns.
+console = Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def _print_run(result) -> None:
@@ -105,6 +106,53 @@ def cmd_run(args) -> int:
         console.print(f"[red]error after {result.samples} sample(s):[/red] {result.error}")
         return 3
     return 1 if result.mismatches else 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench_model, write_bench_json
+
+    kernels = ("reference", "optimized") if args.kernels == "both" else (args.kernels,)
+    results, status = [], 0
+    for model in args.model:
+        data = bench_model(model, args.board, kernels, random=args.random)
+        results.append(data)
+        unit = data["counter_unit"]
+        table = Table(title=f"{data['model']} on {data['board']}: {unit}, mean of {args.random} inputs")
+        for col in ("#", "op", "shape", "MACs"):
+            table.add_column(col, justify="right" if col in ("#", "MACs") else "left")
+        short = {"reference": "ref", "optimized": "opt"}
+        for k in kernels:
+            table.add_column(short[k], justify="right")
+            table.add_column(f"{short[k]}/MAC", justify="right")
+        if len(kernels) == 2:
+            table.add_column("speed-up", justify="right")
+
+        def row(label, op, shape, macs, counts, speedup, style=None):
+            cells = [label, op, shape, f"{macs:,}"]
+            for k in kernels:
+                cells += [f"{counts[k]:,}", f"{counts[k] / macs:.2f}" if macs else "-"]
+            if len(kernels) == 2:
+                cells.append(f"{speedup:.2f}x" if speedup else "-")
+            table.add_row(*cells, style=style)
+
+        for layer in data["layers"]:
+            row(str(layer["index"]), layer["op"], "x".join(map(str, layer["shape"][1:])), layer["macs"],
+                layer[unit], layer.get("speedup"))
+        total = data["total"]
+        row("", "total", "", total["macs"], total[unit], total.get("speedup"), style="bold")
+        console.print(table)
+        for k, run in data["runs"].items():
+            verdict = "[green]bit-exact with TFLM[/green]" if not run["mismatches"] else \
+                f"[red]{run['mismatches']} of {run['samples']} differ from TFLM[/red]"
+            console.print(f"{k}: {verdict}" + (f" [red]error: {run['error']}[/red]" if run["error"] else ""))
+            if run["mismatches"] or run["error"]:
+                status = 1
+        if unit == "instructions":
+            console.print("[dim]Emulated: executed instructions (QEMU -icount), not cycles.[/dim]")
+    if args.json:
+        write_bench_json(results, args.json)
+        console.print(f"wrote {args.json}")
+    return status
 
 
 def cmd_compile(args) -> int:
@@ -202,6 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("--board", default="qemu")
     comp.add_argument("--out", help="also copy the generated sources here")
     comp.set_defaults(func=cmd_compile)
+
+    bench = sub.add_parser("bench", help="reference vs optimised kernels, per layer, bit-exact checked")
+    bench.add_argument("model", nargs="+", help="int8 .tflite models")
+    bench.add_argument("--board", default="qemu")
+    bench.add_argument("--kernels", choices=("reference", "optimized", "both"), default="both")
+    bench.add_argument("--random", type=int, default=2, metavar="N", help="seeded random inputs per model")
+    bench.add_argument("--json", metavar="OUT.json", help="also write the results as JSON")
+    bench.set_defaults(func=cmd_bench)
 
     boards = sub.add_parser("boards", help="list the supported boards")
     boards.set_defaults(func=cmd_boards)

@@ -1,0 +1,32 @@
+"""`microtile bench`: both kernel sets side by side, per layer, bit-exact checked."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from microtile_models.build import zoo_model_bytes
+
+pytestmark = pytest.mark.qemu
+
+
+def test_bench_prints_and_writes_both_kernel_sets(tmp_path):
+    model = tmp_path / "kws.tflite"
+    model.write_bytes(zoo_model_bytes("ds_cnn_kws"))
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "microtile.cli", "bench", str(model), "--random", "1",
+                           "--json", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "reference: bit-exact with TFLM" in proc.stdout and "optimized: bit-exact with TFLM" in proc.stdout
+    (data,) = json.loads(out.read_text())["models"]
+    unit = data["counter_unit"]
+    assert data["kernels"] == ["reference", "optimized"]
+    assert [layer["op"] for layer in data["layers"]][:2] == ["CONV_2D", "DEPTHWISE_CONV_2D"]
+    for kernels, run in data["runs"].items():
+        assert run["kernels"] == kernels and run["mismatches"] == 0 and run["samples"] == 1
+        # The per-layer table is the runs' own per-layer counts.
+        assert [layer[unit][kernels] for layer in data["layers"]] == [layer[unit] for layer in run["layers"]]
+    ref, opt = data["total"][unit]["reference"], data["total"][unit]["optimized"]
+    assert data["total"]["speedup"] == pytest.approx(ref / opt, abs=1e-3)
