@@ -201,13 +201,34 @@ def test_mlperf_tiny_softmax_layers():
     assert tested >= 3
 
 
-@pytest.mark.parametrize("opcode,out", [("SOFTMAX", SOFTMAX_OUT), ("LOG_SOFTMAX", LOG_SOFTMAX_OUT)])
-def test_long_rows_near_accumulator_limit(opcode, out):
-    """4000 near-equal values: the Q12.19 sum of exps gets close to 2**31."""
+@pytest.mark.parametrize("opcode,out,out_dtype,depth", [
+    ("SOFTMAX", SOFTMAX_OUT, "int8", 511),            # largest sum of exps TFLM's int8 path accepts
+    ("SOFTMAX", (1.0 / 65536, -32768), "int16", 4000),
+    ("LOG_SOFTMAX", LOG_SOFTMAX_OUT, "int8", 4000),   # Q12.19 sum of exps close to 2**31
+])
+def test_long_rows_near_accumulator_limit(opcode, out, out_dtype, depth):
     rng = np.random.default_rng(21)
-    shape = (1, 4000)
-    x = rng.integers(120, 128, size=shape).astype(np.int8)
-    check_against_tflm(softmax_graph(shape, 2.0 ** -18, 0, out=out, opcode=opcode), [x])
+    shape = (1, depth)
+    x = rng.integers(126, 128, size=shape).astype(np.int8)
+    x[0, 0] = 127
+    graph = softmax_graph(shape, 2.0 ** -18, 0, out=out, out_dtype=out_dtype, opcode=opcode)
+    check_against_tflm(graph, [x])
+
+
+def test_int8_softmax_beyond_tflm_limit():
+    """With 600 equal values the int8 sum of exps passes 512, where TFLM aborts
+    (TFLITE_CHECK on the output exponent). We return the limit of its formula,
+    probability 0 (-128), in numpy and C alike instead of shifting by >= 32 bits."""
+    from microtile.native import NativeModel
+
+    shape = (1, 600)
+    graph = softmax_graph(shape, 0.1, 0)
+    op = graph.operators[0]
+    kernel_for(op).check(op, graph)
+    x = np.full(shape, 7, dtype=np.int8)
+    ref = kernel_for(op).reference(op, graph, [x])[0]
+    assert np.all(ref == -128)
+    assert np.array_equal(NativeModel.build(graph).run([x])[0], ref)
 
 
 @pytest.mark.shared

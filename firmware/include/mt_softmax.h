@@ -14,7 +14,8 @@ typedef struct {
     int32_t diff_min;         /* inputs further than this below the row max give 0 */
 } mt_softmax_params;
 
-/* int8 -> int8 (output scale 1/256, zero point -128). input == output is allowed. */
+/* int8 -> int8 (output scale 1/256, zero point -128). input == output is allowed.
+ * Rows whose sum of exps reaches 512 (TFLM aborts on them) give -128 (probability 0). */
 void mt_softmax_s8_ref(const mt_softmax_params *p, const int8_t *input, int8_t *output);
 /* int8 -> int16 (output scale 1/65536, zero point -32768). No aliasing. */
 void mt_softmax_s8_s16_ref(const mt_softmax_params *p, const int8_t *input, int16_t *output);

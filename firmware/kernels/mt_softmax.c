@@ -63,7 +63,9 @@ void mt_softmax_s8_ref(const mt_softmax_params *p, const int8_t *input, int8_t *
             if (diff >= p->diff_min) {
                 int32_t e = mt_fp_exp_on_negative_values(
                     mt_scale_diff(diff, p->input_multiplier, p->input_left_shift), MT_SCALED_DIFF_INT_BITS);
-                int32_t v = mt_rounding_divide_by_pot(mt_fp_mul(scale, e), exponent) - 128;
+                /* TFLM aborts on exponent > 31 (sum of exps >= 512); its formula's
+                 * limit there is 0, which we return. */
+                int32_t v = (exponent > 31 ? 0 : mt_rounding_divide_by_pot(mt_fp_mul(scale, e), exponent)) - 128;
                 out[c] = (int8_t)mt_clamp(v, -128, 127);
             } else {
                 out[c] = -128;

@@ -104,7 +104,9 @@ def softmax_int8(x: np.ndarray, multiplier: int, left_shift: int, diff_min: int,
     sum_of_exps = wrap_int32(np.where(valid, exp_accum, 0).sum(axis=1, keepdims=True))
     shifted_scale, num_bits_over_unit = fp.get_reciprocal(sum_of_exps, ACCUMULATION_INTEGER_BITS)
     exponent = num_bits_over_unit + 31 - out_bits
-    out = fp.rdbp(fp.srdhm(shifted_scale, exp), exponent)
+    # TFLM aborts (TFLITE_CHECK) when exponent > 31, i.e. for int8 output once the
+    # sum of exps reaches 512; the limit of its formula there is 0 (we return that).
+    out = np.where(exponent > 31, 0, fp.rdbp(fp.srdhm(shifted_scale, exp), np.minimum(exponent, 31)))
     qmin, qmax = -(1 << (out_bits - 1)), (1 << (out_bits - 1)) - 1
     out = np.clip(out + qmin, qmin, qmax)
     out = np.where(valid, out, qmin)
