@@ -202,8 +202,6 @@ class Transpose(OpKernel):
         dims = [(int(y.shape[i]), int(in_strides[p]) * item) for i, p in enumerate(perm) if y.shape[i] != 1]
         if not dims:
             dims = [(1, 0)]
-        if len(dims) > MAX_RANK:
-            dims = dims[-MAX_RANK:]  # unreachable: rank <= MAX_RANK
         pad = MAX_RANK - len(dims)
         shape = [1] * pad + [d for d, _ in dims]
         strides = [0] * pad + [s for _, s in dims]
