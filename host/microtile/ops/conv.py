@@ -285,6 +285,12 @@ class DepthwiseConv2D(OpKernel):
 
     def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
         p = self.params(op, graph)
+        if ctx.kernels == "optimized":
+            from .depthwise_opt import emit_depthwise_opt
+
+            call = emit_depthwise_opt(op, graph, ctx, p)
+            if call is not None:
+                return call
         ctx.include("mt_depthwise_conv.h")
         mult = ctx.const_array("dw_mult", p["mult"])
         shift = ctx.const_array("dw_shift", p["shift"])

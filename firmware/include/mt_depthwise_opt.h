@@ -1,0 +1,188 @@
+/* Optimised DEPTHWISE_CONV_2D, int8, depth multiplier 1; bit-exact with TFLM.
+ *
+ * Schedule: output pixel by output pixel; per pixel, 4 channels at a time: one
+ * word load brings 4 channels of one tap, two SXTAB16 add the input offset and
+ * split them into (c0, c2) and (c1, c3) halfword pairs, and SMLABB/SMLATT
+ * accumulate each channel against weights stored offline as doubled int16 pairs
+ * in the same order. Per tap and 4 channels: LDR, 2 SXTAB16, 2 weight words,
+ * 4 multiply-accumulates. A 3x3 window inside the image is fully unrolled with
+ * constant offsets; border pixels walk the clipped window. Requantisation is
+ * mt_requant_fast (SMMULR, shift, saturate), results are packed into one word and
+ * clamped to the activation range with byte-SIMD max/min.
+ *
+ * mt_depthwise_s8_opt is always inlined: model.c calls it with a static const
+ * parameter struct, so the compiler specialises it per layer (channel count, row
+ * stride, kernel size become immediates).
+ *
+ * Parameter stream `data` (int32 words, written by host/microtile/ops/conv.py):
+ *   per group of 4 channels: bias2[4], taps x {W02, W13}, mult[4], k[4], right[4]
+ *   then per remaining channel (channels % 4): bias2, mult, k, right, taps x w2
+ * where bias2 = 2 * bias, W02 = (2w[c0], 2w[c2]) and W13 = (2w[c1], 2w[c3]) as
+ * halfword pairs, w2 = 2w. */
+#ifndef MT_DEPTHWISE_OPT_H
+#define MT_DEPTHWISE_OPT_H
+
+#include <stdint.h>
+
+#include "mt_dsp.h"
+#include "mt_requant_opt.h"
+
+typedef struct {
+    int32_t batches;
+    int32_t in_h, in_w, channels;
+    int32_t out_h, out_w;
+    int32_t k_h, k_w;
+    int32_t stride_h, stride_w;
+    int32_t pad_h, pad_w;
+    int32_t input_offset;      /* -input zero point */
+    int32_t act_min, act_max;  /* within [-128, 127] */
+    const int32_t *data;       /* parameter stream, see above */
+} mt_depthwise_opt_params;
+
+/* The per-group stream length in words for `taps` filter taps. */
+#define MT_DW_GROUP_WORDS(taps) (4 + 2 * (taps) + 12)
+#define MT_DW_REM_WORDS(taps) (4 + (taps))
+
+#define MT_DW_TAP(ptr, w0, w1) do { \
+        const uint32_t x_ = mt_read_u32(ptr); \
+        const uint32_t e_ = mt_sxtab16(off2, x_); \
+        const uint32_t o_ = mt_sxtab16_ror8(off2, x_); \
+        a0 = mt_smlabb(e_, (w0), a0); \
+        a2 = mt_smlatt(e_, (w0), a2); \
+        a1 = mt_smlabb(o_, (w1), a1); \
+        a3 = mt_smlatt(o_, (w1), a3); \
+    } while (0)
+
+/* Requantise, pack, clamp and store the 4 channels of one group; q = mult[4], k[4], right[4]. */
+static MT_ALWAYS_INLINE void mt_dw_store4(const mt_depthwise_opt_params *p, const int32_t *q,
+                                          int32_t a0, int32_t a1, int32_t a2, int32_t a3, int8_t *out)
+{
+    const int32_t r0 = mt_ssat8(mt_requant_fast(a0, q[0], q[4], q[8]));
+    const int32_t r1 = mt_ssat8(mt_requant_fast(a1, q[1], q[5], q[9]));
+    const int32_t r2 = mt_ssat8(mt_requant_fast(a2, q[2], q[6], q[10]));
+    const int32_t r3 = mt_ssat8(mt_requant_fast(a3, q[3], q[7], q[11]));
+    uint32_t v = mt_pack_s8x4(r0, r1, r2, r3);
+    if (p->act_min > -128) {
+        v = mt_max_s8x4(v, (uint32_t)(uint8_t)p->act_min * 0x01010101u);
+    }
+    if (p->act_max < 127) {
+        v = mt_min_s8x4(v, (uint32_t)(uint8_t)p->act_max * 0x01010101u);
+    }
+    mt_write_u32(out, v);
+}
+
+static MT_ALWAYS_INLINE int8_t mt_dw_store1(const mt_depthwise_opt_params *p, const int32_t *q, int32_t acc)
+{
+    int32_t r = mt_ssat8(mt_requant_fast(acc, q[0], q[1], q[2]));
+    r = r < p->act_min ? p->act_min : r;
+    r = r > p->act_max ? p->act_max : r;
+    return (int8_t)r;
+}
+
+/* One output pixel, window clipped to rows [0, ky_n) x cols [0, kx_n) starting at
+ * tap (ky0, kx0); `in` points at the input pixel of tap (ky0, kx0), channel 0. */
+static MT_ALWAYS_INLINE void mt_dw_pixel_clipped(const mt_depthwise_opt_params *p, const int8_t *in,
+                                                 int32_t ky0, int32_t kx0, int32_t ky_n, int32_t kx_n,
+                                                 int8_t *out)
+{
+    const int32_t c_n = p->channels;
+    const int32_t taps = p->k_h * p->k_w;
+    const int32_t in_row = p->in_w * c_n;
+    const uint32_t off2 = (uint32_t)(uint16_t)p->input_offset * 0x00010001u;
+    const int32_t *d = p->data;
+    for (int32_t g = 0; g < c_n / 4; g++) {
+        int32_t a0 = d[0], a1 = d[1], a2 = d[2], a3 = d[3];
+        const uint32_t *w = (const uint32_t *)(d + 4) + 2 * (ky0 * p->k_w + kx0);
+        const int8_t *row = in + 4 * g;
+        for (int32_t ky = 0; ky < ky_n; ky++) {
+            const int8_t *ip = row;
+            const uint32_t *wk = w;
+            for (int32_t kx = 0; kx < kx_n; kx++) {
+                MT_DW_TAP(ip, wk[0], wk[1]);
+                ip += c_n;
+                wk += 2;
+            }
+            row += in_row;
+            w += 2 * p->k_w;
+        }
+        d += 4 + 2 * taps;
+        mt_dw_store4(p, d, a0, a1, a2, a3, out + 4 * g);
+        d += 12;
+    }
+    for (int32_t c = c_n & ~3; c < c_n; c++) {
+        int32_t acc = d[0];
+        const int32_t *w = d + 4 + ky0 * p->k_w + kx0;
+        const int8_t *row = in + c;
+        for (int32_t ky = 0; ky < ky_n; ky++) {
+            for (int32_t kx = 0; kx < kx_n; kx++) {
+                acc += w[kx] * ((int32_t)row[kx * c_n] + p->input_offset);
+            }
+            row += in_row;
+            w += p->k_w;
+        }
+        out[c] = mt_dw_store1(p, d + 1, acc);
+        d += 4 + taps;
+    }
+}
+
+/* One output pixel, full 3x3 window, channels % 4 == 0; `in` points at the
+ * window's top-left input pixel. */
+static MT_ALWAYS_INLINE void mt_dw_pixel_3x3(const mt_depthwise_opt_params *p, const int8_t *in, int8_t *out)
+{
+    const int32_t c_n = p->channels;
+    const int32_t r = p->in_w * c_n;
+    const uint32_t off2 = (uint32_t)(uint16_t)p->input_offset * 0x00010001u;
+    const int32_t *d = p->data;
+    for (int32_t g = 0; g < c_n / 4; g++) {
+        int32_t a0 = d[0], a1 = d[1], a2 = d[2], a3 = d[3];
+        const uint32_t *w = (const uint32_t *)(d + 4);
+        const int8_t *ip = in + 4 * g;
+        MT_DW_TAP(ip, w[0], w[1]);
+        MT_DW_TAP(ip + c_n, w[2], w[3]);
+        MT_DW_TAP(ip + 2 * c_n, w[4], w[5]);
+        MT_DW_TAP(ip + r, w[6], w[7]);
+        MT_DW_TAP(ip + r + c_n, w[8], w[9]);
+        MT_DW_TAP(ip + r + 2 * c_n, w[10], w[11]);
+        MT_DW_TAP(ip + 2 * r, w[12], w[13]);
+        MT_DW_TAP(ip + 2 * r + c_n, w[14], w[15]);
+        MT_DW_TAP(ip + 2 * r + 2 * c_n, w[16], w[17]);
+        d += 4 + 18;
+        mt_dw_store4(p, d, a0, a1, a2, a3, out + 4 * g);
+        d += 12;
+    }
+}
+
+static MT_ALWAYS_INLINE void mt_depthwise_s8_opt(const mt_depthwise_opt_params *p, const int8_t *input,
+                                                 int8_t *output)
+{
+    const int32_t c_n = p->channels;
+    const int32_t in_row = p->in_w * c_n;
+    const int full3x3 = p->k_h == 3 && p->k_w == 3 && (c_n & 3) == 0;
+    for (int32_t b = 0; b < p->batches; b++) {
+        const int8_t *in_b = input + b * p->in_h * in_row;
+        for (int32_t oy = 0; oy < p->out_h; oy++) {
+            const int32_t y0 = oy * p->stride_h - p->pad_h;
+            const int32_t ky0 = y0 < 0 ? -y0 : 0;
+            const int32_t ky1 = y0 + p->k_h > p->in_h ? p->in_h - y0 : p->k_h;
+            const int row_full = ky0 == 0 && ky1 == p->k_h;
+            for (int32_t ox = 0; ox < p->out_w; ox++) {
+                const int32_t x0 = ox * p->stride_w - p->pad_w;
+                const int32_t kx0 = x0 < 0 ? -x0 : 0;
+                const int32_t kx1 = x0 + p->k_w > p->in_w ? p->in_w - x0 : p->k_w;
+                if (full3x3 && row_full && kx0 == 0 && kx1 == 3) {
+                    mt_dw_pixel_3x3(p, in_b + y0 * in_row + x0 * c_n, output);
+                } else {
+                    mt_dw_pixel_clipped(p, in_b + (y0 + ky0) * in_row + (x0 + kx0) * c_n, ky0, kx0,
+                                        ky1 - ky0, kx1 - kx0, output);
+                }
+                output += c_n;
+            }
+        }
+    }
+}
+
+/* The same kernel, not specialised: one shared copy for layers where per-layer
+ * code is not worth its flash (mt_depthwise_opt.c). */
+void mt_depthwise_s8_opt_shared(const mt_depthwise_opt_params *p, const int8_t *input, int8_t *output);
+
+#endif /* MT_DEPTHWISE_OPT_H */

@@ -1,0 +1,8 @@
+/* The optimised depthwise kernel (mt_depthwise_opt.h) instantiated once with
+ * run-time parameters, for layers that do not get a specialised copy. */
+#include "mt_depthwise_opt.h"
+
+void mt_depthwise_s8_opt_shared(const mt_depthwise_opt_params *p, const int8_t *input, int8_t *output)
+{
+    mt_depthwise_s8_opt(p, input, output);
+}
