@@ -174,6 +174,81 @@ def _check_conv_shapes(kernel: OpKernel, op: Operator, graph: Graph, out_c: int)
     return g
 
 
+# ---------------------------------------------------------------- optimised (schedule-specialised) paths
+
+def optimized_supported(op: Operator, graph: Graph) -> bool:
+    """Whether the optimised matmul kernels (mt_matmul_opt.c) run this layer: FC needs
+    a zero weights zero point (the int8 symmetric case) - the rest keeps the reference."""
+    if op.opcode == "FULLY_CONNECTED":
+        f = graph.tensor(op.inputs[1])
+        return bool(f.quant.per_channel) or f.zero_point == 0
+    return op.opcode == "CONV_2D"
+
+
+def pack_weights(w: np.ndarray, nr: int, wide: bool) -> tuple[np.ndarray, int]:
+    """[N, K] int8 weights -> (int64 array of the packed B layout, k_blocks).
+
+    Channels in tiles of nr (zero rows past N), K padded to whole blocks of 4 with
+    zeros; per tile, k-block b, channel j: the block's 4 int8 values as one word, or
+    (wide) two words of int16 pairs (w0, w2), (w1, w3) - the pairing SXTB16 and
+    SXTB16-ROR8 give the A panel."""
+    n, k = w.shape
+    kb = -(-k // 4)
+    tiles = -(-n // nr)
+    full = np.zeros((tiles * nr, kb * 4), dtype=np.int8)
+    full[:n, :k] = w
+    blocks = full.reshape(tiles, nr, kb, 4).transpose(0, 2, 1, 3)  # tile, block, channel, 4
+    if wide:
+        raw = blocks[..., [0, 2, 1, 3]].astype("<i2").tobytes()
+    else:
+        raw = np.ascontiguousarray(blocks).tobytes()
+    raw += b"\0" * (-len(raw) % 8)
+    return np.frombuffer(raw, dtype="<i8").copy(), kb
+
+
+def folded_bias(w: np.ndarray, bias: np.ndarray | None, input_zero_point: int, padded: int) -> np.ndarray:
+    """bias'[n] = bias[n] - zp_in * sum_k w[n, k], wrapped to int32 as the kernel's
+    accumulator, padded with zeros to the tile multiple."""
+    n = w.shape[0]
+    b = np.zeros(n, dtype=np.int64) if bias is None else np.asarray(bias, dtype=np.int64).reshape(-1)
+    b = b - int(input_zero_point) * w.astype(np.int64).sum(axis=1)
+    out = np.zeros(padded, dtype=np.int32)
+    out[:n] = wrap_int32(b).astype(np.int32)
+    return out
+
+
+def _padded(values: np.ndarray, padded: int) -> np.ndarray:
+    out = np.zeros(padded, dtype=np.int32)
+    out[:values.size] = values
+    return out
+
+
+def _emit_gemm(ctx: EmitContext, op: Operator, graph: Graph, w2d: np.ndarray, mult: np.ndarray,
+               shift: np.ndarray, in_zp: int, out_zp: int, act: tuple[int, int]) -> tuple[str, object]:
+    """The mt_gemm_opt initializer of a layer (weights packed by its schedule)."""
+    from ..schedule import schedule_for
+
+    s = schedule_for(op, graph, ctx.board)
+    n = w2d.shape[0]
+    padded = -(-n // s.nr) * s.nr
+    packed, kb = pack_weights(w2d, s.nr, s.wide)
+    bias_t = graph.tensor(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
+    bias = folded_bias(w2d, None if bias_t is None else bias_t.data, in_zp, padded)
+    wname = ctx.const_array("gemm_w", packed)
+    bname = ctx.const_array("gemm_bias", bias)
+    mname = ctx.const_array("gemm_mult", _padded(mult, padded))
+    sname = ctx.const_array("gemm_shift", _padded(shift, padded))
+    init = (f"{{{s.mr}, {s.nr}, {int(s.wide)}, {kb}, {n}, {padded // s.nr}, {out_zp}, {act[0]}, {act[1]}, "
+            f"{wname}, {bname}, {mname}, {sname}}}")
+    return init, s
+
+
+def _emit_call(fn: str, params: str, inp: str, out: str, s) -> str:
+    words = s.mr * s.k_blocks + (s.k_blocks + 1) // 2
+    return (f"{{\n    uint64_t scratch[{words}]; /* A panel: {s.tile} tile, K = {s.k} */\n"
+            f"    {fn}(&{params}, {inp}, {out}, scratch);\n}}")
+
+
 # ---------------------------------------------------------------- CONV_2D
 
 @register
@@ -218,6 +293,14 @@ class Conv2D(OpKernel):
 
     def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
         p = self.params(op, graph)
+        if ctx.kernels == "optimized" and optimized_supported(op, graph):
+            ctx.include("mt_matmul_opt.h")
+            w2d = np.asarray(graph.tensor(op.inputs[1]).data, dtype=np.int8).reshape(p["oc"], -1)
+            gemm, s = _emit_gemm(ctx, op, graph, w2d, p["mult"], p["shift"], p["in_zp"], p["out_zp"], p["act"])
+            init = (f"{{{gemm}, {p['n']}, {p['h']}, {p['w']}, {p['c']}, {p['oh']}, {p['ow']}, "
+                    f"{p['kh']}, {p['kw']}, {p['sh']}, {p['sw']}, {p['ph']}, {p['pw']}, {p['in_zp']}}}")
+            params = ctx.static_struct("mt_conv_opt_params", "conv_opt", init)
+            return _emit_call("mt_conv_s8_opt", params, ctx.ptr(op.inputs[0]), ctx.ptr(op.outputs[0]), s)
         ctx.include("mt_conv.h")
         mult = ctx.const_array("conv_mult", p["mult"])
         shift = ctx.const_array("conv_shift", p["shift"])
@@ -365,6 +448,13 @@ class FullyConnected(OpKernel):
 
     def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
         p = self.params(op, graph)
+        if ctx.kernels == "optimized" and optimized_supported(op, graph):
+            ctx.include("mt_matmul_opt.h")
+            w2d = np.asarray(graph.tensor(op.inputs[1]).data, dtype=np.int8)
+            gemm, s = _emit_gemm(ctx, op, graph, w2d, p["mult"], p["shift"], -p["in_off"], p["out_zp"], p["act"])
+            params = ctx.static_struct("mt_fully_connected_opt_params", "fc_opt",
+                                       f"{{{gemm}, {p['batches']}, {p['depth']}}}")
+            return _emit_call("mt_fully_connected_s8_opt", params, ctx.ptr(op.inputs[0]), ctx.ptr(op.outputs[0]), s)
         ctx.include("mt_fully_connected.h")
         mult = ctx.const_array("fc_mult", p["mult"])
         shift = ctx.const_array("fc_shift", p["shift"])
@@ -376,5 +466,5 @@ class FullyConnected(OpKernel):
                 f"{bias}, {ctx.ptr(op.outputs[0])});")
 
 
-__all__ = ["Conv2D", "DepthwiseConv2D", "FullyConnected", "fused_activation_range", "out_size_and_padding",
-           "per_channel_multipliers"]
+__all__ = ["Conv2D", "DepthwiseConv2D", "FullyConnected", "folded_bias", "fused_activation_range",
+           "optimized_supported", "out_size_and_padding", "pack_weights", "per_channel_multipliers"]

@@ -1,0 +1,424 @@
+/* Optimised matmul-shaped int8 kernels (FULLY_CONNECTED, CONV_2D): register-tiled
+ * SMLAD micro-kernels over an int16 A panel and offline-packed weights. See
+ * mt_matmul_opt.h for the data layouts and docs/schedules.md for the cost model. */
+#include "mt_matmul_opt.h"
+
+#include <string.h>
+
+#include "mt_dsp.h"
+
+/* TFLM's MultiplyByQuantizedMultiplier with one 64-bit multiply-accumulate:
+ * SaturatingRoundingDoublingHighMul(a, m) == floor((a*m + 2^30) / 2^31) for every
+ * a and every m >= 0 (TFLM's truncating division of ab + (1 - 2^30) for ab < 0 is
+ * the same floor; the saturating case a == m == INT32_MIN cannot occur since m >= 0),
+ * then RoundingDivideByPOT (round half away from zero) as in TFLM. */
+static inline int32_t mt_req(int32_t acc, int32_t m, int32_t shift)
+{
+    const int32_t left = shift > 0 ? shift : 0;
+    const int32_t right = shift > 0 ? 0 : -shift;
+    const int32_t a = (int32_t)((uint32_t)acc << left);
+    const int32_t t = (int32_t)(((int64_t)a * m + (1ll << 30)) >> 31);
+    const uint32_t mask = (1u << right) - 1u;
+    const int32_t rem = (int32_t)((uint32_t)t & mask);
+    const int32_t threshold = (int32_t)(mask >> 1) + (t < 0 ? 1 : 0);
+    return (t >> right) + (rem > threshold ? 1 : 0);
+}
+
+int32_t mt_requantize_opt(int32_t acc, int32_t multiplier, int32_t shift)
+{
+    return mt_req(acc, multiplier, shift);
+}
+
+/* A 64-bit word of packed weights: the const arrays are only 4-byte aligned (LDRD
+ * and LDM need no more), so portable code reads them through memcpy. */
+static inline uint64_t mt_ld64(const uint64_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static inline int8_t mt_out8(int32_t acc, int32_t m, int32_t shift, const mt_gemm_opt *g)
+{
+    int32_t y = mt_req(acc, m, shift) + g->output_offset;
+    y = y < g->act_min ? g->act_min : y;
+    y = y > g->act_max ? g->act_max : y;
+    return (int8_t)y;
+}
+
+/* One k-block (4 reduction steps) of an MR x NR tile: weights of channel j are
+ * extended once (or read pre-extended) and meet the MR panel rows. */
+#define MT_BLOCK(MR, NR, WIDE)                                                        \
+    do {                                                                              \
+        uint32_t al[(MR)], ah[(MR)];                                                  \
+        uint64_t wpair = 0;                                                           \
+        _Pragma("GCC unroll 8")                                                       \
+        for (int i = 0; i < (MR); i++) {                                              \
+            const uint64_t v = *a++;                                                  \
+            al[i] = (uint32_t)v;                                                      \
+            ah[i] = (uint32_t)(v >> 32);                                              \
+        }                                                                             \
+        _Pragma("GCC unroll 8")                                                       \
+        for (int j = 0; j < (NR); j++) {                                              \
+            uint32_t wl, wh;                                                          \
+            if (WIDE) {                                                               \
+                const uint64_t v = mt_ld64(b++);                                      \
+                wl = (uint32_t)v;                                                     \
+                wh = (uint32_t)(v >> 32);                                             \
+            } else {                                                                  \
+                uint32_t w;                                                           \
+                if ((NR) % 2 == 0) {                                                  \
+                    if (j % 2 == 0) {                                                 \
+                        wpair = mt_ld64(b++);                                         \
+                    }                                                                 \
+                    w = (uint32_t)(wpair >> (32 * (j % 2)));                          \
+                } else {                                                              \
+                    w = wb[j];                                                        \
+                }                                                                     \
+                wl = mt_sxtb16(w);                                                    \
+                wh = mt_sxtb16_ror8(w);                                               \
+            }                                                                         \
+            _Pragma("GCC unroll 8")                                                   \
+            for (int i = 0; i < (MR); i++) {                                          \
+                s[i * (NR) + j] = mt_smlad(al[i], wl, s[i * (NR) + j]);               \
+                s[i * (NR) + j] = mt_smlad(ah[i], wh, s[i * (NR) + j]);               \
+            }                                                                         \
+        }                                                                             \
+        if (!(WIDE) && (NR) % 2 != 0) {                                              \
+            wb += (NR);                                                               \
+        }                                                                             \
+    } while (0)
+
+/* The reduction loop of a tile: portable C (two k-blocks per iteration), or on
+ * cores with the DSP extension hand-scheduled loops that load A and B with
+ * LDM / LDRD (post-increment) so that every instruction but one load per operand
+ * row is an SMLAD or an SXTB16 (see docs/schedules.md for the counts). */
+#define MT_KLOOP_C(MR, NR, WIDE)                                                      \
+    do {                                                                              \
+        for (; kb >= 2; kb -= 2) {                                                    \
+            MT_BLOCK(MR, NR, WIDE);                                                   \
+            MT_BLOCK(MR, NR, WIDE);                                                   \
+        }                                                                             \
+        if (kb != 0) {                                                                \
+            MT_BLOCK(MR, NR, WIDE);                                                   \
+        }                                                                             \
+    } while (0)
+
+#define MT_KLOOP_2x2_w0 MT_KLOOP_C
+#define MT_KLOOP_2x2_w1 MT_KLOOP_C
+
+#if MT_HAS_DSP
+
+/* 4 pixels x 1 channel, int8 weights: per block LDR w, 2 SXTB16, 2 LDM (two
+ * panel rows each), 8 SMLAD. */
+#define MT_ASM_4x1_W0_BLOCK                                                           \
+    "ldr    %[w], [%[pb]], #4\n\t"                                                    \
+    "ldmia  %[pa]!, {r8, r9, r10, r11}\n\t"                                           \
+    "sxtb16 %[t], %[w]\n\t"                                                           \
+    "sxtb16 %[w], %[w], ror #8\n\t"                                                   \
+    "smlad  %[s0], r8, %[t], %[s0]\n\t"                                               \
+    "smlad  %[s0], r9, %[w], %[s0]\n\t"                                               \
+    "smlad  %[s1], r10, %[t], %[s1]\n\t"                                              \
+    "smlad  %[s1], r11, %[w], %[s1]\n\t"                                              \
+    "ldmia  %[pa]!, {r8, r9, r10, r11}\n\t"                                           \
+    "smlad  %[s2], r8, %[t], %[s2]\n\t"                                               \
+    "smlad  %[s2], r9, %[w], %[s2]\n\t"                                               \
+    "smlad  %[s3], r10, %[t], %[s3]\n\t"                                              \
+    "smlad  %[s3], r11, %[w], %[s3]\n\t"
+
+/* 4 pixels x 1 channel, int16 weights: LDRD w, 2 LDM, 8 SMLAD. */
+#define MT_ASM_4x1_W1_BLOCK                                                           \
+    "ldrd   %[t], %[w], [%[pb]], #8\n\t"                                              \
+    "ldmia  %[pa]!, {r8, r9, r10, r11}\n\t"                                           \
+    "smlad  %[s0], r8, %[t], %[s0]\n\t"                                               \
+    "smlad  %[s0], r9, %[w], %[s0]\n\t"                                               \
+    "smlad  %[s1], r10, %[t], %[s1]\n\t"                                              \
+    "smlad  %[s1], r11, %[w], %[s1]\n\t"                                              \
+    "ldmia  %[pa]!, {r8, r9, r10, r11}\n\t"                                           \
+    "smlad  %[s2], r8, %[t], %[s2]\n\t"                                               \
+    "smlad  %[s2], r9, %[w], %[s2]\n\t"                                               \
+    "smlad  %[s3], r10, %[t], %[s3]\n\t"                                              \
+    "smlad  %[s3], r11, %[w], %[s3]\n\t"
+
+/* 1 row x 4 channels, int8 weights: LDRD x, 2 LDRD w (two channels each),
+ * 8 SXTB16, 8 SMLAD. r8..r11 hold the weights. */
+#define MT_ASM_1x4_W0_BLOCK                                                           \
+    "ldrd   %[t], %[w], [%[pa]], #8\n\t"                                              \
+    "ldmia  %[pb]!, {r8, r9, r10, r11}\n\t"                                           \
+    "sxtb16 r12, r8\n\t"                                                              \
+    "sxtb16 r8, r8, ror #8\n\t"                                                       \
+    "smlad  %[s0], %[t], r12, %[s0]\n\t"                                              \
+    "smlad  %[s0], %[w], r8, %[s0]\n\t"                                               \
+    "sxtb16 r12, r9\n\t"                                                              \
+    "sxtb16 r9, r9, ror #8\n\t"                                                       \
+    "smlad  %[s1], %[t], r12, %[s1]\n\t"                                              \
+    "smlad  %[s1], %[w], r9, %[s1]\n\t"                                               \
+    "sxtb16 r12, r10\n\t"                                                             \
+    "sxtb16 r10, r10, ror #8\n\t"                                                     \
+    "smlad  %[s2], %[t], r12, %[s2]\n\t"                                              \
+    "smlad  %[s2], %[w], r10, %[s2]\n\t"                                              \
+    "sxtb16 r12, r11\n\t"                                                             \
+    "sxtb16 r11, r11, ror #8\n\t"                                                     \
+    "smlad  %[s3], %[t], r12, %[s3]\n\t"                                              \
+    "smlad  %[s3], %[w], r11, %[s3]\n\t"
+
+/* 1 row x 4 channels, int16 weights: LDRD x, 2 LDM w, 8 SMLAD. */
+#define MT_ASM_1x4_W1_BLOCK                                                           \
+    "ldrd   %[t], %[w], [%[pa]], #8\n\t"                                              \
+    "ldmia  %[pb]!, {r8, r9, r10, r11}\n\t"                                           \
+    "smlad  %[s0], %[t], r8, %[s0]\n\t"                                               \
+    "smlad  %[s0], %[w], r9, %[s0]\n\t"                                               \
+    "smlad  %[s1], %[t], r10, %[s1]\n\t"                                              \
+    "smlad  %[s1], %[w], r11, %[s1]\n\t"                                              \
+    "ldmia  %[pb]!, {r8, r9, r10, r11}\n\t"                                           \
+    "smlad  %[s2], %[t], r8, %[s2]\n\t"                                               \
+    "smlad  %[s2], %[w], r9, %[s2]\n\t"                                               \
+    "smlad  %[s3], %[t], r10, %[s3]\n\t"                                              \
+    "smlad  %[s3], %[w], r11, %[s3]\n\t"
+
+/* kb blocks: an odd one first, then two per iteration (SUBS + BNE per pair). */
+#define MT_ASM_KLOOP(BLOCK, PB, CLOBBERS...)                                          \
+    do {                                                                              \
+        uint32_t w_, t_;                                                              \
+        const void *pb_ = (PB);                                                       \
+        if (kb & 1) {                                                                 \
+            __asm__ volatile(BLOCK                                                    \
+                             : [s0] "+r"(s[0]), [s1] "+r"(s[1]), [s2] "+r"(s[2]),     \
+                               [s3] "+r"(s[3]), [pa] "+r"(a), [pb] "+r"(pb_),         \
+                               [w] "=&r"(w_), [t] "=&r"(t_)                           \
+                             :                                                        \
+                             : CLOBBERS, "memory");                                   \
+        }                                                                             \
+        kb >>= 1;                                                                     \
+        if (kb != 0) {                                                                \
+            __asm__ volatile("1:\n\t" BLOCK BLOCK                                     \
+                             "subs   %[kb], %[kb], #1\n\t"                            \
+                             "bne    1b\n\t"                                          \
+                             : [s0] "+r"(s[0]), [s1] "+r"(s[1]), [s2] "+r"(s[2]),     \
+                               [s3] "+r"(s[3]), [pa] "+r"(a), [pb] "+r"(pb_),         \
+                               [kb] "+r"(kb), [w] "=&r"(w_), [t] "=&r"(t_)            \
+                             :                                                        \
+                             : CLOBBERS, "cc", "memory");                             \
+        }                                                                             \
+        PB = pb_;                                                                     \
+    } while (0)
+
+#define MT_KLOOP_4x1_w0(MR, NR, WIDE) MT_ASM_KLOOP(MT_ASM_4x1_W0_BLOCK, wb, "r8", "r9", "r10", "r11")
+#define MT_KLOOP_4x1_w1(MR, NR, WIDE) MT_ASM_KLOOP(MT_ASM_4x1_W1_BLOCK, b, "r8", "r9", "r10", "r11")
+#define MT_KLOOP_1x4_w0(MR, NR, WIDE) MT_ASM_KLOOP(MT_ASM_1x4_W0_BLOCK, b, "r8", "r9", "r10", "r11", "r12")
+#define MT_KLOOP_1x4_w1(MR, NR, WIDE) MT_ASM_KLOOP(MT_ASM_1x4_W1_BLOCK, b, "r8", "r9", "r10", "r11")
+
+#else
+#define MT_KLOOP_4x1_w0 MT_KLOOP_C
+#define MT_KLOOP_4x1_w1 MT_KLOOP_C
+#define MT_KLOOP_1x4_w0 MT_KLOOP_C
+#define MT_KLOOP_1x4_w1 MT_KLOOP_C
+#endif
+
+/* rows (<= MR) panel rows x all N channels: per channel tile, accumulate the whole
+ * reduction in registers (k-first), then requantise and store the tile. */
+#define MT_DEFINE_ROWS(MR, NR, WIDE)                                                  \
+    static void mt_rows_##MR##x##NR##_w##WIDE(const mt_gemm_opt *g, const uint64_t *panel, \
+                                              int32_t rows, int8_t *output)           \
+    {                                                                                 \
+        const uint64_t *b = (const uint64_t *)g->weights;                             \
+        const uint32_t *wb = (const uint32_t *)g->weights;                            \
+        const int32_t n_out = g->out_c;                                               \
+        (void)b;                                                                      \
+        (void)wb;                                                                     \
+        for (int32_t n0 = 0; n0 < n_out; n0 += (NR)) {                                \
+            int32_t s[(MR) * (NR)];                                                   \
+            const uint64_t *a = panel;                                                \
+            int32_t kb = g->k_blocks;                                                 \
+            _Pragma("GCC unroll 8")                                                   \
+            for (int j = 0; j < (NR); j++) {                                          \
+                _Pragma("GCC unroll 8")                                               \
+                for (int i = 0; i < (MR); i++) {                                      \
+                    s[i * (NR) + j] = g->bias[n0 + j];                                \
+                }                                                                     \
+            }                                                                         \
+            MT_KLOOP_##MR##x##NR##_w##WIDE(MR, NR, WIDE);                             \
+            _Pragma("GCC unroll 8")                                                   \
+            for (int j = 0; j < (NR); j++) {                                          \
+                const int32_t n = n0 + j;                                             \
+                if ((NR) == 1 || n < n_out) {                                         \
+                    const int32_t m = g->multiplier[n];                               \
+                    const int32_t sh = g->shift[n];                                   \
+                    _Pragma("GCC unroll 8")                                           \
+                    for (int i = 0; i < (MR); i++) {                                  \
+                        if ((MR) == 1 || i < rows) {                                  \
+                            output[i * n_out + n] = mt_out8(s[i * (NR) + j], m, sh, g); \
+                        }                                                             \
+                    }                                                                 \
+                }                                                                     \
+            }                                                                         \
+        }                                                                             \
+    }
+
+MT_DEFINE_ROWS(1, 4, 0)
+MT_DEFINE_ROWS(1, 4, 1)
+MT_DEFINE_ROWS(2, 2, 0)
+MT_DEFINE_ROWS(2, 2, 1)
+MT_DEFINE_ROWS(4, 1, 0)
+MT_DEFINE_ROWS(4, 1, 1)
+
+#define MT_TILE_CODE(mr, nr, wide) (((mr) << 8) | ((nr) << 1) | (wide))
+
+void mt_gemm_s8_opt_rows(const mt_gemm_opt *g, const uint64_t *panel, int32_t rows, int8_t *output)
+{
+    switch (MT_TILE_CODE(g->mr, g->nr, g->wide)) {
+    case MT_TILE_CODE(1, 4, 0): mt_rows_1x4_w0(g, panel, rows, output); break;
+    case MT_TILE_CODE(1, 4, 1): mt_rows_1x4_w1(g, panel, rows, output); break;
+    case MT_TILE_CODE(2, 2, 0): mt_rows_2x2_w0(g, panel, rows, output); break;
+    case MT_TILE_CODE(2, 2, 1): mt_rows_2x2_w1(g, panel, rows, output); break;
+    case MT_TILE_CODE(4, 1, 0): mt_rows_4x1_w0(g, panel, rows, output); break;
+    default: mt_rows_4x1_w1(g, panel, rows, output); break;
+    }
+}
+
+/* ------------------------------------------------------------------ A panels */
+
+/* Four int8 values (one word) -> the two int16-pair words of a panel block. */
+static inline uint64_t mt_ext4(uint32_t x)
+{
+    return (uint64_t)mt_sxtb16(x) | ((uint64_t)mt_sxtb16_ror8(x) << 32);
+}
+
+/* bytes (k_blocks * 4 of them) -> panel row. */
+static void mt_panel_from_bytes(uint64_t *panel, int32_t mr, int32_t row, const int8_t *bytes,
+                                int32_t k_blocks)
+{
+    uint64_t *dst = panel + row;
+    for (int32_t b = 0; b < k_blocks; b++) {
+        *dst = mt_ext4(mt_read_u32(bytes + 4 * b));
+        dst += mr;
+    }
+}
+
+static void mt_panel_zero_row(uint64_t *panel, int32_t mr, int32_t row, int32_t k_blocks)
+{
+    uint64_t *dst = panel + row;
+    for (int32_t b = 0; b < k_blocks; b++) {
+        *dst = 0;
+        dst += mr;
+    }
+}
+
+void mt_fully_connected_s8_opt(const mt_fully_connected_opt_params *p, const int8_t *input,
+                               int8_t *output, uint64_t *scratch)
+{
+    const mt_gemm_opt *g = &p->g;
+    const int32_t mr = g->mr;
+    const int32_t kb = g->k_blocks;
+    const int32_t full = p->depth / 4;
+    for (int32_t m0 = 0; m0 < p->batches; m0 += mr) {
+        const int32_t rows = p->batches - m0 < mr ? p->batches - m0 : mr;
+        for (int32_t r = 0; r < mr; r++) {
+            if (r >= rows) {
+                mt_panel_zero_row(scratch, mr, r, kb);
+                continue;
+            }
+            const int8_t *x = input + (m0 + r) * p->depth;
+            uint64_t *dst = scratch + r;
+            for (int32_t b = 0; b < full; b++) {
+                *dst = mt_ext4(mt_read_u32(x + 4 * b));
+                dst += mr;
+            }
+            if (full < kb) { /* odd depth: the last word padded with zeros (zero weights there) */
+                uint32_t w = 0;
+                for (int32_t k = 4 * full; k < p->depth; k++) {
+                    w |= (uint32_t)(uint8_t)x[k] << (8 * (k - 4 * full));
+                }
+                *dst = mt_ext4(w);
+            }
+        }
+        mt_gemm_s8_opt_rows(g, scratch, rows, output + m0 * g->out_c);
+    }
+}
+
+/* The receptive field of output pixel (oy, ox) as K int8 values (padding = zp),
+ * into the panel row. */
+static void mt_conv_row(const mt_conv_opt_params *p, const int8_t *in_b, int32_t oy, int32_t ox,
+                        uint64_t *panel, int32_t row, int8_t *bytes)
+{
+    const int32_t mr = p->g.mr;
+    const int32_t kb = p->g.k_blocks;
+    const int32_t c = p->in_c;
+    const int32_t run = p->k_w * c; /* values per filter row */
+    const int32_t y0 = oy * p->stride_h - p->pad_h;
+    const int32_t x0 = ox * p->stride_w - p->pad_w;
+    const int inside_x = x0 >= 0 && x0 + p->k_w <= p->in_w;
+    if (inside_x && (run & 3) == 0) {
+        /* whole filter rows are contiguous words of the input: extend in place */
+        const uint64_t zw = mt_ext4(((uint32_t)(uint8_t)p->input_zp) * 0x01010101u);
+        uint64_t *dst = panel + row;
+        for (int32_t ky = 0; ky < p->k_h; ky++) {
+            const int32_t iy = y0 + ky;
+            if (iy < 0 || iy >= p->in_h) {
+                for (int32_t t = 0; t < run; t += 4) {
+                    *dst = zw;
+                    dst += mr;
+                }
+                continue;
+            }
+            const int8_t *src = in_b + (iy * p->in_w + x0) * c;
+            for (int32_t t = 0; t < run; t += 4) {
+                *dst = mt_ext4(mt_read_u32(src + t));
+                dst += mr;
+            }
+        }
+        return;
+    }
+    /* general case: gather bytes (padding = zp, tail = 0), then extend */
+    int8_t *q = bytes;
+    for (int32_t ky = 0; ky < p->k_h; ky++) {
+        const int32_t iy = y0 + ky;
+        for (int32_t kx = 0; kx < p->k_w; kx++) {
+            const int32_t ix = x0 + kx;
+            if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w) {
+                for (int32_t i = 0; i < c; i++) {
+                    *q++ = (int8_t)p->input_zp;
+                }
+            } else {
+                const int8_t *src = in_b + (iy * p->in_w + ix) * c;
+                for (int32_t i = 0; i < c; i++) {
+                    *q++ = src[i];
+                }
+            }
+        }
+    }
+    while (q < bytes + 4 * kb) {
+        *q++ = 0;
+    }
+    mt_panel_from_bytes(panel, mr, row, bytes, kb);
+}
+
+void mt_conv_s8_opt(const mt_conv_opt_params *p, const int8_t *input, int8_t *output,
+                    uint64_t *scratch)
+{
+    const mt_gemm_opt *g = &p->g;
+    const int32_t mr = g->mr;
+    const int32_t kb = g->k_blocks;
+    const int32_t pixels = p->out_h * p->out_w;
+    int8_t *bytes = (int8_t *)(scratch + mr * kb);
+    for (int32_t b = 0; b < p->batches; b++) {
+        const int8_t *in_b = input + b * p->in_h * p->in_w * p->in_c;
+        int8_t *out_b = output + b * pixels * g->out_c;
+        int32_t oy = 0, ox = 0;
+        for (int32_t m0 = 0; m0 < pixels; m0 += mr) {
+            const int32_t rows = pixels - m0 < mr ? pixels - m0 : mr;
+            for (int32_t r = 0; r < mr; r++) {
+                if (r < rows) {
+                    mt_conv_row(p, in_b, oy, ox, scratch, r, bytes);
+                    if (++ox == p->out_w) {
+                        ox = 0;
+                        oy++;
+                    }
+                } else {
+                    mt_panel_zero_row(scratch, mr, r, kb);
+                }
+            }
+            mt_gemm_s8_opt_rows(g, scratch, rows, out_b + m0 * g->out_c);
+        }
+    }
+}

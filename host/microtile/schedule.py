@@ -1,0 +1,273 @@
+"""Analytical schedules for matmul-shaped layers (MEMA-style): register tile, loop
+order, reduction unroll and weight format, chosen by formula from M, N, K and the
+core's register budget, with a cost model in instructions per MAC.
+
+Every matmul-shaped layer is C[M x N] = A[M x K] * B[N x K]^T:
+FULLY_CONNECTED (M = batches, K = depth, N = units), CONV_2D 1x1 (M = pixels,
+K = input channels) and general CONV_2D as implicit GEMM (M = output pixels,
+K = KH * KW * C_in, A built row by row as an int16 im2col panel).
+
+The kernels (firmware/kernels/mt_matmul_opt.c) run the reduction in k-blocks of 4
+int8 values: one 32-bit word of int8 gives two SXTB16 results, i.e. two SMLAD
+operand pairs. The model (docs/schedules.md states it with the same symbols):
+
+  instructions per k-block of an mr x nr tile
+      I_blk = 2*mr*nr                      SMLAD: 4 MACs per (row, channel) pair
+            + L_A(mr)                      A loads: LDM of two panel rows, LDRD for one
+            + L_B(nr, wide)                B loads: LDR / LDRD / LDM of packed weights
+            + 2*nr*(1 - wide)              SXTB16 (+ROR8) of int8 weights
+            + 1/2 * 2                      SUBS+BNE per two blocks (unroll 2)
+  instructions per MAC, inner loop:   I_blk / (4*mr*nr)
+  plus per output:                    R (requantise, clamp, store)
+  plus per tile:                      T (bias into accumulators, loop entry)
+  plus per A row and k-block:         E (im2col: LDR, 2 SXTB16, STRD, loop; more
+                                      at the borders)
+
+Register budget (Cortex-M4/M7, 13 general registers usable in the loop): 3 hold the
+A and B pointers and the loop counter, 4 receive one LDM (two panel rows or two
+int16 channels), 2 hold the current operand pair: 13 - 3 - 4 - 2 = 4 accumulators,
+so mr*nr = 4. The split of those 4 minimises the operand cost per MAC,
+c_A/nr + c_B/mr, where c_A = 1/2 (an LDM brings two rows) and c_B = 2 + 1/4 for
+int8 weights (two SXTB16 and a quarter of an LDM) or 1/4..1/2 for int16 weights:
+since c_B >= c_A the rows side gets the larger factor, mr = 4, nr = 1 (k-first loop
+order: the 4x1 output tile stays in registers for the whole reduction, the
+extended weight pair of the block is reused by 4 rows). With M < 4 (FC, batch 1)
+mr = 1 and nr = 4 (the input pair is reused by 4 channels). The A panel of mr rows
+lives on the stack; when mr * K would not fit the stack budget, mr = 1.
+
+Weight format: int16 duplicates of the weights (pre-extended, pre-paired) remove the
+SXTB16s (c_B = 1/2 for 1x4, LDRD for 4x1) at twice the flash. It is a budgeted
+choice: layers are given int16 weights in order of instructions saved per extra
+byte while the extra bytes fit the board's flash budget.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .ir import Graph, Operator
+
+# Registers and loop structure of the DSP kernels (see module docstring).
+REGISTERS = 13
+POINTER_REGS = 3      # A pointer, B pointer, loop counter
+LDM_REGS = 4          # one LDM group
+OPERAND_REGS = 2      # the current operand pair
+ACCUMULATORS = REGISTERS - POINTER_REGS - LDM_REGS - OPERAND_REGS  # = 4
+K_BLOCK = 4           # int8 values per word: two SMLAD pairs
+K_UNROLL = 2          # blocks per loop iteration
+
+# Per-output, per-tile and per-panel-element costs (instructions), calibrated on
+# QEMU netduinoplus2 with arm-none-eabi-gcc 12.2 -O2 (tests/test_schedule.py checks
+# the prediction against measurements).
+REQUANT = 24.0        # requantise + clamp + store one output
+TILE = 18.0           # bias loads, pointer set-up, odd-block branch per tile
+PANEL_BLOCK = 7.0     # one k-block of one A row (fast path: LDR, 2 SXTB16, STRD, loop)
+PANEL_GATHER = 5.0    # per element on the gather path (borders, odd row lengths)
+
+# Stack budget for the A panel (bytes); the kernels keep it in run_layer's frame.
+STACK_FRACTION = 3 / 8
+DEFAULT_STACK = 0x2000
+DEFAULT_FLASH = 0x100000
+FLASH_FRACTION = 0.6  # share of the flash the weights (int8 + int16 copies) may take
+
+
+@dataclass(frozen=True)
+class Schedule:
+    op: str                 # opcode
+    kind: str               # "fc", "conv1x1" or "conv"
+    m: int                  # rows of A (pixels or batches)
+    n: int                  # output channels
+    k: int                  # reduction length
+    mr: int                 # register tile rows (pixels)
+    nr: int                 # register tile columns (output channels)
+    wide: bool              # int16 weights (flash budget permitting)
+    loop_order: str
+    k_unroll: int           # reduction values per loop iteration
+    k_blocks: int           # ceil(K / 4)
+    scratch_bytes: int      # stack bytes for the A panel
+    inner_ipm: float        # instructions per MAC of the reduction loop alone
+    predicted_ipm: float    # instructions per MAC of the whole layer
+
+    @property
+    def tile(self) -> str:
+        return f"{self.mr}x{self.nr}"
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["tile"] = self.tile
+        d["weights"] = "int16" if self.wide else "int8"
+        return d
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def block_instructions(mr: int, nr: int, wide: bool) -> float:
+    """I_blk: instructions per k-block (4 reduction steps) of an mr x nr tile."""
+    smlad = 2 * mr * nr
+    a_loads = _ceil(mr, 2)                      # LDM of two panel rows (LDRD for one)
+    if wide:
+        b_loads = 1 if nr == 1 else _ceil(nr, 2)  # LDRD of one channel, LDM of two
+        ext = 0
+    else:
+        b_loads = 1 if nr == 1 else _ceil(nr, 4)  # LDR of one word, LDM of four
+        ext = 2 * nr                            # SXTB16, SXTB16 ROR8 per channel
+    loop = 2 / K_UNROLL                         # SUBS + BNE per K_UNROLL blocks
+    return smlad + a_loads + b_loads + ext + loop
+
+
+def choose_tile(m: int, k_blocks: int, stack_budget: int) -> tuple[int, int]:
+    """The register tile by formula: mr*nr = ACCUMULATORS; mr = 4 (rows side, since
+    int8/int16 weights cost at least as much per block as panel rows) when there are
+    4 rows and their panel fits the stack budget, else mr = 1, nr = 4."""
+    mr = 4 if m >= 4 and panel_bytes(4, k_blocks) <= stack_budget else 1
+    return mr, ACCUMULATORS // mr
+
+
+def panel_bytes(mr: int, k_blocks: int) -> int:
+    """MT_GEMM_SCRATCH_U64(mr, k_blocks) * 8."""
+    return (mr * k_blocks + (k_blocks + 1) // 2) * 8
+
+
+def predict(kind: str, m: int, n: int, k: int, mr: int, nr: int, wide: bool,
+            gather_fraction: float = 0.0) -> tuple[float, float]:
+    """(inner-loop instructions/MAC, whole-layer instructions/MAC)."""
+    kb = _ceil(k, K_BLOCK)
+    i_blk = block_instructions(mr, nr, wide)
+    tiles = _ceil(m, mr) * _ceil(n, nr)
+    loop = tiles * (kb * i_blk + TILE)
+    outputs = m * n * REQUANT
+    rows = _ceil(m, mr) * mr
+    panel = rows * kb * PANEL_BLOCK * (1 - gather_fraction) + rows * k * PANEL_GATHER * gather_fraction
+    macs = m * n * k
+    return i_blk / (4 * mr * nr), (loop + outputs + panel) / macs
+
+
+# ------------------------------------------------------------------ layers
+
+def matmul_shape(op: Operator, graph: Graph) -> tuple[str, int, int, int] | None:
+    """(kind, M, N, K) of a matmul-shaped operator, or None."""
+    if op.opcode == "FULLY_CONNECTED":
+        f = graph.tensor(op.inputs[1])
+        n, k = f.shape
+        x = graph.tensor(op.inputs[0])
+        size = 1
+        for d in x.shape:
+            size *= d
+        return "fc", size // k, n, k
+    if op.opcode == "CONV_2D":
+        from .ops.conv import _conv_geometry
+        g = _conv_geometry(op, graph)
+        f = graph.tensor(op.inputs[1])
+        kind = "conv1x1" if g["kh"] == 1 and g["kw"] == 1 else "conv"
+        return kind, g["n"] * g["oh"] * g["ow"], f.shape[0], g["kh"] * g["kw"] * g["c"]
+    return None
+
+
+def _gather_fraction(op: Operator, graph: Graph) -> float:
+    """Share of output pixels whose receptive field goes through the byte gather."""
+    if op.opcode != "CONV_2D":
+        return 0.0
+    from .ops.conv import _conv_geometry
+    g = _conv_geometry(op, graph)
+    if (g["kw"] * g["c"]) % 4:
+        return 1.0
+    inside = sum(1 for ox in range(g["ow"]) if 0 <= ox * g["sw"] - g["pw"] and ox * g["sw"] - g["pw"] + g["kw"] <= g["w"])
+    return 1.0 - inside / g["ow"]
+
+
+def _board_limits(board) -> tuple[int, int]:
+    """(stack budget for the panel, flash budget for weights) in bytes."""
+    if board is None:
+        return int(DEFAULT_STACK * STACK_FRACTION), int(DEFAULT_FLASH * FLASH_FRACTION)
+    flash = board.memories["flash"].size if "flash" in board.memories else DEFAULT_FLASH
+    return int(board.stack_size * STACK_FRACTION), int(flash * FLASH_FRACTION)
+
+
+# Test hook: force the weight format ("int8" / "int16") regardless of the budget.
+FORCE_WEIGHTS: str | None = None
+
+
+def _graph_const_bytes(graph: Graph) -> int:
+    return sum(t.nbytes for t in graph.tensors if t.is_constant)
+
+
+def _wide_plan(graph: Graph, flash_budget: int, stack_budget: int) -> set[int]:
+    """Operator indices given int16 weights: by instructions saved per extra flash
+    byte, while the int16 copies plus every constant fit the flash budget."""
+    spare = flash_budget - _graph_const_bytes(graph)
+    candidates = []
+    for op in graph.operators:
+        shape = matmul_shape(op, graph)
+        if shape is None:
+            continue
+        kind, m, n, k = shape
+        kb = _ceil(k, K_BLOCK)
+        mr, nr = choose_tile(m, kb, stack_budget)
+        saved = (block_instructions(mr, nr, False) - block_instructions(mr, nr, True)) * kb * _ceil(m, mr) * _ceil(n, nr)
+        extra = _ceil(n, nr) * nr * kb * 4 * 2  # int16 copy replaces int8: +1 byte per weight (x2 bound)
+        candidates.append((saved / extra, op.index, extra))
+    chosen: set[int] = set()
+    for _, index, extra in sorted(candidates, reverse=True):
+        if extra <= spare:
+            chosen.add(index)
+            spare -= extra
+    return chosen
+
+
+_PLANS: dict[tuple[int, int, int], set[int]] = {}
+
+
+def schedule_for(op: Operator, graph: Graph, board=None) -> Schedule:
+    """The schedule of a matmul-shaped layer (FULLY_CONNECTED or CONV_2D)."""
+    shape = matmul_shape(op, graph)
+    if shape is None:
+        raise ValueError(f"operator #{op.index} {op.opcode} is not matmul-shaped")
+    kind, m, n, k = shape
+    stack_budget, flash_budget = _board_limits(board)
+    kb = _ceil(k, K_BLOCK)
+    mr, nr = choose_tile(m, kb, stack_budget)
+    if FORCE_WEIGHTS is not None:
+        wide = FORCE_WEIGHTS == "int16"
+    else:
+        key = (id(graph), flash_budget, stack_budget)
+        if key not in _PLANS:
+            _PLANS[key] = _wide_plan(graph, flash_budget, stack_budget)
+        wide = op.index in _PLANS[key]
+    inner, total = predict(kind, m, n, k, mr, nr, wide, _gather_fraction(op, graph))
+    order = ("k-first: the %dx%d output tile stays in registers for the whole reduction; "
+             "%s" % (mr, nr, "the weight pair of a block is reused by %d rows" % mr if mr > 1
+                     else "the input pair of a block is reused by %d channels" % nr))
+    return Schedule(op.opcode, kind, m, n, k, mr, nr, wide, order, K_BLOCK * K_UNROLL, kb,
+                    panel_bytes(mr, kb), round(inner, 4), round(total, 4))
+
+
+def explain(compiled) -> list[dict]:
+    """Per device layer: op, shapes, M/N/K, tile, loop order, predicted instructions
+    per MAC (matmul-shaped layers; others get their op and shape only)."""
+    graph = compiled.graph
+    board = getattr(compiled, "board", None)
+    rows = []
+    for layer, op in enumerate(compiled.device_ops):
+        entry: dict = {"layer": layer, "index": op.index, "op": op.opcode,
+                       "shape": list(graph.tensor(op.outputs[0]).shape)}
+        if matmul_shape(op, graph) is not None and compiled.kernels == "optimized":
+            from .ops.conv import optimized_supported
+            if optimized_supported(op, graph):
+                s = schedule_for(op, graph, board)
+                entry.update({"kind": s.kind, "M": s.m, "N": s.n, "K": s.k, "tile": s.tile,
+                              "weights": "int16" if s.wide else "int8", "loop_order": s.loop_order,
+                              "k_unroll": s.k_unroll, "predicted_ipm": s.predicted_ipm,
+                              "inner_ipm": s.inner_ipm})
+        rows.append(entry)
+    return rows
+
+
+def ideal_ipm(mr: int, nr: int, wide: bool) -> float:
+    """Inner-loop instructions per MAC (no requantisation, no panel)."""
+    return block_instructions(mr, nr, wide) / (4 * mr * nr)
+
+
+__all__ = ["ACCUMULATORS", "Schedule", "block_instructions", "choose_tile", "explain", "ideal_ipm",
+           "matmul_shape", "predict", "schedule_for"]
+
