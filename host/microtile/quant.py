@@ -21,7 +21,8 @@ def tflite_round(x: float) -> int:
 
 
 def quantize_multiplier(real: float) -> tuple[int, int]:
-    """QuantizeMultiplier: real = q * 2**(shift - 31), q in [2**30, 2**31)."""
+    """QuantizeMultiplier: real = q * 2**(shift - 31), q in [2**30, 2**31), as TFLM's
+    default double-rounding build computes it."""
     if real == 0.0:
         return 0, 0
     q, shift = math.frexp(real)
@@ -31,8 +32,8 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
         shift += 1
     if shift < -31:
         shift, q_fixed = 0, 0
-    if shift > 30:
-        shift, q_fixed = 30, (1 << 31) - 1
+    # TFLM clamps shift > 30 only in single-rounding builds; its default (double
+    # rounding) keeps it, and softmax multipliers up to 2**31 - 1 need that.
     return int(q_fixed), int(shift)
 
 

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from ..ir import Graph, Operator
-from ..quant import INT32_MIN, multiply_by_quantized_multiplier, tflite_round, wrap_int32
+from ..quant import INT32_MIN, multiply_by_quantized_multiplier, quantize_multiplier, wrap_int32
 from . import fixedpoint as fp
 from . import OpKernel, register
 
@@ -22,25 +22,10 @@ ACCUMULATION_INTEGER_BITS = 12
 LOG_SOFTMAX_OUTPUT_INTEGER_BITS = 4
 
 
-def _quantize_multiplier(real: float) -> tuple[int, int]:
-    """QuantizeMultiplier as built by TFLM (double rounding: no clamping of shift > 30,
-    which the softmax multiplier of up to 2**31 - 1 needs)."""
-    if real == 0.0:
-        return 0, 0
-    q, shift = math.frexp(real)
-    q_fixed = tflite_round(q * (1 << 31))
-    if q_fixed == (1 << 31):
-        q_fixed //= 2
-        shift += 1
-    if shift < -31:
-        return 0, 0
-    return int(q_fixed), int(shift)
-
-
 def preprocess_softmax_scaling(beta_times_scale: float, integer_bits: int) -> tuple[int, int]:
     """PreprocessSoftmaxScaling -> (input_multiplier, input_left_shift)."""
     real = min(beta_times_scale * float(1 << (31 - integer_bits)), float((1 << 31) - 1))
-    return _quantize_multiplier(real)
+    return quantize_multiplier(real)
 
 
 def calculate_input_radius(integer_bits: int, left_shift: int, total_signed_bits: int = 31) -> int:
@@ -174,7 +159,7 @@ def log_softmax_params(op: Operator, graph: Graph) -> tuple[int, int, int, int, 
     beta_scale = _input_beta_product(op, graph, 1.0)
     multiplier, left_shift = preprocess_softmax_scaling(beta_scale, SCALED_DIFF_INTEGER_BITS)
     reverse_real = float(1 << (31 - left_shift)) / float(multiplier)
-    reverse_divisor, reverse_left_shift = _quantize_multiplier(reverse_real)
+    reverse_divisor, reverse_left_shift = quantize_multiplier(reverse_real)
     diff_min = -calculate_input_radius(SCALED_DIFF_INTEGER_BITS, left_shift)
     return multiplier, left_shift, reverse_divisor, -reverse_left_shift, diff_min
 
