@@ -18,6 +18,8 @@ from . import EmitContext, OpKernel, register
 from . import fused_activation_range
 from .conv import ACTIVATIONS, PADDINGS, out_size_and_padding
 
+AVG_POOL_OPT_MAX_WINDOW = 256  # MT_AVG_POOL_OPT_MAX_WINDOW in mt_pool_opt.h
+
 
 def _check_int8_same_quant(kernel: OpKernel, op: Operator, graph: Graph) -> None:
     x, y = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
@@ -83,13 +85,18 @@ class _Pool2D(OpKernel):
         mask = np.lib.stride_tricks.sliding_window_view(inside, (p["kh"], p["kw"]))[sl_h, sl_w]
         return np.moveaxis(win, 3, 5), mask
 
+    def opt_function(self, p: dict) -> str | None:
+        """The optimised kernel (mt_pool_opt.h) for these parameters, or None."""
+        return None
+
     def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
         p = self.params(op, graph)
-        ctx.include("mt_pool.h")
+        function = self.opt_function(p) if ctx.kernels == "optimized" else None
+        ctx.include("mt_pool.h" if function is None else "mt_pool_opt.h")
         init = (f"{{{p['n']}, {p['h']}, {p['w']}, {p['c']}, {p['oh']}, {p['ow']}, {p['kh']}, {p['kw']}, "
                 f"{p['sh']}, {p['sw']}, {p['ph']}, {p['pw']}, {p['act'][0]}, {p['act'][1]}}}")
         params = ctx.static_struct("mt_pool_params", "pool_params", init)
-        return f"{self.c_function}(&{params}, {ctx.ptr(op.inputs[0])}, {ctx.ptr(op.outputs[0])});"
+        return f"{function or self.c_function}(&{params}, {ctx.ptr(op.inputs[0])}, {ctx.ptr(op.outputs[0])});"
 
 
 @register
@@ -113,6 +120,10 @@ class AveragePool2D(_Pool2D):
         p = self.params(op, graph)
         return p["n"] * p["oh"] * p["ow"] * p["c"] * p["kh"] * p["kw"]
 
+    def opt_function(self, p: dict) -> str | None:
+        # The halfword lane sums of the optimised kernel hold windows of up to 256 pixels.
+        return "mt_avg_pool_s8_opt" if p["kh"] * p["kw"] <= AVG_POOL_OPT_MAX_WINDOW else None
+
 
 @register
 class MaxPool2D(_Pool2D):
@@ -125,6 +136,9 @@ class MaxPool2D(_Pool2D):
         win, _ = self._windows(p, x, -128)  # padding never wins against real values
         m = win.max(axis=(3, 4))
         return [np.clip(m, p["act"][0], p["act"][1]).astype(np.int8)]
+
+    def opt_function(self, p: dict) -> str | None:
+        return "mt_max_pool_s8_opt"
 
 
 # ---------------------------------------------------------------- MEAN
