@@ -31,7 +31,8 @@ class Firmware:
 @dataclass
 class ElfSizes:
     rom_bytes: int  # everything the image puts in flash
-    ram_static_bytes: int  # .data + .bss (the arena included) + reserved stack/heap
+    ram_static_bytes: int  # .data + .bss (the arena included)
+    stack_reserved_bytes: int  # the stack region the linker script reserves
 
 
 def _source_files() -> list[Path]:
@@ -104,15 +105,17 @@ def elf_sizes(elf: Path, board: Board) -> ElfSizes:
     from elftools.elf.constants import SH_FLAGS
     from elftools.elf.elffile import ELFFile
 
-    rom = ram = 0
+    rom = ram = stack = 0
     with open(elf, "rb") as f:
         for sec in ELFFile(f).iter_sections():
             if not sec["sh_flags"] & SH_FLAGS.SHF_ALLOC or sec["sh_size"] == 0:
                 continue
             size, addr = sec["sh_size"], sec["sh_addr"]
-            in_ram = board.region_of(addr) == "ram"
-            if in_ram:
+            in_ram = board.region_of(addr) != "flash"
+            if sec.name.startswith(".stack"):
+                stack += size
+            elif in_ram:
                 ram += size
             if not in_ram or sec["sh_type"] != "SHT_NOBITS":
                 rom += size  # code, constants, and the initial values of .data
-    return ElfSizes(rom, ram)
+    return ElfSizes(rom, ram, stack)

@@ -43,8 +43,9 @@ def _print_run(result) -> None:
     console.print(table)
     ram, rom = data["ram"], data["rom"]
     console.print(
-        f"RAM {ram['total_bytes']:,} B (arena {ram['arena_bytes']:,} B, stack used {ram['stack_bytes']:,} B, "
-        f"static {ram['static_bytes']:,} B)   ROM {rom['total_bytes']:,} B"
+        f"RAM {ram['total_bytes']:,} B (static {ram['static_bytes']:,} B with the {ram['arena_bytes']:,} B arena, "
+        f"stack used {ram['stack_bytes']:,} of {ram['stack_reserved_bytes']:,} B reserved)   "
+        f"ROM {rom['total_bytes']:,} B"
     )
     verdict = "[green]bit-exact with TFLM[/green]" if not data["mismatches"] else \
         f"[red]{data['mismatches']} of {data['samples']} samples differ from TFLM[/red] " \

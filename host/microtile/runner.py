@@ -77,6 +77,8 @@ class RunResult:
                 "arena_bytes": arena,
                 "stack_bytes": self.stack_bytes,
                 "static_bytes": self.firmware.sizes.ram_static_bytes,
+                "stack_reserved_bytes": self.firmware.sizes.stack_reserved_bytes,
+                # what the model needs: static data (arena included) + the stack it used
                 "total_bytes": self.firmware.sizes.ram_static_bytes + self.stack_bytes,
             },
             "rom": {"total_bytes": self.firmware.sizes.rom_bytes},
