@@ -15,7 +15,7 @@
  *    int16 pairs ordered like the A panel (wide = 1). Rows past N are zero.
  *  - bias: input zero point folded in: bias'[n] = bias[n] - zp_in * sum_k w[n,k],
  *    so A holds raw inputs, and taps in the padding hold zp_in (they cancel).
- *  - bias, multiplier, shift are padded to n_tiles * nr entries.
+ *  - bias and requant are padded to n_tiles * nr channels.
  */
 #ifndef MT_MATMUL_OPT_H
 #define MT_MATMUL_OPT_H
@@ -30,10 +30,12 @@ typedef struct {
     int32_t n_tiles;            /* ceil(N / nr) */
     int32_t output_offset;      /* output zero point */
     int32_t act_min, act_max;
-    const void *weights;        /* packed B, 8-byte aligned */
-    const int32_t *bias;        /* [n_tiles * nr], zero point folded in */
-    const int32_t *multiplier;  /* [n_tiles * nr] */
-    const int32_t *shift;       /* [n_tiles * nr], positive = left (TFLite) */
+    int32_t fast;               /* 1: requant holds (mult, k, right) for mt_requant_fast
+                                   (host-checked: no overflow, every shift < 0);
+                                   0: (mult, shift, 0), exact 64-bit path */
+    const void *weights;        /* packed B (4-byte aligned) */
+    const int32_t *bias;        /* [n_tiles * nr], input zero point folded in */
+    const int32_t *requant;     /* [n_tiles * nr][3], see fast */
 } mt_gemm_opt;
 
 typedef struct {

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "mt_dsp.h"
+#include "mt_requant_opt.h"
 
 /* TFLM's MultiplyByQuantizedMultiplier with one 64-bit multiply-accumulate:
  * SaturatingRoundingDoublingHighMul(a, m) == floor((a*m + 2^30) / 2^31) for every
@@ -36,14 +37,6 @@ static inline uint64_t mt_ld64(const uint64_t *p)
     uint64_t v;
     memcpy(&v, p, 8);
     return v;
-}
-
-static inline int8_t mt_out8(int32_t acc, int32_t m, int32_t shift, const mt_gemm_opt *g)
-{
-    int32_t y = mt_req(acc, m, shift) + g->output_offset;
-    y = y < g->act_min ? g->act_min : y;
-    y = y > g->act_max ? g->act_max : y;
-    return (int8_t)y;
 }
 
 /* One k-block (4 reduction steps) of an MR x NR tile: weights of channel j are
@@ -104,8 +97,6 @@ static inline int8_t mt_out8(int32_t acc, int32_t m, int32_t shift, const mt_gem
         }                                                                             \
     } while (0)
 
-#define MT_KLOOP_2x2_w0 MT_KLOOP_C
-#define MT_KLOOP_2x2_w1 MT_KLOOP_C
 
 #if MT_HAS_DSP
 
@@ -216,16 +207,25 @@ static inline int8_t mt_out8(int32_t acc, int32_t m, int32_t shift, const mt_gem
 #endif
 
 /* rows (<= MR) panel rows x all N channels: per channel tile, accumulate the whole
- * reduction in registers (k-first), then requantise and store the tile. */
-#define MT_DEFINE_ROWS(MR, NR, WIDE)                                                  \
-    static void mt_rows_##MR##x##NR##_w##WIDE(const mt_gemm_opt *g, const uint64_t *panel, \
-                                              int32_t rows, int8_t *output)           \
+ * reduction in registers (k-first), then requantise and store the tile.
+ * MODE 0: exact requantisation (mt_req) + clamp; 1: mt_requant_fast + clamp;
+ * 2: mt_requant_fast + SSAT (activation range = int8 range). */
+#define MT_DEFINE_ROWS(MR, NR, WIDE, MODE)                                            \
+    static void mt_rows_##MR##x##NR##_w##WIDE##_m##MODE(const mt_gemm_opt *g,       \
+                                                        const uint64_t *panel,      \
+                                                        int32_t rows, int8_t *output) \
     {                                                                                 \
         const uint64_t *b = (const uint64_t *)g->weights;                             \
         const uint32_t *wb = (const uint32_t *)g->weights;                            \
+        const int32_t *bias = g->bias;                                                \
+        const int32_t *rq = g->requant;                                               \
         const int32_t n_out = g->out_c;                                               \
+        const int32_t lo = g->act_min, hi = g->act_max, zp = g->output_offset;        \
         (void)b;                                                                      \
         (void)wb;                                                                     \
+        (void)zp;                                                                     \
+        (void)lo;                                                                     \
+        (void)hi;                                                                     \
         for (int32_t n0 = 0; n0 < n_out; n0 += (NR)) {                                \
             int32_t s[(MR) * (NR)];                                                   \
             const uint64_t *a = panel;                                                \
@@ -234,45 +234,67 @@ static inline int8_t mt_out8(int32_t acc, int32_t m, int32_t shift, const mt_gem
             for (int j = 0; j < (NR); j++) {                                          \
                 _Pragma("GCC unroll 8")                                               \
                 for (int i = 0; i < (MR); i++) {                                      \
-                    s[i * (NR) + j] = g->bias[n0 + j];                                \
+                    s[i * (NR) + j] = bias[j];                                        \
                 }                                                                     \
             }                                                                         \
+            bias += (NR);                                                             \
             MT_KLOOP_##MR##x##NR##_w##WIDE(MR, NR, WIDE);                             \
             _Pragma("GCC unroll 8")                                                   \
             for (int j = 0; j < (NR); j++) {                                          \
-                const int32_t n = n0 + j;                                             \
-                if ((NR) == 1 || n < n_out) {                                         \
-                    const int32_t m = g->multiplier[n];                               \
-                    const int32_t sh = g->shift[n];                                   \
+                if ((NR) == 1 || n0 + j < n_out) {                                    \
+                    const int32_t m = rq[3 * j], q1 = rq[3 * j + 1], q2 = rq[3 * j + 2]; \
+                    int8_t *o = output + n0 + j;                                      \
                     _Pragma("GCC unroll 8")                                           \
                     for (int i = 0; i < (MR); i++) {                                  \
                         if ((MR) == 1 || i < rows) {                                  \
-                            output[i * n_out + n] = mt_out8(s[i * (NR) + j], m, sh, g); \
+                            int32_t y;                                                \
+                            if ((MODE) == 0) {                                        \
+                                y = mt_req(s[i * (NR) + j], m, q1) + zp;              \
+                            } else {                                                  \
+                                y = mt_requant_fast((int32_t)((uint32_t)s[i * (NR) + j] << 1), m, q1, q2); \
+                            }                                                         \
+                            if ((MODE) == 2) {                                        \
+                                y = mt_ssat8(y);                                      \
+                            } else {                                                  \
+                                y = y < lo ? lo : y;                                  \
+                                y = y > hi ? hi : y;                                  \
+                            }                                                         \
+                            o[i * n_out] = (int8_t)y;                                 \
                         }                                                             \
                     }                                                                 \
                 }                                                                     \
             }                                                                         \
+            rq += 3 * (NR);                                                           \
         }                                                                             \
     }
 
-MT_DEFINE_ROWS(1, 4, 0)
-MT_DEFINE_ROWS(1, 4, 1)
-MT_DEFINE_ROWS(2, 2, 0)
-MT_DEFINE_ROWS(2, 2, 1)
-MT_DEFINE_ROWS(4, 1, 0)
-MT_DEFINE_ROWS(4, 1, 1)
+#define MT_DEFINE_TILE(MR, NR, WIDE)                                                  \
+    MT_DEFINE_ROWS(MR, NR, WIDE, 0)                                                   \
+    MT_DEFINE_ROWS(MR, NR, WIDE, 1)                                                   \
+    MT_DEFINE_ROWS(MR, NR, WIDE, 2)
 
-#define MT_TILE_CODE(mr, nr, wide) (((mr) << 8) | ((nr) << 1) | (wide))
+MT_DEFINE_TILE(1, 4, 0)
+MT_DEFINE_TILE(1, 4, 1)
+MT_DEFINE_TILE(4, 1, 0)
+MT_DEFINE_TILE(4, 1, 1)
+
+#define MT_TILE_CODE(mr, nr, wide, mode) (((mr) << 8) | ((nr) << 4) | ((wide) << 2) | (mode))
+#define MT_CASE(mr, nr, wide, mode)                                                   \
+    case MT_TILE_CODE(mr, nr, wide, mode):                                            \
+        mt_rows_##mr##x##nr##_w##wide##_m##mode(g, panel, rows, output);              \
+        break;
+#define MT_CASES(mr, nr, wide) MT_CASE(mr, nr, wide, 0) MT_CASE(mr, nr, wide, 1) MT_CASE(mr, nr, wide, 2)
 
 void mt_gemm_s8_opt_rows(const mt_gemm_opt *g, const uint64_t *panel, int32_t rows, int8_t *output)
 {
-    switch (MT_TILE_CODE(g->mr, g->nr, g->wide)) {
-    case MT_TILE_CODE(1, 4, 0): mt_rows_1x4_w0(g, panel, rows, output); break;
-    case MT_TILE_CODE(1, 4, 1): mt_rows_1x4_w1(g, panel, rows, output); break;
-    case MT_TILE_CODE(2, 2, 0): mt_rows_2x2_w0(g, panel, rows, output); break;
-    case MT_TILE_CODE(2, 2, 1): mt_rows_2x2_w1(g, panel, rows, output); break;
-    case MT_TILE_CODE(4, 1, 0): mt_rows_4x1_w0(g, panel, rows, output); break;
-    default: mt_rows_4x1_w1(g, panel, rows, output); break;
+    const int32_t mode = g->fast ? (g->act_min == -128 && g->act_max == 127 ? 2 : 1) : 0;
+    switch (MT_TILE_CODE(g->mr, g->nr, g->wide, mode)) {
+    MT_CASES(1, 4, 0)
+    MT_CASES(1, 4, 1)
+    MT_CASES(4, 1, 0)
+    MT_CASES(4, 1, 1)
+    default:
+        break; /* the host emits only the tiles above */
     }
 }
 

@@ -217,10 +217,25 @@ def folded_bias(w: np.ndarray, bias: np.ndarray | None, input_zero_point: int, p
     return out
 
 
-def _padded(values: np.ndarray, padded: int) -> np.ndarray:
-    out = np.zeros(padded, dtype=np.int32)
-    out[:values.size] = values
-    return out
+def requant_table(w: np.ndarray, bias: np.ndarray | None, mult: np.ndarray, shift: np.ndarray,
+                  in_zp: int, out_zp: int, padded: int) -> tuple[np.ndarray, bool]:
+    """Per channel 3 words for the optimised kernels and whether they are the fast
+    form: (mult, k, right) for mt_requant_fast when every channel qualifies for every
+    input (|acc| bounded from the weights and bias), else (mult, shift, 0)."""
+    from .requant_opt import fast_requant, max_abs_input
+
+    n = w.shape[0]
+    b = np.zeros(n, dtype=np.int64) if bias is None else np.asarray(bias, dtype=np.int64).reshape(-1)
+    bound = np.abs(b) + np.abs(w.astype(np.int64)).sum(axis=1) * max_abs_input(in_zp)
+    fast = fast_requant(mult, shift, out_zp, bound)
+    table = np.zeros((padded, 3), dtype=np.int64)
+    table[:n, 0] = mult
+    if fast is not None:
+        table[:n, 1], table[:n, 2] = fast
+        table[n:, 2] = 1
+    else:
+        table[:n, 1] = shift
+    return table.astype(np.int32).reshape(-1), fast is not None
 
 
 def _emit_gemm(ctx: EmitContext, op: Operator, graph: Graph, w2d: np.ndarray, mult: np.ndarray,
@@ -233,13 +248,14 @@ def _emit_gemm(ctx: EmitContext, op: Operator, graph: Graph, w2d: np.ndarray, mu
     padded = -(-n // s.nr) * s.nr
     packed, kb = pack_weights(w2d, s.nr, s.wide)
     bias_t = graph.tensor(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
-    bias = folded_bias(w2d, None if bias_t is None else bias_t.data, in_zp, padded)
+    bias_data = None if bias_t is None else bias_t.data
+    bias = folded_bias(w2d, bias_data, in_zp, padded)
+    table, fast = requant_table(w2d, bias_data, mult, shift, in_zp, out_zp, padded)
     wname = ctx.const_array("gemm_w", packed)
     bname = ctx.const_array("gemm_bias", bias)
-    mname = ctx.const_array("gemm_mult", _padded(mult, padded))
-    sname = ctx.const_array("gemm_shift", _padded(shift, padded))
+    qname = ctx.const_array("gemm_requant", table)
     init = (f"{{{s.mr}, {s.nr}, {int(s.wide)}, {kb}, {n}, {padded // s.nr}, {out_zp}, {act[0]}, {act[1]}, "
-            f"{wname}, {bname}, {mname}, {sname}}}")
+            f"{int(fast)}, {wname}, {bname}, {qname}}}")
     return init, s
 
 
