@@ -22,6 +22,8 @@ from microtile.ops.requant_opt import fast_requant, reference_fast_requant
 from microtile.quant import multiply_by_quantized_multiplier
 
 from ops_a_helpers import random_int8, tflm
+from ops_b1_helpers import one_op_graph as b1_one_op_graph
+from ops_b1_helpers import qtensor
 from test_ops_conv import conv_graph
 from test_ops_pool import pool_graph
 
@@ -173,3 +175,53 @@ def test_avg_pool_opt_largest_window_and_fallback(fill):
         graph = pool_graph(rng, "AVERAGE_POOL_2D", h=h, w=16, c=6, kh=h, kw=16, padding="VALID")
         x = random_int8(rng, (1, h, 16, 6)) if fill is None else np.full((1, h, 16, 6), fill, np.int8)
         check_optimized(graph, [x], fn)
+
+
+# ---------------------------------------------------------------- ADD
+
+add_scales = st.floats(-3.5, 0.5).map(lambda e: float(np.float32(10.0 ** e)))
+
+
+def _add_graph(s1, s2, out, q1, q2, qo, act):
+    tensors = [qtensor(0, s1, *q1), qtensor(1, s2, *q2), qtensor(2, out, *qo)]
+    return b1_one_op_graph("ADD", tensors, [0, 1], [2], {"fused_activation_function": act})
+
+
+def _add_kernel(graph: Graph) -> str | None:
+    """The kernel the optimised build must use: same shapes and an output scale the
+    fast requantisation covers (checked independently of the emitter)."""
+    a, b = graph.tensor(0), graph.tensor(1)
+    if tuple(a.shape) != tuple(b.shape):
+        return None
+    p = kernel_for(graph.operators[0]).params(graph.operators[0], graph)
+    return "mt_add_s8_opt" if p["output_shift"] < 0 else None
+
+
+@SETTINGS
+@given(shape=st.lists(st.integers(1, 9), min_size=0, max_size=3), q1=st.tuples(add_scales, st.integers(-128, 127)),
+       q2=st.tuples(add_scales, st.integers(-128, 127)), out_ratio=st.floats(0.05, 4.0),
+       out_zp=st.integers(-128, 127), act=ACTS, seed=st.integers(0, 2**32 - 1))
+def test_add_opt_matches_tflm(shape, q1, q2, out_ratio, out_zp, act, seed):
+    """Element counts not a multiple of 4, random scales and zero points, every activation."""
+    shape = (1,) + tuple(shape)  # batch 1 (codegen runs batch 1)
+    so = float(np.float32(max(q1[0], q2[0]) * out_ratio))
+    graph = _add_graph(shape, shape, shape, q1, q2, (so, out_zp), act)
+    rng = np.random.default_rng(seed)
+    check_optimized(graph, [random_int8(rng, shape), random_int8(rng, shape)], _add_kernel(graph))
+
+
+def test_add_opt_every_input_pair():
+    """All 256 x 256 input pairs through the tables and the output requantisation."""
+    a = np.repeat(np.arange(-128, 128), 256).astype(np.int8).reshape(1, 256, 256)
+    b = np.tile(np.arange(-128, 128), 256).astype(np.int8).reshape(1, 256, 256)
+    for q1, q2, qo, act in (((0.05, -3), (0.02, 10), (0.06, 5), "NONE"),
+                            ((0.5, 127), (0.5, -128), (0.01, -128), "RELU"),
+                            ((1e-3, 0), (0.3, 7), (0.25, -20), "RELU6")):
+        graph = _add_graph((1, 256, 256), (1, 256, 256), (1, 256, 256), q1, q2, qo, act)
+        check_optimized(graph, [a, b], "mt_add_s8_opt")
+
+
+def test_add_opt_broadcast_falls_back():
+    rng = np.random.default_rng(4)
+    graph = _add_graph((1, 4, 4, 8), (1, 1, 1, 8), (1, 4, 4, 8), (0.1, 3), (0.05, -7), (0.12, 1), "RELU")
+    check_optimized(graph, [random_int8(rng, (1, 4, 4, 8)), random_int8(rng, (1, 1, 1, 8))], None)

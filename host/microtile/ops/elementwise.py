@@ -164,9 +164,49 @@ class Add(_BinaryInt8):
         (out,) = graph.op_outputs(op)
         return int(np.prod(out.shape, dtype=np.int64))
 
+    def input_tables(self, p: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Each input's rescaled value s_i for all 256 int8 inputs, indexed by the byte
+        read as unsigned (u -> (int8)u), exactly as reference() computes it."""
+        x = np.arange(256, dtype=np.int64).astype(np.uint8).view(np.int8).astype(np.int64)
+        tables = []
+        for i in (1, 2):
+            shifted = (x + p[f"input{i}_offset"]) * (1 << p["left_shift"])
+            tables.append(q.multiply_by_quantized_multiplier_smaller_than_one_exp(
+                shifted, p[f"input{i}_multiplier"], p[f"input{i}_shift"]))
+        return tables[0], tables[1]
+
+    def _emit_opt(self, op: Operator, graph: Graph, ctx: EmitContext, p: dict[str, int]) -> str | None:
+        """mt_add_s8_opt (mt_add_opt.h) for same-shape inputs, or None (reference kernel)."""
+        from .requant_opt import fast_requant
+
+        a, b = graph.op_inputs(op)
+        if tuple(a.shape) != tuple(b.shape):
+            return None  # broadcasting keeps the reference kernel's odometer walk
+        t1, t2 = self.input_tables(p)
+        bound = int(np.abs(t1).max() + np.abs(t2).max())
+        fast = fast_requant(np.array([p["output_multiplier"]]), np.array([p["output_shift"]]),
+                            p["output_offset"], np.array([bound]))
+        if fast is None:
+            return None
+        k, right = int(fast[0][0]), int(fast[1][0])
+        ctx.include("mt_add_opt.h")
+        table1 = ctx.const_array("add_table1", (2 * t1).astype(np.int32))
+        table2 = ctx.const_array("add_table2", (2 * t2).astype(np.int32))
+        (out,) = graph.op_outputs(op)
+        size = int(np.prod(out.shape, dtype=np.int64))
+        name = ctx.static_struct("mt_add_opt_params", f"add_opt{op.index}",
+                                 f"{{{size}, {p['output_multiplier']}, {k}, {right}, {p['act_min']}, "
+                                 f"{p['act_max']}, {table1}, {table2}}}")
+        return (f"mt_add_s8_opt(&{name}, {ctx.ptr(op.inputs[0])}, {ctx.ptr(op.inputs[1])}, "
+                f"{ctx.ptr(op.outputs[0])});")
+
     def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
-        ctx.include("mt_elementwise.h")
         p = self.params(op, graph)
+        if ctx.kernels == "optimized":
+            call = self._emit_opt(op, graph, ctx, p)
+            if call is not None:
+                return call
+        ctx.include("mt_elementwise.h")
         fields = ", ".join(f".{k} = {v}" for k, v in p.items())
         name = ctx.static_struct("mt_add_params", f"add{op.index}",
                                  f"{{ {fields}, {self._broadcast_init(graph, op)} }}")
