@@ -18,6 +18,7 @@
 #define MT_REQUANT_OPT_H
 
 #include <stdint.h>
+#include <string.h>
 
 #include "mt_dsp.h"
 
@@ -38,8 +39,32 @@ static MT_ALWAYS_INLINE int32_t mt_requant_fast(int32_t acc2, int32_t mult, int3
 /* Four int8 results (already saturated to [-128, 127]) packed into one word, byte 0 first. */
 static MT_ALWAYS_INLINE uint32_t mt_pack_s8x4(int32_t r0, int32_t r1, int32_t r2, int32_t r3)
 {
+#if MT_HAS_DSP
+    uint32_t r = (uint32_t)r0;
+    __asm__("bfi %0, %1, #8, #8\n\tbfi %0, %2, #16, #8\n\tbfi %0, %3, #24, #8"
+            : "+r"(r) : "r"(r1), "r"(r2), "r"(r3));
+    return r;
+#else
     return ((uint32_t)r0 & 0xFFu) | (((uint32_t)r1 & 0xFFu) << 8) | (((uint32_t)r2 & 0xFFu) << 16) |
            ((uint32_t)r3 << 24);
+#endif
+}
+
+/* Two consecutive words of a word-aligned stream in one load (LDRD; gcc splits a
+ * 64-bit C load into two LDRs). */
+static MT_ALWAYS_INLINE void mt_read_2x32(const int32_t *p, uint32_t *lo, uint32_t *hi)
+{
+#if MT_HAS_DSP
+    uint32_t a, b;
+    __asm__("ldrd %0, %1, %2" : "=r"(a), "=r"(b) : "m"(*(const uint64_t *)(const void *)p));
+    *lo = a;
+    *hi = b;
+#else
+    uint64_t v;
+    memcpy(&v, p, 8);
+    *lo = (uint32_t)v; /* little-endian: the first word is the low half */
+    *hi = (uint32_t)(v >> 32);
+#endif
 }
 
 #endif /* MT_REQUANT_OPT_H */

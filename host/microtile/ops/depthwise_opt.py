@@ -28,7 +28,7 @@ def depthwise_stream(weights: np.ndarray, bias: np.ndarray, mult: np.ndarray, k:
         words.append(b2[c:c + 4])
         pairs = np.stack([pack16(w2[:, c], w2[:, c + 2]), pack16(w2[:, c + 1], w2[:, c + 3])], axis=1)
         words.append(pairs.reshape(-1).astype(np.int64))
-        words += [mult[c:c + 4], k[c:c + 4], right[c:c + 4]]
+        words += [np.stack([mult[c:c + 4], k[c:c + 4]], axis=1).reshape(-1), right[c:c + 4]]
     for c in range(c_n & ~3, c_n):
         words.append(np.array([b2[c], mult[c], k[c], right[c]], dtype=np.int64))
         words.append(w2[:, c])
