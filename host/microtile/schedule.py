@@ -56,12 +56,15 @@ K_BLOCK = 4           # int8 values per word: two SMLAD pairs
 K_UNROLL = 2          # blocks per loop iteration
 
 # Per-output, per-tile and per-panel-element costs (instructions), calibrated on
-# QEMU netduinoplus2 with arm-none-eabi-gcc 12.2 -O2 (tests/test_schedule.py checks
-# the prediction against measurements).
-REQUANT = 24.0        # requantise + clamp + store one output
+# QEMU netduinoplus2 with arm-none-eabi-gcc 12.2 -O2 (tests/test_ops_conv_opt.py
+# checks predictions against measurements on QEMU, within 10%).
+REQUANT = 14.0        # requantise (SMMULR path) + clamp + store one output
 TILE = 18.0           # bias loads, pointer set-up, odd-block branch per tile
-PANEL_BLOCK = 7.0     # one k-block of one A row (fast path: LDR, 2 SXTB16, STRD, loop)
-PANEL_GATHER = 5.0    # per element on the gather path (borders, odd row lengths)
+PANEL_BLOCK = 10.0    # one k-block of one A row (fast path: LDR, 2 SXTB16, STRD, loop)
+PANEL_ROW = 20.0      # per filter row of a conv window (bounds, source address)
+GATHER_TAP = 20.0     # per filter tap on the gather path (borders, odd row lengths)
+GATHER_VALUE = 4.0    # per value on the gather path
+GATHER_BLOCK = 6.0    # per k-block converting the gathered bytes
 
 # Stack budget for the A panel (bytes); the kernels keep it in run_layer's frame.
 STACK_FRACTION = 3 / 8
@@ -129,8 +132,21 @@ def panel_bytes(mr: int, k_blocks: int) -> int:
     return (mr * k_blocks + (k_blocks + 1) // 2) * 8
 
 
+def panel_row_cost(k: int, geometry: dict | None = None, gather_fraction: float = 0.0) -> float:
+    """Instructions to build one A panel row: FC / no geometry: kb * PANEL_BLOCK;
+    conv: per filter row PANEL_ROW + its blocks (fast path), or per tap GATHER_TAP +
+    C * GATHER_VALUE and the conversion (gather path), mixed by the gather share."""
+    kb = _ceil(k, K_BLOCK)
+    if geometry is None:
+        return kb * PANEL_BLOCK
+    kh, kw, c = geometry["kh"], geometry["kw"], geometry["c"]
+    fast = kh * (PANEL_ROW + _ceil(kw * c, K_BLOCK) * PANEL_BLOCK)
+    gather = kh * kw * (GATHER_TAP + c * GATHER_VALUE) + kb * GATHER_BLOCK
+    return fast * (1 - gather_fraction) + gather * gather_fraction
+
+
 def predict(kind: str, m: int, n: int, k: int, mr: int, nr: int, wide: bool,
-            gather_fraction: float = 0.0) -> tuple[float, float]:
+            panel_row: float | None = None) -> tuple[float, float]:
     """(inner-loop instructions/MAC, whole-layer instructions/MAC)."""
     kb = _ceil(k, K_BLOCK)
     i_blk = block_instructions(mr, nr, wide)
@@ -138,7 +154,7 @@ def predict(kind: str, m: int, n: int, k: int, mr: int, nr: int, wide: bool,
     loop = tiles * (kb * i_blk + TILE)
     outputs = m * n * REQUANT
     rows = _ceil(m, mr) * mr
-    panel = rows * kb * PANEL_BLOCK * (1 - gather_fraction) + rows * k * PANEL_GATHER * gather_fraction
+    panel = rows * (panel_row_cost(k) if panel_row is None else panel_row)
     macs = m * n * k
     return i_blk / (4 * mr * nr), (loop + outputs + panel) / macs
 
@@ -234,7 +250,12 @@ def schedule_for(op: Operator, graph: Graph, board=None) -> Schedule:
         if key not in _PLANS:
             _PLANS[key] = _wide_plan(graph, flash_budget, stack_budget)
         wide = op.index in _PLANS[key]
-    inner, total = predict(kind, m, n, k, mr, nr, wide, _gather_fraction(op, graph))
+    geometry = None
+    if op.opcode == "CONV_2D":
+        from .ops.conv import _conv_geometry
+        geometry = _conv_geometry(op, graph)
+    row = panel_row_cost(k, geometry, _gather_fraction(op, graph))
+    inner, total = predict(kind, m, n, k, mr, nr, wide, row)
     order = ("k-first: the %dx%d output tile stays in registers for the whole reduction; "
              "%s" % (mr, nr, "the weight pair of a block is reused by %d rows" % mr if mr > 1
                      else "the input pair of a block is reused by %d channels" % nr))
