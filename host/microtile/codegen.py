@@ -30,6 +30,7 @@ CODEGEN_VERSION = "1"
 class CompiledModel:
     graph: Graph
     kernels: str
+    board: object  # the Board compiled for (None: native host build)
     device_ops: list[Operator]
     host_pre: list[Operator]  # run on the host before sending inputs
     host_post: list[Operator]  # run on the host after reading outputs
@@ -230,5 +231,5 @@ const mt_model mt_model_def = {{
 
 #endif
 """
-    return CompiledModel(graph, kernels, device_ops, host_pre, host_post, device_inputs, device_outputs,
+    return CompiledModel(graph, kernels, board, device_ops, host_pre, host_post, device_inputs, device_outputs,
                          plan, model_c, model_h, em.const_bytes, digest)
