@@ -157,20 +157,52 @@ def cmd_bench(args) -> int:
 
 
 def cmd_compile(args) -> int:
+    from pathlib import Path
+
     from .boards import load_board
     from .build import build_firmware
     from .codegen import compile_model
     from .tflite_format import load_tflite
 
-    compiled = compile_model(load_tflite(args.model))
     board = load_board(args.board)
+    compiled = compile_model(load_tflite(args.model), args.kernels, board)
     if args.out:
-        compiled.write(__import__("pathlib").Path(args.out))
+        compiled.write(Path(args.out))
         console.print(f"wrote model.c and model.h to {args.out}")
     fw = build_firmware(compiled, board)
     console.print(f"{fw.elf}\narena {compiled.plan.arena_size:,} B, weights {compiled.const_bytes:,} B, "
                   f"ROM {fw.sizes.rom_bytes:,} B, static RAM {fw.sizes.ram_static_bytes:,} B")
+    if args.explain:
+        _explain(args, compiled)
     return 0
+
+
+def _explain(args, compiled) -> None:
+    """Per layer: the schedule the cost model chose, its predicted and the measured
+    count per MAC (one run on the target)."""
+    from .runner import run_model
+    from .schedule import explain
+
+    result = run_model(args.model, args.board, random=1, kernels=args.kernels,
+                       target_options={"emulate": getattr(args, "emulate", False)})
+    if result.error:
+        raise MicrotileError(f"--explain could not measure: {result.error}")
+    unit = result.counter_unit
+    table = Table(title=f"{compiled.graph.name}: schedules ({args.kernels} kernels), {unit} per MAC")
+    for col in ("#", "op", "shape", "M x N x K", "tile", "weights", "loop order", "k unroll",
+                "predicted", "measured"):
+        table.add_column(col, justify="right" if col in ("#", "predicted", "measured") else "left")
+    for row, count, macs in zip(explain(compiled), result.mean_counts(), compiled.macs):
+        mnk = f"{row['M']} x {row['N']} x {row['K']}" if "M" in row else "-"
+        tile = str(row.get("tile", "-"))
+        predicted = f"{row['predicted_ipm']:.2f}" if "predicted_ipm" in row else "-"
+        measured = f"{count / macs:.2f}" if macs else "-"
+        table.add_row(str(row["index"]), row["op"], "x".join(map(str, row["shape"][1:])), mnk, tile,
+                      row.get("weights", "-"), row.get("loop_order", "-").split(":")[0], str(row.get("k_unroll", "-")),
+                      predicted, measured)
+    console.print(table)
+    if result.mismatches:
+        console.print(f"[red]{len(result.mismatches)} output(s) differ from TFLM[/red]")
 
 
 def cmd_probes(args) -> int:
@@ -250,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("model")
     comp.add_argument("--board", default="qemu")
     comp.add_argument("--out", help="also copy the generated sources here")
+    comp.add_argument("--kernels", choices=("reference", "optimized"), default="optimized")
+    comp.add_argument("--explain", action="store_true",
+                      help="print each layer's schedule with predicted and measured counts per MAC")
     comp.set_defaults(func=cmd_compile)
 
     bench = sub.add_parser("bench", help="reference vs optimised kernels, per layer, bit-exact checked")
