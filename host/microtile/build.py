@@ -88,16 +88,23 @@ def build_firmware(compiled: CompiledModel, board: Board, verbose: bool = False)
         for cmd in (configure, [cmake, "--build", str(out)]):
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
-                log = proc.stdout[-3000:] + proc.stderr[-3000:]
-                if "overflowed" in log or "will not fit in region" in log:
-                    raise DoesNotFitError(
-                        f"model {compiled.graph.name} does not fit {board.name}: the linker says\n"
-                        + "\n".join(line for line in log.splitlines() if "overflow" in line or "fit in region" in line)
-                    )
-                raise BuildError(f"firmware build failed ({' '.join(cmd[:3])} ...):\n{log}")
+                raise build_failure(proc, f"firmware build failed ({' '.join(cmd[:3])} ...)", compiled, board)
             if verbose:
                 print(proc.stdout)
     return Firmware(elf, key, elf_sizes(elf, board))
+
+
+def build_failure(proc: subprocess.CompletedProcess, what: str, compiled: CompiledModel,
+                  board: Board) -> Exception:
+    """The error for a failed build: DoesNotFitError when the linker ran out of a memory
+    region (naming it), BuildError with the end of the log otherwise."""
+    log = proc.stdout[-3000:] + proc.stderr[-3000:]
+    if "overflowed" in log or "will not fit in region" in log:
+        return DoesNotFitError(
+            f"model {compiled.graph.name} does not fit {board.name}: the linker says\n"
+            + "\n".join(line for line in log.splitlines() if "overflow" in line or "fit in region" in line)
+        )
+    return BuildError(f"{what}:\n{log}")
 
 
 def elf_sizes(elf: Path, board: Board) -> ElfSizes:

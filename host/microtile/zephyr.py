@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 from .boards import Board, BoardError, list_boards
-from .build import BUILD_ROOT, Firmware, build_key, check_fits, elf_sizes
+from .build import BUILD_ROOT, Firmware, build_failure, build_key, check_fits, elf_sizes
 from .codegen import CompiledModel
-from .errors import BuildError, DoesNotFitError, ToolMissingError
+from .errors import BuildError, ToolMissingError
 
 REPO = Path(__file__).resolve().parents[2]
 APP_DIR = REPO / "firmware" / "zephyr_app"
@@ -160,13 +160,7 @@ def build_zephyr(compiled: CompiledModel, board: Board, build_dir: Path | None =
         if verbose:
             print(proc.stdout)
         if proc.returncode != 0:
-            log = proc.stdout[-3000:] + proc.stderr[-3000:]
-            if "overflowed" in log or "will not fit in region" in log:
-                raise DoesNotFitError(
-                    f"model {compiled.graph.name} does not fit {board.name} under Zephyr: the linker says\n"
-                    + "\n".join(line for line in log.splitlines() if "overflow" in line or "fit in region" in line)
-                )
-            raise BuildError(f"Zephyr build failed ({' '.join(cmd[:6])} ...), in {topdir}:\n{log}")
+            raise build_failure(proc, f"Zephyr build failed ({' '.join(cmd[:6])} ...), in {topdir}", compiled, board)
         if not elf.is_file():
             raise BuildError(f"west build succeeded but {elf} is missing")
         stamp.write_text(key + "\n")

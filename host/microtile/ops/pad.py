@@ -10,21 +10,15 @@ import numpy as np
 
 from ..ir import Graph, Operator
 from . import EmitContext, OpKernel, register
+from .pool import check_int8_same_quant
 
 MAX_PAD_RANK = 4
 
 
 class _Pad(OpKernel):
     def check(self, op: Operator, graph: Graph) -> None:
-        x, y = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
-        for role, t in (("input", x), ("output", y)):
-            if t.dtype != "int8":
-                raise self.unsupported(op, f"{role} {t.name} is {t.dtype}", "int8")
-            if t.quant is None or t.quant.scale.size != 1:
-                raise self.unsupported(op, f"{role} {t.name} needs per-tensor int8 quantization")
-        if x.scale != y.scale or x.zero_point != y.zero_point:
-            raise self.unsupported(op, "input and output quantization differ",
-                                   "identical input and output scale / zero point")
+        check_int8_same_quant(self, op, graph)
+        x = graph.tensor(op.inputs[0])
         if not 1 <= len(x.shape) <= MAX_PAD_RANK:
             raise self.unsupported(op, f"input rank {len(x.shape)}", f"rank 1..{MAX_PAD_RANK}")
         if len(op.inputs) < 2 or op.inputs[1] < 0 or not graph.tensor(op.inputs[1]).is_constant:

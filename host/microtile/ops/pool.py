@@ -21,7 +21,9 @@ from .conv import ACTIVATIONS, PADDINGS, out_size_and_padding
 AVG_POOL_OPT_MAX_WINDOW = 256  # MT_AVG_POOL_OPT_MAX_WINDOW in mt_pool_opt.h
 
 
-def _check_int8_same_quant(kernel: OpKernel, op: Operator, graph: Graph) -> None:
+def check_int8_same_quant(kernel: OpKernel, op: Operator, graph: Graph) -> None:
+    """Operators that move int8 values without rescaling (pooling, pad) need per-tensor
+    int8 input and output with the same quantisation."""
     x, y = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
     for role, t in (("input", x), ("output", y)):
         if t.dtype != "int8":
@@ -38,7 +40,7 @@ class _Pool2D(OpKernel):
     c_function = ""
 
     def check(self, op: Operator, graph: Graph) -> None:
-        _check_int8_same_quant(self, op, graph)
+        check_int8_same_quant(self, op, graph)
         o = op.options
         act = o.get("fused_activation_function", "NONE")
         if act not in ACTIVATIONS:
