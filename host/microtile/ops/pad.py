@@ -18,7 +18,7 @@ MAX_PAD_RANK = 4
 class _Pad(OpKernel):
     def check(self, op: Operator, graph: Graph) -> None:
         check_int8_same_quant(self, op, graph)
-        x = graph.tensor(op.inputs[0])
+        x, y = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
         if not 1 <= len(x.shape) <= MAX_PAD_RANK:
             raise self.unsupported(op, f"input rank {len(x.shape)}", f"rank 1..{MAX_PAD_RANK}")
         if len(op.inputs) < 2 or op.inputs[1] < 0 or not graph.tensor(op.inputs[1]).is_constant:
@@ -52,7 +52,7 @@ class _Pad(OpKernel):
         return [np.pad(x, [tuple(int(v) for v in r) for r in p], constant_values=self.pad_value(op, graph, inputs))]
 
     def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
-        x = graph.tensor(op.inputs[0])
+        x, y = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
         ext = MAX_PAD_RANK - len(x.shape)
         dims = (1,) * ext + tuple(x.shape)
         p = np.concatenate([np.zeros((ext, 2), dtype=np.int64), self.paddings(op, graph)])
