@@ -52,7 +52,7 @@ class _Pad(OpKernel):
         return [np.pad(x, [tuple(int(v) for v in r) for r in p], constant_values=self.pad_value(op, graph, inputs))]
 
     def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
-        x, y = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
+        x = graph.tensor(op.inputs[0])
         ext = MAX_PAD_RANK - len(x.shape)
         dims = (1,) * ext + tuple(x.shape)
         p = np.concatenate([np.zeros((ext, 2), dtype=np.int64), self.paddings(op, graph)])
