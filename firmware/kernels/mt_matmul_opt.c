@@ -395,6 +395,22 @@ static void mt_conv_row(const mt_conv_opt_params *p, const int8_t *in_b, int32_t
     int8_t *q = bytes;
     for (int32_t ky = 0; ky < p->k_h; ky++) {
         const int32_t iy = y0 + ky;
+        if (inside_x && iy >= 0 && iy < p->in_h) {
+            /* a whole filter row inside the image: one contiguous run */
+            const int8_t *src = in_b + (iy * p->in_w + x0) * c;
+            int32_t i = 0;
+            for (; i + 4 <= run; i += 4) {
+                mt_write_u32(q + i, mt_read_u32(src + i));
+            }
+            switch (run - i) { /* 0..3 bytes left; no loop, so no memcpy call */
+            case 3: q[i + 2] = src[i + 2]; /* fall through */
+            case 2: q[i + 1] = src[i + 1]; /* fall through */
+            case 1: q[i] = src[i]; break;
+            default: break;
+            }
+            q += run;
+            continue;
+        }
         for (int32_t kx = 0; kx < p->k_w; kx++) {
             const int32_t ix = x0 + kx;
             if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w) {
@@ -409,8 +425,16 @@ static void mt_conv_row(const mt_conv_opt_params *p, const int8_t *in_b, int32_t
             }
         }
     }
-    while (q < bytes + 4 * kb) {
+    /* at most 3 bytes of K tail (zero weights there); unrolled, so no memset call */
+    int8_t *const end = bytes + 4 * kb;
+    if (q < end) {
         *q++ = 0;
+    }
+    if (q < end) {
+        *q++ = 0;
+    }
+    if (q < end) {
+        *q = 0;
     }
     mt_panel_from_bytes(panel, mr, row, bytes, kb);
 }

@@ -62,6 +62,7 @@ REQUANT = 14.0        # requantise (SMMULR path) + clamp + store one output
 TILE = 18.0           # bias loads, pointer set-up, odd-block branch per tile
 PANEL_BLOCK = 10.0    # one k-block of one A row (fast path: LDR, 2 SXTB16, STRD, loop)
 PANEL_ROW = 20.0      # per filter row of a conv window (bounds, source address)
+COPY_ROW = 40.0       # per filter row copied bytewise (filter rows that are not whole words)
 GATHER_TAP = 20.0     # per filter tap on the gather path (borders, odd row lengths)
 GATHER_VALUE = 4.0    # per value on the gather path
 GATHER_BLOCK = 6.0    # per k-block converting the gathered bytes
@@ -132,17 +133,22 @@ def panel_bytes(mr: int, k_blocks: int) -> int:
     return (mr * k_blocks + (k_blocks + 1) // 2) * 8
 
 
-def panel_row_cost(k: int, geometry: dict | None = None, gather_fraction: float = 0.0) -> float:
-    """Instructions to build one A panel row: FC / no geometry: kb * PANEL_BLOCK;
-    conv: per filter row PANEL_ROW + its blocks (fast path), or per tap GATHER_TAP +
-    C * GATHER_VALUE and the conversion (gather path), mixed by the gather share."""
+def panel_row_cost(k: int, geometry: dict | None = None, border_fraction: float = 0.0) -> float:
+    """Instructions to build one A panel row. FC: kb * PANEL_BLOCK. Conv, window
+    inside horizontally: per filter row PANEL_ROW + its blocks extended in place, or,
+    when a filter row is not whole words, copied (COPY_ROW + GATHER_VALUE per value)
+    and converted (GATHER_BLOCK per block). Window across a side border: per tap
+    GATHER_TAP + C * GATHER_VALUE, then the conversion."""
     kb = _ceil(k, K_BLOCK)
     if geometry is None:
         return kb * PANEL_BLOCK
     kh, kw, c = geometry["kh"], geometry["kw"], geometry["c"]
-    fast = kh * (PANEL_ROW + _ceil(kw * c, K_BLOCK) * PANEL_BLOCK)
-    gather = kh * kw * (GATHER_TAP + c * GATHER_VALUE) + kb * GATHER_BLOCK
-    return fast * (1 - gather_fraction) + gather * gather_fraction
+    if (kw * c) % K_BLOCK == 0:
+        inside = kh * (PANEL_ROW + (kw * c // K_BLOCK) * PANEL_BLOCK)
+    else:
+        inside = kh * (COPY_ROW + kw * c * GATHER_VALUE) + kb * GATHER_BLOCK
+    border = kh * kw * (GATHER_TAP + c * GATHER_VALUE) + kb * GATHER_BLOCK
+    return inside * (1 - border_fraction) + border * border_fraction
 
 
 def predict(kind: str, m: int, n: int, k: int, mr: int, nr: int, wide: bool,
@@ -181,13 +187,12 @@ def matmul_shape(op: Operator, graph: Graph) -> tuple[str, int, int, int] | None
 
 
 def _gather_fraction(op: Operator, graph: Graph) -> float:
-    """Share of output pixels whose receptive field goes through the byte gather."""
+    """Share of output pixels whose window crosses the left or right border (their
+    panel rows are gathered tap by tap)."""
     if op.opcode != "CONV_2D":
         return 0.0
     from .ops.conv import _conv_geometry
     g = _conv_geometry(op, graph)
-    if (g["kw"] * g["c"]) % 4:
-        return 1.0
     inside = sum(1 for ox in range(g["ow"]) if 0 <= ox * g["sw"] - g["pw"] and ox * g["sw"] - g["pw"] + g["kw"] <= g["w"])
     return 1.0 - inside / g["ow"]
 
@@ -221,7 +226,7 @@ def _wide_plan(graph: Graph, flash_budget: int, stack_budget: int) -> set[int]:
         kb = _ceil(k, K_BLOCK)
         mr, nr = choose_tile(m, kb, stack_budget)
         saved = (block_instructions(mr, nr, False) - block_instructions(mr, nr, True)) * kb * _ceil(m, mr) * _ceil(n, nr)
-        extra = _ceil(n, nr) * nr * kb * 4 * 2  # int16 copy replaces int8: +1 byte per weight (x2 bound)
+        extra = _ceil(n, nr) * nr * kb * 4  # the int16 copy replaces the int8 weights: +1 byte each
         candidates.append((saved / extra, op.index, extra))
     chosen: set[int] = set()
     for _, index, extra in sorted(candidates, reverse=True):
