@@ -139,6 +139,12 @@ class Softmax(OpKernel):
     def emit(self, op: Operator, graph: Graph, ctx) -> str:
         multiplier, left_shift, diff_min = softmax_params(op, graph)
         outer, depth = _outer_depth(graph.tensor(op.inputs[0]).shape)
+        if ctx.kernels == "optimized":
+            from .softmax_opt import emit_softmax_opt
+
+            call = emit_softmax_opt(op, graph, ctx, multiplier, left_shift, diff_min, outer, depth)
+            if call is not None:
+                return call
         ctx.include("mt_softmax.h")
         params = ctx.static_struct(
             "mt_softmax_params", f"softmax{op.index}",

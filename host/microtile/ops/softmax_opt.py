@@ -1,0 +1,46 @@
+"""Offline tables of the optimised SOFTMAX kernel (firmware/include/mt_softmax_opt.h).
+
+TFLM's int8 softmax uses an element only through diff = x - max(row), an integer in
+[-255, 0]. For each diff the host evaluates, with the same fixed-point arithmetic as
+the reference (ops/fixedpoint.py, as softmax_int8 does), exp(diff) in Q0.31 and its
+Q12.19 rescale; entries with diff < diff_min are 0 (they neither count in the sum nor
+produce anything but -128). The kernel indexes both tables by -diff.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Graph, Operator
+from ..quant import wrap_int32
+from . import EmitContext
+from . import fixedpoint as fp
+
+SCALED_DIFF_INTEGER_BITS = 5
+ACCUMULATION_INTEGER_BITS = 12
+
+
+def softmax_tables(multiplier: int, left_shift: int, diff_min: int) -> tuple[np.ndarray, np.ndarray]:
+    """(exp_q31, exp_q12), each int32[256] indexed by -diff."""
+    diff = -np.arange(256, dtype=np.int64)
+    rescaled = fp.srdhm(wrap_int32(diff << left_shift), multiplier)
+    exp = fp.exp_on_negative_values(rescaled, SCALED_DIFF_INTEGER_BITS)
+    exp_accum = fp.rescale(exp, 0, ACCUMULATION_INTEGER_BITS)
+    valid = diff >= diff_min
+    exp_q31 = np.where(valid, exp, 0).astype(np.int64)
+    exp_q12 = np.where(valid, exp_accum, 0).astype(np.int64)
+    assert exp_q31.min() >= 0 and exp_q12.min() >= 0 and exp_q12.max() <= (1 << 19)
+    return exp_q31.astype(np.int32), exp_q12.astype(np.int32)
+
+
+def emit_softmax_opt(op: Operator, graph: Graph, ctx: EmitContext, multiplier: int, left_shift: int,
+                     diff_min: int, outer: int, depth: int) -> str | None:
+    """The optimised call for Softmax.emit (int8 output), or None for the reference kernel."""
+    if graph.tensor(op.outputs[0]).dtype != "int8":
+        return None
+    exp_q31, exp_q12 = softmax_tables(multiplier, left_shift, diff_min)
+    ctx.include("mt_softmax_opt.h")
+    t31 = ctx.const_array("softmax_exp_q31", exp_q31)
+    t12 = ctx.const_array("softmax_exp_q12", exp_q12)
+    params = ctx.static_struct("mt_softmax_opt_params", f"softmax_opt{op.index}",
+                               f"{{ {outer}, {depth}, {t31}, {t12} }}")
+    return f"mt_softmax_s8_opt(&{params}, {ctx.ptr(op.inputs[0])}, {ctx.ptr(op.outputs[0])});"
