@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from microtile.ir import Graph
 from microtile.native import NativeModel
 from microtile.ops import kernel_for
+from microtile.ops.opt_schedules import explain_op
 from microtile.ops.requant_opt import fast_requant, reference_fast_requant
 from microtile.quant import multiply_by_quantized_multiplier
 
@@ -324,6 +325,15 @@ def test_optimized_on_qemu(name, tmp_path):
         assert not r.mismatches, f"{k} kernels differ from TFLM on {r.mismatches}"
     ref, opt = (runs[k].mean_counts()[0] for k in ("reference", "optimized"))
     assert opt * 1.5 < ref, (ref, opt)
+    op = graph.operators[0]
+    work = runs["optimized"].compiled.macs[0]
+    if opcode == "MAX_POOL_2D":
+        p = kernel_for(op).params(op, graph)
+        work = p["oh"] * p["ow"] * p["c"] * p["kh"] * p["kw"]
+    elif opcode == "SOFTMAX":
+        work = int(np.prod(graph.tensor(op.outputs[0]).shape))
     if bar is not None:
-        work = runs["optimized"].compiled.macs[0]
         assert opt / work <= bar, f"{opt / work:.2f} instructions per MAC/element, bar {bar:.2f}"
+    # the cost model behind --explain (docs/kernels_vector.md) stays within 20 % of QEMU
+    predicted = explain_op(op, graph)["predicted_ipm"]
+    assert abs(predicted - opt / work) <= 0.2 * opt / work, (predicted, opt / work)

@@ -37,8 +37,8 @@ def depthwise_stream(weights: np.ndarray, bias: np.ndarray, mult: np.ndarray, k:
     return (flat & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
 
 
-def emit_depthwise_opt(op: Operator, graph: Graph, ctx: EmitContext, p: dict) -> str | None:
-    """The optimised call for DepthwiseConv2D.emit, or None to keep the reference kernel."""
+def depthwise_fast_path(op: Operator, graph: Graph, p: dict) -> np.ndarray | None:
+    """The kernel's int32 stream when the optimised kernel applies to this layer, else None."""
     if p["dm"] != 1:
         return None
     c_n, kh, kw = p["c"], p["kh"], p["kw"]
@@ -52,10 +52,17 @@ def emit_depthwise_opt(op: Operator, graph: Graph, ctx: EmitContext, p: dict) ->
     if fast is None:
         return None
     k, right = fast
-    stream = depthwise_stream(weights, bias, np.asarray(p["mult"], dtype=np.int64), k, right)
+    return depthwise_stream(weights, bias, np.asarray(p["mult"], dtype=np.int64), k, right)
+
+
+def emit_depthwise_opt(op: Operator, graph: Graph, ctx: EmitContext, p: dict) -> str | None:
+    """The optimised call for DepthwiseConv2D.emit, or None to keep the reference kernel."""
+    stream = depthwise_fast_path(op, graph, p)
+    if stream is None:
+        return None
     ctx.include("mt_depthwise_opt.h")
     data = ctx.const_array("dw_opt_data", stream)
-    init = (f"{{{p['n']}, {p['h']}, {p['w']}, {c_n}, {p['oh']}, {p['ow']}, {kh}, {kw}, "
+    init = (f"{{{p['n']}, {p['h']}, {p['w']}, {p['c']}, {p['oh']}, {p['ow']}, {p['kh']}, {p['kw']}, "
             f"{p['sh']}, {p['sw']}, {p['ph']}, {p['pw']}, {-p['in_zp']}, {p['act'][0]}, {p['act'][1]}, {data}}}")
     params = ctx.static_struct("mt_depthwise_opt_params", "dw_opt_params", init)
     return f"mt_depthwise_s8_opt(&{params}, {ctx.ptr(op.inputs[0])}, {ctx.ptr(op.outputs[0])});"
