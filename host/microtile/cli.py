@@ -180,6 +180,8 @@ def cmd_compile(args) -> int:
 def _explain(args, compiled) -> None:
     """Per layer: the schedule the cost model chose, its predicted and the measured
     count per MAC (one run on the target)."""
+    import numpy as np
+
     from .runner import run_model
     from .schedule import explain
 
@@ -188,7 +190,8 @@ def _explain(args, compiled) -> None:
     if result.error:
         raise MicrotileError(f"--explain could not measure: {result.error}")
     unit = result.counter_unit
-    table = Table(title=f"{compiled.graph.name}: schedules ({args.kernels} kernels), {unit} per MAC")
+    table = Table(title=f"{compiled.graph.name}: schedules ({args.kernels} kernels), {unit} per MAC "
+                        "(per output element for layers without MACs)")
     for col in ("#", "op", "shape", "M x N x K", "tile", "weights", "loop order", "k unroll",
                 "predicted", "measured"):
         table.add_column(col, justify="right" if col in ("#", "predicted", "measured") else "left")
@@ -196,7 +199,8 @@ def _explain(args, compiled) -> None:
         mnk = f"{row['M']} x {row['N']} x {row['K']}" if "M" in row else "-"
         tile = str(row.get("tile", "-"))
         predicted = f"{row['predicted_ipm']:.2f}" if "predicted_ipm" in row else "-"
-        measured = f"{count / macs:.2f}" if macs else "-"
+        per = macs or int(np.prod(row["shape"]))  # data movement: per output element
+        measured = f"{count / per:.2f}" if "predicted_ipm" in row or macs else "-"
         table.add_row(str(row["index"]), row["op"], "x".join(map(str, row["shape"][1:])), mnk, tile,
                       row.get("weights", "-"), row.get("loop_order", "-").split(":")[0], str(row.get("k_unroll", "-")),
                       predicted, measured)

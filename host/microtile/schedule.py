@@ -268,6 +268,25 @@ def schedule_for(op: Operator, graph: Graph, board=None) -> Schedule:
                     panel_bytes(mr, kb), round(inner, 4), round(total, 4))
 
 
+def _optimized_schedule(op: Operator, graph: Graph, board) -> dict:
+    """The schedule an optimised layer runs ({} when it falls back to the reference kernel)."""
+    if matmul_shape(op, graph) is None:
+        from .ops.opt_schedules import explain_op  # depthwise, pooling, add, softmax
+
+        vector = explain_op(op, graph)
+        if vector is None:
+            return {}
+        return {"loop_order": vector["schedule"], "predicted_ipm": vector["predicted_ipm"]}
+    from .ops.conv import optimized_supported
+
+    if not optimized_supported(op, graph):
+        return {}
+    s = schedule_for(op, graph, board)
+    return {"kind": s.kind, "M": s.m, "N": s.n, "K": s.k, "tile": s.tile,
+            "weights": "int16" if s.wide else "int8", "loop_order": s.loop_order,
+            "k_unroll": s.k_unroll, "predicted_ipm": s.predicted_ipm, "inner_ipm": s.inner_ipm}
+
+
 def explain(compiled) -> list[dict]:
     """Per device layer: op, shapes, M/N/K, tile, loop order, predicted instructions
     per MAC (matmul-shaped layers; others get their op and shape only)."""
@@ -277,14 +296,8 @@ def explain(compiled) -> list[dict]:
     for layer, op in enumerate(compiled.device_ops):
         entry: dict = {"layer": layer, "index": op.index, "op": op.opcode,
                        "shape": list(graph.tensor(op.outputs[0]).shape)}
-        if matmul_shape(op, graph) is not None and compiled.kernels == "optimized":
-            from .ops.conv import optimized_supported
-            if optimized_supported(op, graph):
-                s = schedule_for(op, graph, board)
-                entry.update({"kind": s.kind, "M": s.m, "N": s.n, "K": s.k, "tile": s.tile,
-                              "weights": "int16" if s.wide else "int8", "loop_order": s.loop_order,
-                              "k_unroll": s.k_unroll, "predicted_ipm": s.predicted_ipm,
-                              "inner_ipm": s.inner_ipm})
+        if compiled.kernels == "optimized":
+            entry.update(_optimized_schedule(op, graph, board))
         rows.append(entry)
     return rows
 
