@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from ops_b1_helpers import all_int8, check_against_tflm, one_op_graph, qtensor, random_int8  # first: loads all kernels
+from op_harness import all_int8, check_against_tflm, one_op_graph, qtensor, random_int8
 
 from microtile.errors import UnsupportedOperatorError
 from microtile.ir import Tensor

@@ -16,7 +16,7 @@ from microtile.ops import kernel_for
 from microtile.ops.conv import out_size_and_padding
 from microtile.reference import run_reference
 
-from ops_a_helpers import check_against_tflm, log_uniform, one_op_graph, quant, random_int8, tensor
+from op_harness import check_against_tflm, log_uniform, one_op_graph, quant, random_int8, tensor
 
 ACTS = st.sampled_from(["NONE", "RELU", "RELU6", "RELU_N1_TO_1"])
 SETTINGS = settings(max_examples=int(os.environ.get("MT_OPS_EXAMPLES", 25)), deadline=None,
@@ -99,7 +99,7 @@ def test_conv2d_kws_first_layer():
     """The DS-CNN first layer: 49x10x1 MFCC input, 10x4 filter, stride 2, SAME."""
     rng = np.random.default_rng(1)
     graph = conv_graph(rng, h=49, w=10, c=1, oc=16, kh=10, kw=4, sh=2, sw=2, act="RELU")
-    out = check_against_tflm(graph, [random_int8(rng, (1, 49, 10, 1))])
+    (out,) = check_against_tflm(graph, [random_int8(rng, (1, 49, 10, 1))])
     assert out.shape == (1, 25, 5, 16)
     assert len(np.unique(out)) > 10  # the scales give a spread of values, not a saturated block
 
@@ -158,7 +158,7 @@ def test_fully_connected_flattens_4d_input():
 def test_fully_connected_keep_num_dims():
     rng = np.random.default_rng(5)
     graph = fc_graph(rng, depth=8, oc=5, in_shape=(1, 3, 8), keep_num_dims=True, act="RELU")
-    out = check_against_tflm(graph, [random_int8(rng, (1, 3, 8))])
+    (out,) = check_against_tflm(graph, [random_int8(rng, (1, 3, 8))])
     assert out.shape == (1, 3, 5)
 
 
@@ -177,7 +177,7 @@ def test_depthwise_without_bias_equals_zero_bias():
     with_bias = conv_graph(rng, h=6, w=5, c=3, oc=6, kh=3, kw=3, depthwise=True, act="RELU")
     with_bias.tensors[2].data = np.zeros(6, dtype=np.int32)
     x = random_int8(rng, (1, 6, 5, 3))
-    expected = check_against_tflm(with_bias, [x])
+    (expected,) = check_against_tflm(with_bias, [x])
     no_bias = conv_graph(np.random.default_rng(13), h=6, w=5, c=3, oc=6, kh=3, kw=3, depthwise=True,
                          act="RELU", bias=False)
     op = no_bias.operators[0]

@@ -21,7 +21,7 @@ from microtile import schedule
 from microtile.native import NativeModel
 from microtile.ops.conv import folded_bias, pack_weights, requant_table
 
-from ops_a_helpers import random_int8, tflm
+from op_harness import random_int8, tflm
 from test_ops_conv import conv_graph, fc_graph
 
 SETTINGS = settings(max_examples=int(os.environ.get("MT_OPS_EXAMPLES", 25)), deadline=None,

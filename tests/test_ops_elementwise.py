@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from ops_b1_helpers import check_against_tflm, one_op_graph, qtensor, quant, random_int8  # first: loads all kernels
+from op_harness import check_against_tflm, one_op_graph, qtensor, quant, random_int8
 
 from microtile.errors import UnsupportedOperatorError
 from microtile.ir import Tensor

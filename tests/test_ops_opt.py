@@ -22,9 +22,7 @@ from microtile.ops.opt_schedules import explain_op
 from microtile.ops.requant_opt import fast_requant, reference_fast_requant
 from microtile.quant import multiply_by_quantized_multiplier
 
-from ops_a_helpers import random_int8, tflm
-from ops_b1_helpers import one_op_graph as b1_one_op_graph
-from ops_b1_helpers import qtensor
+from op_harness import one_op_graph, qtensor, quant, random_int8, tflm
 from test_ops_conv import conv_graph
 from test_ops_pool import pool_graph
 
@@ -185,7 +183,7 @@ add_scales = st.floats(-3.5, 0.5).map(lambda e: float(np.float32(10.0 ** e)))
 
 def _add_graph(s1, s2, out, q1, q2, qo, act):
     tensors = [qtensor(0, s1, *q1), qtensor(1, s2, *q2), qtensor(2, out, *qo)]
-    return b1_one_op_graph("ADD", tensors, [0, 1], [2], {"fused_activation_function": act})
+    return one_op_graph("ADD", tensors, [0, 1], [2], {"fused_activation_function": act})
 
 
 def _add_kernel(graph: Graph) -> str | None:
@@ -233,12 +231,9 @@ def test_add_opt_broadcast_falls_back():
 def _softmax_graph(shape, in_scale, in_zp, beta=1.0, out=(1.0 / 256, -128), out_dtype="int8"):
     from microtile.ir import Tensor
 
-    from ops_b2_helpers import one_op_graph as b2_one_op_graph
-    from ops_b2_helpers import quant as b2_quant
-
-    tensors = [Tensor(0, "x", tuple(shape), "int8", b2_quant(in_scale, in_zp)),
-               Tensor(1, "y", tuple(shape), out_dtype, b2_quant(*out))]
-    return b2_one_op_graph("SOFTMAX", tensors, [0], [1], {"beta": beta})
+    tensors = [Tensor(0, "x", tuple(shape), "int8", quant(in_scale, in_zp)),
+               Tensor(1, "y", tuple(shape), out_dtype, quant(*out))]
+    return one_op_graph("SOFTMAX", tensors, [0], [1], {"beta": beta})
 
 
 def _every_diff_rows(rng) -> np.ndarray:

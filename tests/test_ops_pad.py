@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from microtile.errors import UnsupportedOperatorError
 from microtile.ops import kernel_for
 
-from ops_a_helpers import check_against_tflm, log_uniform, one_op_graph, quant, random_int8, tensor
+from op_harness import check_against_tflm, log_uniform, one_op_graph, quant, random_int8, tensor
 
 SETTINGS = settings(max_examples=int(os.environ.get("MT_OPS_EXAMPLES", 30)), deadline=None,
                     derandomize=True,
@@ -46,14 +46,14 @@ def test_pad_matches_tflm(dims, data, v2, lead1, seed):
     if lead1 and len(dims) > 1:
         pads[0] = (0, 0)
     graph = pad_graph(rng, tuple(dims), pads, v2_value=int(rng.integers(-128, 128)) if v2 else None)
-    out = check_against_tflm(graph, [random_int8(rng, tuple(dims))])
+    (out,) = check_against_tflm(graph, [random_int8(rng, tuple(dims))])
     assert out.shape == tuple(d + a + b for d, (a, b) in zip(dims, pads))
 
 
 def test_pad_image_style_fills_with_output_zero_point():
     rng = np.random.default_rng(10)
     graph = pad_graph(rng, (1, 5, 4, 3), [(0, 0), (1, 2), (2, 1), (0, 0)])
-    out = check_against_tflm(graph, [random_int8(rng, (1, 5, 4, 3))])
+    (out,) = check_against_tflm(graph, [random_int8(rng, (1, 5, 4, 3))])
     assert (out[:, 0] == graph.tensor(2).zero_point).all()
 
 

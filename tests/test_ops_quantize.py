@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from microtile.codegen import compile_model
 from microtile.errors import UnsupportedOperatorError
 from microtile.ir import Graph, Operator, Tensor
-from ops_b1_helpers import assert_same, check_against_tflm, one_op_graph, qtensor  # first: loads all kernels
+from op_harness import assert_same, check_against_tflm, one_op_graph, qtensor
 
 from microtile.ops import kernel_for
 from microtile.ops.quantize import dequantize_array, quantize_array

@@ -12,7 +12,7 @@ from microtile.ir import Tensor
 from microtile.ops import kernel_for
 from microtile.ops.shape import nearest_neighbor_indices
 
-from ops_b2_helpers import check_against_tflm, one_op_graph, quant, random_int8
+from op_harness import check_against_tflm, one_op_graph, quant, random_int8
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

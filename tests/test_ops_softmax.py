@@ -11,7 +11,7 @@ from microtile.ir import Tensor
 from microtile.native import CFLAGS, FIRMWARE
 from microtile.ops import kernel_for
 
-from ops_b2_helpers import check_against_tflm, one_op_graph, quant, random_int8
+from op_harness import check_against_tflm, one_op_graph, quant, random_int8
 
 SOFTMAX_OUT = (1.0 / 256, -128)
 LOG_SOFTMAX_OUT = (16.0 / 256, 127)
@@ -173,7 +173,7 @@ def test_mlperf_tiny_softmax_layers():
     from microtile.native import NativeModel
     from microtile.tflite_format import load_tflite, write_tflite
 
-    from ops_b2_helpers import tflm
+    from microtile.oracle import TflmOracle
 
     models = _shared_models()
     if not models:
@@ -194,7 +194,7 @@ def test_mlperf_tiny_softmax_layers():
             rng = np.random.default_rng(tested)
             for _ in range(100):
                 inp = random_int8(rng, x.shape)
-                expected = tflm(blob, [inp])[0]
+                expected = TflmOracle(blob)([inp])[0]
                 assert np.array_equal(expected, kernel.reference(graph.operators[0], graph, [inp])[0]), path.name
                 assert np.array_equal(expected, native.run([inp])[0]), path.name
             tested += 1
@@ -240,7 +240,7 @@ def test_mlperf_tiny_classifier_tails():
     from microtile.reference import run_reference
     from microtile.tflite_format import load_tflite, write_tflite
 
-    from ops_b2_helpers import tflm
+    from microtile.oracle import TflmOracle
 
     models = [p for p in _shared_models() if not p.name.startswith("ad01")]
     if not models:
@@ -258,6 +258,6 @@ def test_mlperf_tiny_classifier_tails():
         rng = np.random.default_rng(1)
         for _ in range(30):
             xs = [random_int8(rng, g.tensor(i).shape) for i in tail.inputs]
-            expected = tflm(blob, xs)[0]
+            expected = TflmOracle(blob)(xs)[0]
             assert np.array_equal(expected, run_reference(tail, xs)[0]), path.name
             assert np.array_equal(expected, native.run(xs)[0]), path.name

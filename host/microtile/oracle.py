@@ -28,7 +28,7 @@ class TflmOracle:
 
     def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         for i, x in enumerate(inputs):
-            self.interpreter.set_input(np.ascontiguousarray(x), i)
+            self.interpreter.set_input(np.asarray(x, order="C"), i)  # keeps 0-d inputs 0-d
         self.interpreter.invoke()
         return [np.array(self.interpreter.get_output(i)) for i in range(self.num_outputs)]
 
