@@ -12,7 +12,7 @@ from microtile.tflite_format import load_tflite
 
 pytestmark = [pytest.mark.shared, pytest.mark.qemu]
 
-MODELS = ["ad01_int8", "pretrainedResnet_quant", "vww_96_int8"]
+MODELS = ["ad01_int8", "kws_ref_model", "pretrainedResnet_quant", "vww_96_int8"]
 TFLM_KWS_TOP1 = 0.901  # TFLM reference kernels on the 1000 kws01 inputs (DESIGN.md)
 
 
@@ -20,9 +20,10 @@ def _model(shared_dir, name):
     return shared_dir / "models" / "mlperf_tiny" / f"{name}.tflite"
 
 
+@pytest.mark.parametrize("kernels", ["optimized", "reference"])
 @pytest.mark.parametrize("name", MODELS)
-def test_mlperf_model_bit_exact_on_random_inputs(run_on_board, shared_dir, name):
-    result = run_on_board(_model(shared_dir, name), random=20)
+def test_mlperf_model_bit_exact_on_random_inputs(run_on_board, shared_dir, name, kernels):
+    result = run_on_board(_model(shared_dir, name), random=20, kernels=kernels)
     assert result.error is None
     assert result.samples == 20
     assert result.mismatches == []
@@ -30,6 +31,8 @@ def test_mlperf_model_bit_exact_on_random_inputs(run_on_board, shared_dir, name)
 
 
 def test_kws_all_inputs_bit_exact_and_top1(run_on_board, shared_dir):
+    """The optimised kernels (the default) on every input; the reference kernels are
+    checked on the same model in the random-input tests and natively."""
     result = run_on_board(_model(shared_dir, "kws_ref_model"),
                           labels=str(shared_dir / "datasets" / "kws01" / "y_labels.csv"))
     assert result.error is None

@@ -97,6 +97,7 @@ def cmd_run(args) -> int:
         task = progress.add_task("running", total=None)
         result = run_model(args.model, args.board, inputs=args.inputs, random=args.random,
                            labels=args.labels, limit=args.limit, probe=args.probe, os_name=args.os,
+                           kernels=args.kernels,
                            target_options=_target_options(args),
                            progress=lambda done, total: progress.update(task, completed=done, total=total))
     _print_run(result)
@@ -272,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--baud", type=int, help="board serial baud rate (default: the board YAML's uart.baudrate)")
     run.add_argument("--emulate", action="store_true",
                      help="run the board's image on its emulator (QEMU) instead of the attached board")
+    run.add_argument("--kernels", choices=("optimized", "reference"), default="optimized",
+                     help="optimised (default) or the portable reference kernels; both are bit-exact with TFLM")
     run.add_argument("--os", choices=("baremetal", "zephyr"), default="baremetal",
                      help="firmware: bare-metal image (default) or the Zephyr app (needs ZEPHYR_BASE; docs/zephyr.md)")
     src = run.add_mutually_exclusive_group()

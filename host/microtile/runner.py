@@ -100,7 +100,7 @@ def top1_of(output: np.ndarray) -> int:
 def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | None = None,
               random: int | None = None, labels: str | None = None, limit: int | None = None,
               progress: Callable[[int, int], None] | None = None, probe: str | None = None,
-              kernels: str = "reference", os_name: str = "baremetal",
+              kernels: str = "optimized", os_name: str = "baremetal",
               target_options: dict | None = None) -> RunResult:
     """Run a model on a target. ``target_options`` go to ``targets.open_target``
     (``emulate``, ``port``, ``baudrate``); ``os_name`` is "baremetal" or "zephyr"."""
