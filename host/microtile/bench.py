@@ -35,7 +35,7 @@ def bench_model(model: str | Path, board: str = "qemu", kernels: tuple[str, ...]
         "kernels": list(kernels),
         "layers": layers,
         "total": total,
-        "runs": {k: {**r.to_json(), "kernels": k} for k, r in runs.items()},
+        "runs": {k: r.to_json() for k, r in runs.items()},
     }
 
 

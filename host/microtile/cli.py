@@ -20,7 +20,7 @@ def _print_run(result) -> None:
     timed = "clock_hz" in data
     clock = f" at {data['clock_hz'] / 1e6:g} MHz" if timed else ""
     what = unit if unit in ("instructions", "cycles") else "no counter"
-    table = Table(title=f"{data['model']} on {data['board']} ({what}{clock}; mean of {data['samples']} runs)")
+    table = Table(title=f"{data['model']} on {data['board']}, {data['kernels']} kernels ({what}{clock}; mean of {data['samples']} runs)")
     table.add_column("#", justify="right")
     table.add_column("op")
     table.add_column("MACs", justify="right")

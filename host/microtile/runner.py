@@ -65,6 +65,7 @@ class RunResult:
         data = {
             "model": self.model,
             "board": self.board.name,
+            "kernels": self.compiled.kernels,
             "samples": self.samples,
             "mismatches": len(self.mismatches),
             "mismatched_samples": self.mismatches[:100],
