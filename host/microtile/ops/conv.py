@@ -317,16 +317,22 @@ class Conv2D(OpKernel):
                     f"{p['kh']}, {p['kw']}, {p['sh']}, {p['sw']}, {p['ph']}, {p['pw']}, {p['in_zp']}}}")
             params = ctx.static_struct("mt_conv_opt_params", "conv_opt", init)
             return _emit_call("mt_conv_s8_opt", params, ctx.ptr(op.inputs[0]), ctx.ptr(op.outputs[0]), s)
-        ctx.include("mt_conv.h")
-        mult = ctx.const_array("conv_mult", p["mult"])
-        shift = ctx.const_array("conv_shift", p["shift"])
-        init = (f"{{{p['n']}, {p['h']}, {p['w']}, {p['c']}, {p['oh']}, {p['ow']}, {p['oc']}, "
-                f"{p['kh']}, {p['kw']}, {p['sh']}, {p['sw']}, {p['ph']}, {p['pw']}, "
-                f"{-p['in_zp']}, {p['out_zp']}, {p['act'][0]}, {p['act'][1]}, {mult}, {shift}}}")
-        params = ctx.static_struct("mt_conv_params", "conv_params", init)
-        bias = ctx.ptr(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else "NULL"
-        return (f"mt_conv_s8_ref(&{params}, {ctx.ptr(op.inputs[0])}, {ctx.ptr(op.inputs[1])}, "
-                f"{bias}, {ctx.ptr(op.outputs[0])});")
+        return _emit_window_ref(op, ctx, p, "conv", p["oc"])
+
+
+def _emit_window_ref(op: Operator, ctx: EmitContext, p: dict, kernel: str, channels: int) -> str:
+    """The reference conv / depthwise call: their params structs share one layout, with
+    the output channels (conv) or the depth multiplier (depthwise) in the middle."""
+    ctx.include(f"mt_{kernel}.h")
+    mult = ctx.const_array(f"{kernel}_mult", p["mult"])
+    shift = ctx.const_array(f"{kernel}_shift", p["shift"])
+    init = (f"{{{p['n']}, {p['h']}, {p['w']}, {p['c']}, {p['oh']}, {p['ow']}, {channels}, "
+            f"{p['kh']}, {p['kw']}, {p['sh']}, {p['sw']}, {p['ph']}, {p['pw']}, "
+            f"{-p['in_zp']}, {p['out_zp']}, {p['act'][0]}, {p['act'][1]}, {mult}, {shift}}}")
+    params = ctx.static_struct(f"mt_{kernel}_params", f"{kernel}_params", init)
+    bias = ctx.ptr(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else "NULL"
+    return (f"mt_{kernel}_s8_ref(&{params}, {ctx.ptr(op.inputs[0])}, {ctx.ptr(op.inputs[1])}, "
+            f"{bias}, {ctx.ptr(op.outputs[0])});")
 
 
 # ---------------------------------------------------------------- DEPTHWISE_CONV_2D
@@ -390,16 +396,7 @@ class DepthwiseConv2D(OpKernel):
             call = emit_depthwise_opt(op, graph, ctx, p)
             if call is not None:
                 return call
-        ctx.include("mt_depthwise_conv.h")
-        mult = ctx.const_array("dw_mult", p["mult"])
-        shift = ctx.const_array("dw_shift", p["shift"])
-        init = (f"{{{p['n']}, {p['h']}, {p['w']}, {p['c']}, {p['oh']}, {p['ow']}, {p['dm']}, "
-                f"{p['kh']}, {p['kw']}, {p['sh']}, {p['sw']}, {p['ph']}, {p['pw']}, "
-                f"{-p['in_zp']}, {p['out_zp']}, {p['act'][0]}, {p['act'][1]}, {mult}, {shift}}}")
-        params = ctx.static_struct("mt_depthwise_conv_params", "dw_params", init)
-        bias = ctx.ptr(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else "NULL"
-        return (f"mt_depthwise_conv_s8_ref(&{params}, {ctx.ptr(op.inputs[0])}, {ctx.ptr(op.inputs[1])}, "
-                f"{bias}, {ctx.ptr(op.outputs[0])});")
+        return _emit_window_ref(op, ctx, p, "depthwise_conv", p["dm"])
 
 
 # ---------------------------------------------------------------- FULLY_CONNECTED
