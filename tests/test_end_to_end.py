@@ -43,8 +43,8 @@ def test_mlperf_like_zoo_models_bit_exact_on_target(run_on_board, tmp_path_facto
     assert result.mismatches == []
     data = result.to_json()
     unit = data["counter_unit"]
-    # Every MAC costs at least one instruction in reference kernels.
-    assert data["total"][unit] > data["total"]["macs"] > 0
+    # One SMLAD does two MACs: no count can beat half an instruction per MAC.
+    assert data["total"][unit] > data["total"]["macs"] / 2 > 0
     assert 0 < data["ram"]["arena_bytes"] <= data["ram"]["total_bytes"] <= result.board.ram_bytes
     assert result.compiled.const_bytes < data["rom"]["total_bytes"] <= result.board.flash_bytes
 
