@@ -64,6 +64,16 @@ def load_labels(csv_path: Path) -> list[tuple[Path, int]]:
     return rows
 
 
+def _float_input_range(graph: Graph, index: int) -> tuple[float, float]:
+    """The float range the QUANTIZE reading a float input can represent (else [-1, 1])."""
+    for op in graph.operators:
+        if op.opcode == "QUANTIZE" and op.inputs[0] == index:
+            out = graph.tensor(op.outputs[0])
+            info = np.iinfo(out.dtype)
+            return (info.min - out.zero_point) * out.scale, (info.max - out.zero_point) * out.scale
+    return -1.0, 1.0
+
+
 def load_samples(graph: Graph, inputs: str | None = None, random: int | None = None,
                  labels: str | None = None, limit: int | None = None, seed: int = 0) -> list[Sample]:
     samples: list[Sample] = []
@@ -96,8 +106,9 @@ def load_samples(graph: Graph, inputs: str | None = None, random: int | None = N
             arrays = []
             for i in graph.inputs:
                 t = graph.tensor(i)
-                if t.dtype == "float32":  # span the quantised range of the QUANTIZE that follows
-                    arrays.append(rng.uniform(-1.0, 1.0, t.shape).astype(np.float32))
+                if t.dtype == "float32":
+                    lo, hi = _float_input_range(graph, i)
+                    arrays.append(rng.uniform(lo, hi, t.shape).astype(np.float32))
                 else:
                     info = np.iinfo(t.dtype)
                     arrays.append(rng.integers(info.min, info.max, t.shape, endpoint=True).astype(t.dtype))
