@@ -142,3 +142,32 @@ def test_target_that_stops_answering_keeps_what_was_measured(tmp_path_factory, m
     assert result.samples == 2 and len(result.layer_counts) == 2
     assert result.error is not None and "answer" in result.error
     assert result.to_json()["error"] == result.error
+
+
+def test_ctrl_c_keeps_what_was_measured_and_stops_qemu(tmp_path_factory, monkeypatch):
+    import os
+
+    from microtile.runner import run_model
+    from microtile.targets import qemu
+
+    started = []
+    original_enter = qemu.QemuTarget.__enter__
+
+    def enter(self):
+        started.append(original_enter(self))
+        return started[-1]
+
+    monkeypatch.setattr(qemu.QemuTarget, "__enter__", enter)
+
+    pids = []
+
+    def interrupt_after_two(done, total):
+        if done == 2:
+            pids.append(started[0].pid)
+            raise KeyboardInterrupt
+
+    result = run_model(_zoo_file(tmp_path_factory, "op_add"), "qemu", random=5, progress=interrupt_after_two)
+    assert result.samples == 2 and result.error.startswith("interrupted")
+    assert pids and pids[0] > 0
+    with pytest.raises(ProcessLookupError):  # QEMU is gone, not left running
+        os.kill(pids[0], 0)

@@ -106,6 +106,8 @@ def cmd_run(args) -> int:
         console.print(f"wrote {args.json}")
     if result.error:
         console.print(f"[red]error after {result.samples} sample(s):[/red] {result.error}")
+        if result.error.startswith("interrupted"):
+            return 130
         return 3
     return 1 if result.mismatches else 0
 

@@ -16,7 +16,7 @@ import numpy as np
 from .boards import Board, load_board
 from .build import Firmware, build_firmware
 from .codegen import CompiledModel, compile_model
-from .errors import LinkError, MicrotileError
+from .errors import MicrotileError
 from .inputs import Sample, load_samples
 from .oracle import TflmOracle
 from .tflite_format import load_tflite
@@ -135,7 +135,7 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
             result.clock_hz = info.clock_hz
             result.port_status = getattr(info, "port_status_text", "") or "ok"
             for k, sample in enumerate(samples):
-                for i, (t_index, arr) in enumerate(zip(compiled.device_inputs, compiled.to_device(sample.arrays))):
+                for i, arr in enumerate(compiled.to_device(sample.arrays)):
                     link.write_input(i, np.ascontiguousarray(arr).tobytes())
                 link.invoke(1)
                 device_outs = []
@@ -157,8 +157,10 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
                     result.tflm_correct += top1_of(expected[0]) == sample.label
                 if progress:
                     progress(k + 1, len(samples))
-    except (LinkError, MicrotileError) as exc:
+    except MicrotileError as exc:  # link failures included: keep what was measured
         result.error = str(exc)
+    except KeyboardInterrupt:
+        result.error = f"interrupted (Ctrl-C) after {result.samples} of {len(samples)} samples"
     return result
 
 
