@@ -265,6 +265,14 @@ def _emit_call(fn: str, params: str, inp: str, out: str, s) -> str:
             f"    {fn}(&{params}, {inp}, {out}, scratch);\n}}")
 
 
+def _check_window_op(kernel: OpKernel, op: Operator, graph: Graph) -> None:
+    """What conv and depthwise conv share: int8 activations, known options, no dilation."""
+    _int8_activation(kernel, op, graph.tensor(op.inputs[0]), "input")
+    _int8_activation(kernel, op, graph.tensor(op.outputs[0]), "output")
+    _check_common_options(kernel, op)
+    _check_dilation(kernel, op)
+
+
 # ---------------------------------------------------------------- CONV_2D
 
 @register
@@ -273,10 +281,7 @@ class Conv2D(OpKernel):
 
     def check(self, op: Operator, graph: Graph) -> None:
         x, f = graph.tensor(op.inputs[0]), graph.tensor(op.inputs[1])
-        _int8_activation(self, op, x, "input")
-        _int8_activation(self, op, graph.tensor(op.outputs[0]), "output")
-        _check_common_options(self, op)
-        _check_dilation(self, op)
+        _check_window_op(self, op, graph)
         if len(f.shape) != 4:
             raise self.unsupported(op, f"filter rank {len(f.shape)}", "OHWI filter")
         if len(x.shape) == 4 and f.shape[3] != x.shape[3]:
@@ -343,10 +348,7 @@ class DepthwiseConv2D(OpKernel):
 
     def check(self, op: Operator, graph: Graph) -> None:
         x, f = graph.tensor(op.inputs[0]), graph.tensor(op.inputs[1])
-        _int8_activation(self, op, x, "input")
-        _int8_activation(self, op, graph.tensor(op.outputs[0]), "output")
-        _check_common_options(self, op)
-        _check_dilation(self, op)
+        _check_window_op(self, op, graph)
         if len(f.shape) != 4 or f.shape[0] != 1:
             raise self.unsupported(op, f"filter shape {tuple(f.shape)}", "1HW(I*M) filter")
         if len(x.shape) != 4:
