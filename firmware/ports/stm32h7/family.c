@@ -41,21 +41,8 @@
 #define FLASH_ACR 0x52002000u
 
 #define USART3 0x40004800u
-#define UART_CR1 (USART3 + 0x00u)
-#define UART_BRR (USART3 + 0x0Cu)
-#define UART_ISR (USART3 + 0x1Cu)
-#define UART_ICR (USART3 + 0x20u)
-#define UART_RDR (USART3 + 0x24u)
-#define UART_TDR (USART3 + 0x28u)
-#define CR1_UE (1u << 0)
-#define CR1_RE (1u << 2)
-#define CR1_TE (1u << 3)
-#define CR1_RXNEIE (1u << 5)
-#define ISR_ORE (1u << 3)
-#define ISR_RXNE (1u << 5)
-#define ISR_TC (1u << 6)
-#define ISR_TXE (1u << 7)
-#define ICR_ORECF (1u << 3)
+#define MT_UART_BASE USART3
+#include "mt_usart_isr.h"
 
 /* Cortex-M7 cache maintenance (ARMv7-M architecture manual, B3.2) */
 #define SCB_CCR 0xE000ED14u
@@ -185,27 +172,3 @@ void mt_family_uart_init(uint32_t uart_hz)
     MT_REG32(UART_CR1) = CR1_UE | CR1_TE | CR1_RE | CR1_RXNEIE;
 }
 
-int mt_family_uart_putc(uint8_t byte)
-{
-    if (!mt_wait_reg(UART_ISR, ISR_TXE, ISR_TXE)) {
-        return 0;
-    }
-    MT_REG32(UART_TDR) = byte;
-    return 1;
-}
-
-int mt_family_uart_idle(void)
-{
-    return (MT_REG32(UART_ISR) & ISR_TC) != 0;
-}
-
-void mt_family_uart_irq(void)
-{
-    uint32_t isr = MT_REG32(UART_ISR);
-    if (isr & ISR_RXNE) {
-        mt_port_rx_push((uint8_t)MT_REG32(UART_RDR));
-    }
-    if (isr & ISR_ORE) {
-        MT_REG32(UART_ICR) = ICR_ORECF;
-    }
-}

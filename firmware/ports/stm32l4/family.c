@@ -46,21 +46,8 @@
 #define ACR_DCEN (1u << 10)
 
 #define LPUART1 0x40008000u
-#define UART_CR1 (LPUART1 + 0x00u)
-#define UART_BRR (LPUART1 + 0x0Cu)
-#define UART_ISR (LPUART1 + 0x1Cu)
-#define UART_ICR (LPUART1 + 0x20u)
-#define UART_RDR (LPUART1 + 0x24u)
-#define UART_TDR (LPUART1 + 0x28u)
-#define CR1_UE (1u << 0)
-#define CR1_RE (1u << 2)
-#define CR1_TE (1u << 3)
-#define CR1_RXNEIE (1u << 5)
-#define ISR_ORE (1u << 3)
-#define ISR_RXNE (1u << 5)
-#define ISR_TC (1u << 6)
-#define ISR_TXE (1u << 7)
-#define ICR_ORECF (1u << 3)
+#define MT_UART_BASE LPUART1
+#include "mt_usart_isr.h"
 
 void mt_family_gpio_clock(uint32_t port)
 {
@@ -154,27 +141,3 @@ void mt_family_uart_init(uint32_t uart_hz)
     MT_REG32(UART_CR1) = CR1_UE | CR1_TE | CR1_RE | CR1_RXNEIE;
 }
 
-int mt_family_uart_putc(uint8_t byte)
-{
-    if (!mt_wait_reg(UART_ISR, ISR_TXE, ISR_TXE)) {
-        return 0;
-    }
-    MT_REG32(UART_TDR) = byte;
-    return 1;
-}
-
-int mt_family_uart_idle(void)
-{
-    return (MT_REG32(UART_ISR) & ISR_TC) != 0;
-}
-
-void mt_family_uart_irq(void)
-{
-    uint32_t isr = MT_REG32(UART_ISR);
-    if (isr & ISR_RXNE) {
-        mt_port_rx_push((uint8_t)MT_REG32(UART_RDR)); /* reading RDR clears RXNE */
-    }
-    if (isr & ISR_ORE) {
-        MT_REG32(UART_ICR) = ICR_ORECF; /* an overrun lost a byte; the CRC will tell */
-    }
-}
