@@ -6,9 +6,8 @@
 #include "mt_conv.h"
 
 #include "mt_quant.h"
+#include "mt_window.h"
 
-static inline int32_t mt_max32(int32_t a, int32_t b) { return a > b ? a : b; }
-static inline int32_t mt_min32(int32_t a, int32_t b) { return a < b ? a : b; }
 
 void mt_conv_s8_ref(const mt_conv_params *p, const int8_t *input, const int8_t *filter,
                     const int32_t *bias, int8_t *output)
@@ -20,12 +19,12 @@ void mt_conv_s8_ref(const mt_conv_params *p, const int8_t *input, const int8_t *
         const int8_t *in_b = input + b * p->in_h * in_row;
         for (int32_t oy = 0; oy < p->out_h; oy++) {
             const int32_t y0 = oy * p->stride_h - p->pad_h;
-            const int32_t ky_lo = mt_max32(0, -y0);
-            const int32_t ky_hi = mt_min32(p->k_h, p->in_h - y0);
+            int32_t ky_lo, ky_hi;
+            mt_window_taps(y0, p->k_h, p->in_h, &ky_lo, &ky_hi);
             for (int32_t ox = 0; ox < p->out_w; ox++) {
                 const int32_t x0 = ox * p->stride_w - p->pad_w;
-                const int32_t kx_lo = mt_max32(0, -x0);
-                const int32_t kx_hi = mt_min32(p->k_w, p->in_w - x0);
+                int32_t kx_lo, kx_hi;
+                mt_window_taps(x0, p->k_w, p->in_w, &kx_lo, &kx_hi);
                 const int32_t run = (kx_hi - kx_lo) * p->in_c; /* contiguous values per filter row */
                 /* an index, not a pointer: before clipping it may point outside the image */
                 const int32_t in0 = (y0 * p->in_w + x0 + kx_lo) * p->in_c;

@@ -3,12 +3,14 @@
 #include "mt_pool.h"
 
 #include "mt_quant.h"
+#include "mt_window.h"
 
-/* The part of the window [start, start + k) inside [0, size). */
+/* The part of the window [start, start + k) inside [0, size), in image coordinates. */
 static void mt_window(int32_t start, int32_t k, int32_t size, int32_t *lo, int32_t *hi)
 {
-    *lo = start < 0 ? 0 : start;
-    *hi = start + k > size ? size : start + k;
+    mt_window_taps(start, k, size, lo, hi);
+    *lo += start;
+    *hi += start;
 }
 
 void mt_avg_pool_s8_ref(const mt_pool_params *p, const int8_t *input, int8_t *output)
