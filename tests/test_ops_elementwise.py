@@ -170,7 +170,7 @@ def test_rejects_int16():
     tensors = [qtensor(0, shape, 0.1, 0, "int16"), qtensor(1, shape, 0.1, 0, "int16"),
                qtensor(2, shape, 0.1, 0, "int16")]
     _expect_unsupported(one_op_graph("ADD", tensors, [0, 1], [2], {"fused_activation_function": "NONE"}),
-                        "int16.*int8 inputs")
+                        "int16.*int8 activations")
 
 
 def test_rejects_float():

@@ -9,6 +9,7 @@ it in the generated firmware (``emit``).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from typing import Protocol
 
 import numpy as np
@@ -63,6 +64,18 @@ class OpKernel:
 
     def unsupported(self, op: Operator, problem: str, supported: str = "") -> UnsupportedOperatorError:
         return UnsupportedOperatorError(op.index, op.opcode, problem, supported)
+
+    def require_int8_per_tensor(self, op: Operator, tensors: Iterable[Tensor]) -> None:
+        """Activations the int8 kernels accept: int8, one positive finite scale each."""
+        for t in tensors:
+            if t.dtype != "int8":
+                raise self.unsupported(op, f"tensor {t.name} is {t.dtype}",
+                                       "int8 activations (int16/float/int32 are not implemented)")
+            if t.quant is None or t.quant.scale.size != 1:
+                raise self.unsupported(op, f"tensor {t.name} is not per-tensor quantized",
+                                       "per-tensor int8 quantization")
+            if not 0 < t.scale < float("inf"):
+                raise self.unsupported(op, f"tensor {t.name} has scale {t.scale}", "positive finite scales")
 
 
 def fused_activation_range(op: Operator, out: Tensor) -> tuple[int, int]:

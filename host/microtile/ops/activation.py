@@ -40,15 +40,7 @@ class _UnaryInt8(OpKernel):
                                    "1 input and 1 output")
         (x,) = graph.op_inputs(op)
         (y,) = graph.op_outputs(op)
-        for t in (x, y):
-            if t.dtype != "int8":
-                raise self.unsupported(op, f"tensor {t.name} is {t.dtype}",
-                                       "int8 input and output (int16/float are not implemented)")
-            if t.quant is None or t.quant.scale.size != 1:
-                raise self.unsupported(op, f"tensor {t.name} is not per-tensor quantized",
-                                       "per-tensor int8 quantization")
-            if not 0 < t.scale < np.inf:
-                raise self.unsupported(op, f"tensor {t.name} has scale {t.scale}", "positive finite scales")
+        self.require_int8_per_tensor(op, (x, y))
         if _size(x) != _size(y):
             raise self.unsupported(op, f"input shape {x.shape} and output shape {y.shape} differ in size")
 

@@ -75,15 +75,7 @@ class _BinaryInt8(OpKernel):
                                    "exactly 2 inputs and 1 output")
         a, b = graph.op_inputs(op)
         (out,) = graph.op_outputs(op)
-        for t in (a, b, out):
-            if t.dtype != "int8":
-                raise self.unsupported(op, f"tensor {t.name} is {t.dtype}",
-                                       "int8 inputs and output (int16/float/int32 are not implemented)")
-            if t.quant is None or t.quant.scale.size != 1:
-                raise self.unsupported(op, f"tensor {t.name} is not per-tensor quantized",
-                                       "per-tensor int8 quantization")
-            if not 0 < t.scale < np.inf:
-                raise self.unsupported(op, f"tensor {t.name} has scale {t.scale}", "positive finite scales")
+        self.require_int8_per_tensor(op, (a, b, out))
         act = op.options.get("fused_activation_function", "NONE")
         if act not in FUSED_ACTIVATIONS:
             raise self.unsupported(op, f"fused activation {act}", ", ".join(FUSED_ACTIVATIONS))

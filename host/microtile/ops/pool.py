@@ -25,11 +25,7 @@ def check_int8_same_quant(kernel: OpKernel, op: Operator, graph: Graph) -> None:
     """Operators that move int8 values without rescaling (pooling, pad) need per-tensor
     int8 input and output with the same quantisation."""
     x, y = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
-    for role, t in (("input", x), ("output", y)):
-        if t.dtype != "int8":
-            raise kernel.unsupported(op, f"{role} {t.name} is {t.dtype}", "int8")
-        if t.quant is None or t.quant.scale.size != 1:
-            raise kernel.unsupported(op, f"{role} {t.name} needs per-tensor int8 quantization")
+    kernel.require_int8_per_tensor(op, (x, y))
     if x.scale != y.scale or x.zero_point != y.zero_point:
         # TFLM copies values without requantising, so differing parameters mean a broken model.
         raise kernel.unsupported(op, "input and output quantization differ",
