@@ -22,7 +22,8 @@ from microtile.boards import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-NUCLEOS = ["nucleo_f401re", "nucleo_f411re", "nucleo_f446re", "nucleo_f429zi", "nucleo_l4r5zi", "nucleo_h743zi"]
+NUCLEOS = ["nucleo_f401re", "nucleo_f411re", "nucleo_f446re", "nucleo_f429zi", "nucleo_l4r5zi", "nucleo_h743zi",
+           "nucleo_h743zi2"]
 ALL_BOARDS = ["netduinoplus2", *NUCLEOS]
 
 # Datasheet limits (max core clock, max APB1 and APB2 clock) per MCU
@@ -51,7 +52,7 @@ def test_every_board_is_there_and_loads() -> None:
     names = [b.name for b in list_boards()]
     assert sorted(names) == sorted(ALL_BOARDS)
     for alias, name in (("qemu", "netduinoplus2"), ("nucleo-f446re", "nucleo_f446re"),
-                        ("nucleo_h743zi2", "nucleo_h743zi")):
+                        ("nucleo-h743zi", "nucleo_h743zi"), ("nucleo-h743zi2", "nucleo_h743zi2")):
         assert load_board(alias).name == name
 
 
@@ -88,18 +89,47 @@ def test_nucleo_board_is_consistent(name: str) -> None:
 
 def test_vcp_wiring_follows_the_board_manuals() -> None:
     """Nucleo-64: USART2 PA2/PA3; Nucleo-144: USART3 PD8/PD9, but the L4R5ZI's VCP is
-    LPUART1 on PG7/PG8 (UM2179); trigger on Arduino D7 (PA8 / PF13)."""
+    LPUART1 on PG7/PG8 (UM2179); trigger on Arduino D7 (PA8 / PF13; PG12 on the
+    H743ZI2's MB1364, UM2407)."""
     for name in ("nucleo_f401re", "nucleo_f411re", "nucleo_f446re"):
         u = load_board(name).uart
         assert (u.name, str(u.tx), str(u.rx), u.af) == ("USART2", "PA2", "PA3", 7)
         assert str(load_board(name).trigger) == "PA8"
-    for name in ("nucleo_f429zi", "nucleo_h743zi"):
+    for name in ("nucleo_f429zi", "nucleo_h743zi", "nucleo_h743zi2"):
         u = load_board(name).uart
         assert (u.name, str(u.tx), str(u.rx), u.af) == ("USART3", "PD8", "PD9", 7)
     u = load_board("nucleo_l4r5zi").uart
     assert (u.name, str(u.tx), str(u.rx), u.af) == ("LPUART1", "PG7", "PG8", 8)
     for name in ("nucleo_f429zi", "nucleo_l4r5zi", "nucleo_h743zi"):
         assert str(load_board(name).trigger) == "PF13"
+    assert str(load_board("nucleo_h743zi2").trigger) == "PG12"
+
+
+def test_h743zi_and_h743zi2_are_separate_boards() -> None:
+    """Same MCU and clock tree, different board (MB1137 vs MB1364): each has its own
+    ST-LINK board id and its own D7, so its trigger pin comes from its own YAML."""
+    old, new = load_board("nucleo_h743zi"), load_board("nucleo_h743zi2")
+    assert (old.board_id, new.board_id) == ("0813", "0836")
+    assert old.clock == new.clock and old.memories == new.memories and old.uart == new.uart
+    assert "MT_TRIGGER_PORT=6u" in port_defines(new) and "MT_TRIGGER_PIN=12u" in port_defines(new)
+    assert "MT_TRIGGER_PORT=5u" in port_defines(old) and "MT_TRIGGER_PIN=13u" in port_defines(old)
+
+
+def test_h7_port_addresses_gpiog() -> None:
+    """The stm32h7 port's GPIO block and clock-enable bit for port G (index 6), checked by
+    the cross-compiler against RM0433: GPIOG at 0x58021800, RCC_AHB4ENR.GPIOGEN = bit 6."""
+    _need_tools()
+    import subprocess
+
+    check = ("#include <stdint.h>\n#include \"mt_family.h\"\n"
+             "_Static_assert(MT_GPIO_BASE(6u) == 0x58021800u, \"GPIOG base\");\n"
+             "_Static_assert(MT_GPIO_BASE(10u) == 0x58022800u, \"GPIOK base\");\n")
+    proc = subprocess.run(["arm-none-eabi-gcc", "-fsyntax-only", "-DMT_UART_USART3=1",
+                           f"-I{REPO / 'firmware' / 'ports' / 'stm32h7'}", "-x", "c", "-"],
+                          input=check, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    family_c = (REPO / "firmware" / "ports" / "stm32h7" / "family.c").read_text()
+    assert "MT_REG32(RCC_AHB4ENR) |= 1u << port;" in family_c and "RCC_AHB4ENR (RCC + 0xE0u)" in family_c
 
 
 def test_pyocd_targets_exist_in_pyocd() -> None:
@@ -243,7 +273,7 @@ def test_image_fits_its_board(firmwares: dict, name: str) -> None:
     assert fw.sizes.ram_static_bytes <= board.ram.size
 
 
-@pytest.mark.parametrize("name", ["nucleo_f446re", "nucleo_l4r5zi", "nucleo_h743zi"])
+@pytest.mark.parametrize("name", ["nucleo_f446re", "nucleo_l4r5zi", "nucleo_h743zi2"])
 def test_each_port_family_builds_warning_free(tmp_path: Path, name: str) -> None:
     """One board per family (stm32f4, stm32l4, stm32h7) with -Wall -Wextra."""
     _need_tools()

@@ -77,6 +77,8 @@ BOARDS = {
                           target="stm32f429xi", pack="false", board_id="0796"),
     "nucleo_h743zi": dict(desc="NUCLEO-H743ZI", mcu="STM32H743ZI", core="cortex-m7", clock=480000000,
                           target="stm32h743xx", pack="false", board_id="0813"),
+    "nucleo_h743zi2": dict(desc="NUCLEO-H743ZI2", mcu="STM32H743ZI", core="cortex-m7", clock=480000000,
+                           target="stm32h743xx", pack="false", board_id="0836"),
 }
 
 
@@ -174,11 +176,26 @@ def test_stlink_v3_on_a_nucleo_144(monkeypatch, board_dir):
     assert a.board_id == "0813"
 
 
+def test_nucleo_h743zi2_is_found_as_its_own_board(monkeypatch):
+    """The real boards/: a NUCLEO-H743ZI2's ST-LINK/V3 (board id 0836, from pyOCD's own
+    table) leads to nucleo_h743zi2, whose trigger is PG12 and whose VCP is USART3."""
+    probe = stlink_probe(monkeypatch, 0x374E, SER_V3, "0836")
+    [a] = list_attached(probes=[probe], ports=[vcp("/dev/ttyACM0", SER_V3, pid=0x374E)])
+    assert (a.board, a.board_info_name, a.port) == ("nucleo_h743zi2", "NUCLEO-H743ZI2", "/dev/ttyACM0")
+    board = load_board(a.board)
+    assert str(board.trigger) == "PG12" and board.uart.name == "USART3"
+    assert select_attached("nucleo", attached=[a], denied_usb=no_denied).board == "nucleo_h743zi2"
+
+
 def test_board_matching_by_id_name_revision_and_target(board_dir):
     assert match_board(None, None, board_id="0796").name == "nucleo_f429zi"  # the YAML's probe.board_id
     assert match_board("NUCLEO-F446RE", None, board_id="0796").name == "nucleo_f429zi"  # the id wins
     assert match_board("NUCLEO-F446RE", None).name == "nucleo_f446re"
-    assert match_board("NUCLEO-H743ZI2", "stm32h743zitx").name == "nucleo_h743zi"  # board revision
+    # MB1364 and MB1137 are different boards (D7 on PG12 vs PF13), each with its own YAML
+    assert match_board("NUCLEO-H743ZI2", "stm32h743zitx").name == "nucleo_h743zi2"
+    assert match_board(None, "stm32h743zitx", board_id="0836").name == "nucleo_h743zi2"
+    assert match_board("NUCLEO-H743ZI", "stm32h743zitx").name == "nucleo_h743zi"
+    assert match_board(None, "stm32h743xx") is None  # two boards share the target: no guess
     assert match_board(None, "stm32f429xi").name == "nucleo_f429zi"  # no name: the pyOCD target
     assert match_board("NUCLEO-L476RG", "stm32l476rgtx") is None  # not a microtile board
     assert match_board("Netduino Plus 2", None) is None  # emulated boards are never a probe's

@@ -121,7 +121,9 @@ def match_board(board_info_name: str | None, target: str | None,
         for b in candidates:
             if key == b.name or key in b.aliases:
                 return b
-        # Board revisions: NUCLEO-H743ZI2, NUCLEO-L4R5ZI-P share the YAML of the base board.
+        # A board variant without a YAML of its own (NUCLEO-L4R5ZI-P) shares its base board's.
+        # A variant wired differently has its own YAML, found above by its exact name or id
+        # (NUCLEO-H743ZI2, MB1364: D7 on PG12, not PF13 as on the MB1137 NUCLEO-H743ZI).
         prefixed = [b for b in candidates if key.startswith(b.name)]
         if prefixed:
             return max(prefixed, key=lambda b: len(b.name))
