@@ -99,12 +99,22 @@ def _fit(g: dict) -> dict:
 
 
 @SETTINGS
-@given(g=dw_geometry, c=st.integers(1, 13), act=ACTS, per_channel=st.booleans(), seed=st.integers(0, 2**32 - 1))
+@given(g=dw_geometry, c=st.integers(2, 13), act=ACTS, per_channel=st.booleans(), seed=st.integers(0, 2**32 - 1))
 def test_depthwise_opt_matches_tflm(g, c, act, per_channel, seed):
     """Any kernel size, stride 1 and 2, padding at every border, channels not a multiple of 4."""
     rng = np.random.default_rng(seed)
     graph = conv_graph(rng, c=c, oc=c, act=act, per_channel=per_channel, depthwise=True, **_fit(g))
     check_optimized(graph, [random_int8(rng, graph.tensor(0).shape)], "mt_depthwise_s8_opt")
+
+
+@SETTINGS
+@given(g=dw_geometry, dm=st.integers(1, 9), act=ACTS, per_channel=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_depthwise_one_channel_runs_as_conv(g, dm, act, per_channel, seed):
+    """One input channel, any depth multiplier (TFLM's micro_speech layer): the
+    optimised set runs it as the CONV_2D it is (the implicit-GEMM kernel)."""
+    rng = np.random.default_rng(seed)
+    graph = conv_graph(rng, c=1, oc=dm, act=act, per_channel=per_channel, depthwise=True, **_fit(g))
+    check_optimized(graph, [random_int8(rng, graph.tensor(0).shape)], "mt_conv_s8_opt")
 
 
 @SETTINGS

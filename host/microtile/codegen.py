@@ -117,6 +117,10 @@ class _Emitter:
         self._by_content: dict[bytes, str] = {}
         self._names: set[str] = set()
         self.layer = 0
+        # Kernel working memory (im2col panels): one region after the planned tensors,
+        # shared by the layers (they run one at a time), so it is counted in the arena.
+        self.scratch_offset = (plan.arena_size + 15) // 16 * 16
+        self.scratch_bytes = 0
 
     def _name(self, hint: str) -> str:
         base = "".join(c if c.isalnum() else "_" for c in hint) or "c"
@@ -159,6 +163,10 @@ class _Emitter:
         self.decls.append(f"static const {ctype} {name} = {initializer};")
         return name
 
+    def scratch(self, nbytes: int) -> str:
+        self.scratch_bytes = max(self.scratch_bytes, nbytes)
+        return f"((uint64_t *)(arena + {self.scratch_offset}))"
+
     def ptr(self, tensor_index: int) -> str:
         t = self.graph.tensor(tensor_index)
         if t.is_constant:
@@ -193,6 +201,8 @@ def compile_model(graph: Graph, kernels: str = "reference", board=None) -> Compi
         body = kernel_for(op).emit(op, graph, em).strip()
         body = "\n".join("        " + line for line in body.splitlines())
         cases.append(f"    case {layer}: /* #{op.index} {op.opcode} */\n{body}\n        break;")
+    if em.scratch_bytes:
+        plan.arena_size = em.scratch_offset + em.scratch_bytes
 
     def buffers(indices: list[int]) -> str:
         return ", ".join(f"{{{plan.offsets[i]}u, {graph.tensor(i).nbytes}u}}" for i in indices)

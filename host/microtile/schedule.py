@@ -33,7 +33,10 @@ since c_B >= c_A the rows side gets the larger factor, mr = 4, nr = 1 (k-first l
 order: the 4x1 output tile stays in registers for the whole reduction, the
 extended weight pair of the block is reused by 4 rows). With M < 4 (FC, batch 1)
 mr = 1 and nr = 4 (the input pair is reused by 4 channels). The A panel of mr rows
-lives on the stack; when mr * K would not fit the stack budget, mr = 1.
+lives in the arena (a scratch region after the planned tensors, codegen's
+``scratch``), never on the stack, so it is part of the RAM the fit check and the
+run report count; mr = 4 only while its 4-row panel stays within the panel budget
+(3/8 of the board's stack size: the RAM a 4-row panel may cost), else mr = 1.
 
 Weight format: int16 duplicates of the weights (pre-extended, pre-paired) remove the
 SXTB16s (c_B = 1/2 for 1x4, LDRD for 4x1) at twice the flash. It is a budgeted
@@ -67,7 +70,8 @@ GATHER_TAP = 20.0     # per filter tap on the gather path (borders, odd row leng
 GATHER_VALUE = 4.0    # per value on the gather path
 GATHER_BLOCK = 6.0    # per k-block converting the gathered bytes
 
-# Stack budget for the A panel (bytes); the kernels keep it in run_layer's frame.
+# Budget for a 4-row A panel (bytes), as a share of the board's stack size; the
+# panel itself lives in the arena's scratch region.
 STACK_FRACTION = 3 / 8
 DEFAULT_STACK = 0x2000
 DEFAULT_FLASH = 0x100000
@@ -87,7 +91,7 @@ class Schedule:
     loop_order: str
     k_unroll: int           # reduction values per loop iteration
     k_blocks: int           # ceil(K / 4)
-    scratch_bytes: int      # stack bytes for the A panel
+    scratch_bytes: int      # arena scratch bytes for the A panel (and the conv gather row)
     inner_ipm: float        # instructions per MAC of the reduction loop alone
     predicted_ipm: float    # instructions per MAC of the whole layer
 
@@ -128,9 +132,10 @@ def choose_tile(m: int, k_blocks: int, stack_budget: int) -> tuple[int, int]:
     return mr, ACCUMULATORS // mr
 
 
-def panel_bytes(mr: int, k_blocks: int) -> int:
-    """MT_GEMM_SCRATCH_U64(mr, k_blocks) * 8."""
-    return (mr * k_blocks + (k_blocks + 1) // 2) * 8
+def panel_bytes(mr: int, k_blocks: int, kind: str = "conv") -> int:
+    """Scratch bytes of a layer: MT_GEMM_SCRATCH_U64(mr, k_blocks) * 8 for a conv
+    (panel + gather row), the panel alone (mr * k_blocks * 8) for FC."""
+    return (mr * k_blocks + (0 if kind == "fc" else (k_blocks + 1) // 2)) * 8
 
 
 def panel_row_cost(k: int, geometry: dict | None = None, border_fraction: float = 0.0) -> float:
@@ -177,19 +182,27 @@ def matmul_shape(op: Operator, graph: Graph) -> tuple[str, int, int, int] | None
         for d in x.shape:
             size *= d
         return "fc", size // k, n, k
-    if op.opcode == "CONV_2D":
+    if _conv_like(op, graph):
         from .ops.conv import _conv_geometry
         g = _conv_geometry(op, graph)
         f = graph.tensor(op.inputs[1])
+        n = f.shape[3] if op.opcode == "DEPTHWISE_CONV_2D" else f.shape[0]
         kind = "conv1x1" if g["kh"] == 1 and g["kw"] == 1 else "conv"
-        return kind, g["n"] * g["oh"] * g["ow"], f.shape[0], g["kh"] * g["kw"] * g["c"]
+        return kind, g["n"] * g["oh"] * g["ow"], n, g["kh"] * g["kw"] * g["c"]
     return None
+
+
+def _conv_like(op: Operator, graph: Graph) -> bool:
+    """CONV_2D, or a DEPTHWISE_CONV_2D over one input channel (it runs as a CONV_2D)."""
+    from .ops.conv import depthwise_as_conv
+
+    return op.opcode == "CONV_2D" or depthwise_as_conv(op, graph)
 
 
 def _gather_fraction(op: Operator, graph: Graph) -> float:
     """Share of output pixels whose window crosses the left or right border (their
     panel rows are gathered tap by tap)."""
-    if op.opcode != "CONV_2D":
+    if not _conv_like(op, graph):
         return 0.0
     from .ops.conv import _conv_geometry
     g = _conv_geometry(op, graph)
@@ -256,7 +269,7 @@ def schedule_for(op: Operator, graph: Graph, board=None) -> Schedule:
             _PLANS[key] = _wide_plan(graph, flash_budget, stack_budget)
         wide = op.index in _PLANS[key]
     geometry = None
-    if op.opcode == "CONV_2D":
+    if _conv_like(op, graph):
         from .ops.conv import _conv_geometry
         geometry = _conv_geometry(op, graph)
     row = panel_row_cost(k, geometry, _gather_fraction(op, graph))
@@ -265,11 +278,11 @@ def schedule_for(op: Operator, graph: Graph, board=None) -> Schedule:
              "%s" % (mr, nr, "the weight pair of a block is reused by %d rows" % mr if mr > 1
                      else "the input pair of a block is reused by %d channels" % nr))
     return Schedule(op.opcode, kind, m, n, k, mr, nr, wide, order, K_BLOCK * K_UNROLL, kb,
-                    panel_bytes(mr, kb), round(inner, 4), round(total, 4))
+                    panel_bytes(mr, kb, kind), round(inner, 4), round(total, 4))
 
 
 def _optimized_schedule(op: Operator, graph: Graph, board) -> dict:
-    """The schedule an optimised layer runs ({} when it falls back to the reference kernel)."""
+    """The schedule of a layer the optimised kernels run (explain() checks that)."""
     if matmul_shape(op, graph) is None:
         from .ops.opt_schedules import explain_op  # depthwise, pooling, add, softmax
 
@@ -277,10 +290,6 @@ def _optimized_schedule(op: Operator, graph: Graph, board) -> dict:
         if vector is None:
             return {}
         return {"loop_order": vector["schedule"], "predicted_ipm": vector["predicted_ipm"]}
-    from .ops.conv import optimized_supported
-
-    if not optimized_supported(op, graph):
-        return {}
     s = schedule_for(op, graph, board)
     return {"kind": s.kind, "M": s.m, "N": s.n, "K": s.k, "tile": s.tile,
             "weights": "int16" if s.wide else "int8", "loop_order": s.loop_order,
@@ -288,15 +297,19 @@ def _optimized_schedule(op: Operator, graph: Graph, board) -> dict:
 
 
 def explain(compiled) -> list[dict]:
-    """Per device layer: op, shapes, M/N/K, tile, loop order, predicted instructions
-    per MAC (matmul-shaped layers; others get their op and shape only)."""
+    """Per device layer: op, shape, the kernel it runs ("opt", "ref: <reason>" when the
+    optimised set falls back, "ref"), and for optimised layers M/N/K, tile, loop
+    order and the predicted instructions per MAC."""
+    from .ops import kernel_label
+
     graph = compiled.graph
     board = getattr(compiled, "board", None)
     rows = []
     for layer, op in enumerate(compiled.device_ops):
         entry: dict = {"layer": layer, "index": op.index, "op": op.opcode,
-                       "shape": list(graph.tensor(op.outputs[0]).shape)}
-        if compiled.kernels == "optimized":
+                       "shape": list(graph.tensor(op.outputs[0]).shape),
+                       "kernel": kernel_label(op, graph, compiled.kernels)}
+        if entry["kernel"] == "opt":
             entry.update(_optimized_schedule(op, graph, board))
         rows.append(entry)
     return rows

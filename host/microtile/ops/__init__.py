@@ -37,6 +37,10 @@ class EmitContext(Protocol):
     def static_struct(self, ctype: str, hint: str, initializer: str) -> str:
         """Define ``static const ctype name = initializer;``; returns its name."""
 
+    def scratch(self, nbytes: int) -> str:
+        """A ``uint64_t *`` C expression for ``nbytes`` of working memory valid during
+        this layer only (in the arena, after the planned tensors; never on the stack)."""
+
     def ptr(self, tensor_index: int) -> str:
         """A C expression pointing at the tensor's data (arena slot or const array),
         typed by the tensor's dtype, e.g. ``((int8_t *)(arena + 1024))``."""
@@ -62,6 +66,12 @@ class OpKernel:
         """C statement(s) that run the operator; ``arena`` is a ``uint8_t *`` in scope."""
         raise NotImplementedError
 
+    def opt_fallback(self, op: Operator, graph: Graph) -> str | None:
+        """Why the optimised kernel set runs this layer with the reference kernel (one
+        line, shown by ``compile --explain``), or None when an optimised kernel runs it.
+        emit() takes the optimised path exactly when this is None."""
+        return "no optimised kernel for this operator"
+
     def unsupported(self, op: Operator, problem: str, supported: str = "") -> UnsupportedOperatorError:
         return UnsupportedOperatorError(op.index, op.opcode, problem, supported)
 
@@ -76,6 +86,14 @@ class OpKernel:
                                        "per-tensor int8 quantization")
             if not 0 < t.scale < float("inf"):
                 raise self.unsupported(op, f"tensor {t.name} has scale {t.scale}", "positive finite scales")
+
+
+def kernel_label(op: Operator, graph: Graph, kernels: str) -> str:
+    """The kernel a layer runs: "opt", "ref: <reason>" (optimised set, fallback) or "ref"."""
+    if kernels != "optimized":
+        return "ref"
+    reason = kernel_for(op).opt_fallback(op, graph)
+    return "opt" if reason is None else f"ref: {reason}"
 
 
 def fused_activation_range(op: Operator, out: Tensor) -> tuple[int, int]:

@@ -176,13 +176,29 @@ def _check_conv_shapes(kernel: OpKernel, op: Operator, graph: Graph, out_c: int)
 
 # ---------------------------------------------------------------- optimised (schedule-specialised) paths
 
-def optimized_supported(op: Operator, graph: Graph) -> bool:
-    """Whether the optimised matmul kernels (mt_matmul_opt.c) run this layer: FC needs
-    a zero weights zero point (the int8 symmetric case) - the rest keeps the reference."""
+def matmul_fallback(op: Operator, graph: Graph) -> str | None:
+    """Why the optimised matmul kernels (mt_matmul_opt.c) do not run this layer, or
+    None: FC needs a zero weights zero point (the int8 symmetric case); CONV_2D and
+    DEPTHWISE_CONV_2D with one input channel (a CONV_2D) always run."""
     if op.opcode == "FULLY_CONNECTED":
         f = graph.tensor(op.inputs[1])
-        return bool(f.quant.per_channel) or f.zero_point == 0
-    return op.opcode == "CONV_2D"
+        if not f.quant.per_channel and f.zero_point != 0:
+            return f"weights zero point {f.zero_point} (the optimised kernel takes symmetric weights)"
+        return None
+    if op.opcode == "CONV_2D" or depthwise_as_conv(op, graph):
+        return None
+    return "not matmul-shaped"
+
+
+def optimized_supported(op: Operator, graph: Graph) -> bool:
+    """Whether the optimised matmul kernels (mt_matmul_opt.c) run this layer."""
+    return op.opcode in ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D") and matmul_fallback(op, graph) is None
+
+
+def depthwise_as_conv(op: Operator, graph: Graph) -> bool:
+    """A DEPTHWISE_CONV_2D over one input channel is a CONV_2D with depth_multiplier
+    output channels (same sums, same per-channel requantisation): it runs as one."""
+    return op.opcode == "DEPTHWISE_CONV_2D" and graph.tensor(op.inputs[0]).shape[-1] == 1
 
 
 def pack_weights(w: np.ndarray, nr: int, wide: bool) -> tuple[np.ndarray, int]:
@@ -259,10 +275,12 @@ def _emit_gemm(ctx: EmitContext, op: Operator, graph: Graph, w2d: np.ndarray, mu
     return init, s
 
 
-def _emit_call(fn: str, params: str, inp: str, out: str, s) -> str:
-    words = s.mr * s.k_blocks + (s.k_blocks + 1) // 2
-    return (f"{{\n    uint64_t scratch[{words}]; /* A panel: {s.tile} tile, K = {s.k} */\n"
-            f"    {fn}(&{params}, {inp}, {out}, scratch);\n}}")
+def _emit_call(ctx: EmitContext, fn: str, params: str, inp: str, out: str, s) -> str:
+    # The A panel lives in the arena's scratch region: a stack array sized by K
+    # overflowed the board's stack (FC with K = 4000 needs 8 KB).
+    scratch = ctx.scratch(s.scratch_bytes)
+    return f"{fn}(&{params}, {inp}, {out}, {scratch}); /* A panel: {s.tile} tile, K = {s.k}, {s.scratch_bytes} B */"
+
 
 
 def _check_window_op(kernel: OpKernel, op: Operator, graph: Graph) -> None:
@@ -312,17 +330,25 @@ class Conv2D(OpKernel):
         oc = graph.tensor(op.inputs[1]).shape[0]
         return g["n"] * g["oh"] * g["ow"] * oc * g["kh"] * g["kw"] * g["c"]
 
+    def opt_fallback(self, op: Operator, graph: Graph) -> str | None:
+        return matmul_fallback(op, graph)
+
     def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
         p = self.params(op, graph)
-        if ctx.kernels == "optimized" and optimized_supported(op, graph):
-            ctx.include("mt_matmul_opt.h")
+        if ctx.kernels == "optimized" and self.opt_fallback(op, graph) is None:
             w2d = np.asarray(graph.tensor(op.inputs[1]).data, dtype=np.int8).reshape(p["oc"], -1)
-            gemm, s = _emit_gemm(ctx, op, graph, w2d, p["mult"], p["shift"], p["in_zp"], p["out_zp"], p["act"])
-            init = (f"{{{gemm}, {p['n']}, {p['h']}, {p['w']}, {p['c']}, {p['oh']}, {p['ow']}, "
-                    f"{p['kh']}, {p['kw']}, {p['sh']}, {p['sw']}, {p['ph']}, {p['pw']}, {p['in_zp']}}}")
-            params = ctx.static_struct("mt_conv_opt_params", "conv_opt", init)
-            return _emit_call("mt_conv_s8_opt", params, ctx.ptr(op.inputs[0]), ctx.ptr(op.outputs[0]), s)
+            return _emit_conv_opt(op, graph, ctx, p, w2d)
         return _emit_window_ref(op, ctx, p, "conv", p["oc"])
+
+
+def _emit_conv_opt(op: Operator, graph: Graph, ctx: EmitContext, p: dict, w2d: np.ndarray) -> str:
+    """The optimised implicit-GEMM conv call; w2d = [out channels, KH * KW * C] int8."""
+    ctx.include("mt_matmul_opt.h")
+    gemm, s = _emit_gemm(ctx, op, graph, w2d, p["mult"], p["shift"], p["in_zp"], p["out_zp"], p["act"])
+    init = (f"{{{gemm}, {p['n']}, {p['h']}, {p['w']}, {p['c']}, {p['oh']}, {p['ow']}, "
+            f"{p['kh']}, {p['kw']}, {p['sh']}, {p['sw']}, {p['ph']}, {p['pw']}, {p['in_zp']}}}")
+    params = ctx.static_struct("mt_conv_opt_params", "conv_opt", init)
+    return _emit_call(ctx, "mt_conv_s8_opt", params, ctx.ptr(op.inputs[0]), ctx.ptr(op.outputs[0]), s)
 
 
 def _emit_window_ref(op: Operator, ctx: EmitContext, p: dict, kernel: str, channels: int) -> str:
@@ -390,14 +416,21 @@ class DepthwiseConv2D(OpKernel):
         oc = graph.tensor(op.inputs[1]).shape[3]
         return g["n"] * g["oh"] * g["ow"] * oc * g["kh"] * g["kw"]
 
+    def opt_fallback(self, op: Operator, graph: Graph) -> str | None:
+        from .depthwise_opt import depthwise_fallback
+
+        return depthwise_fallback(op, graph, self.params(op, graph))
+
     def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
         p = self.params(op, graph)
-        if ctx.kernels == "optimized":
+        if ctx.kernels == "optimized" and self.opt_fallback(op, graph) is None:
+            if depthwise_as_conv(op, graph):
+                # filter [1, KH, KW, M] -> conv weights [M, KH * KW * 1]
+                w = np.asarray(graph.tensor(op.inputs[1]).data, dtype=np.int8).reshape(p["kh"] * p["kw"], p["oc"])
+                return _emit_conv_opt(op, graph, ctx, p, np.ascontiguousarray(w.T))
             from .depthwise_opt import emit_depthwise_opt
 
-            call = emit_depthwise_opt(op, graph, ctx, p)
-            if call is not None:
-                return call
+            return emit_depthwise_opt(op, graph, ctx, p)
         return _emit_window_ref(op, ctx, p, "depthwise_conv", p["dm"])
 
 
@@ -461,15 +494,18 @@ class FullyConnected(OpKernel):
         out_c, depth = graph.tensor(op.inputs[1]).shape
         return int(np.prod(graph.tensor(op.inputs[0]).shape)) // depth * depth * out_c
 
+    def opt_fallback(self, op: Operator, graph: Graph) -> str | None:
+        return matmul_fallback(op, graph)
+
     def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
         p = self.params(op, graph)
-        if ctx.kernels == "optimized" and optimized_supported(op, graph):
+        if ctx.kernels == "optimized" and self.opt_fallback(op, graph) is None:
             ctx.include("mt_matmul_opt.h")
             w2d = np.asarray(graph.tensor(op.inputs[1]).data, dtype=np.int8)
             gemm, s = _emit_gemm(ctx, op, graph, w2d, p["mult"], p["shift"], -p["in_off"], p["out_zp"], p["act"])
             params = ctx.static_struct("mt_fully_connected_opt_params", "fc_opt",
                                        f"{{{gemm}, {p['batches']}, {p['depth']}}}")
-            return _emit_call("mt_fully_connected_s8_opt", params, ctx.ptr(op.inputs[0]), ctx.ptr(op.outputs[0]), s)
+            return _emit_call(ctx, "mt_fully_connected_s8_opt", params, ctx.ptr(op.inputs[0]), ctx.ptr(op.outputs[0]), s)
         ctx.include("mt_fully_connected.h")
         mult = ctx.const_array("fc_mult", p["mult"])
         shift = ctx.const_array("fc_shift", p["shift"])
@@ -481,5 +517,5 @@ class FullyConnected(OpKernel):
                 f"{bias}, {ctx.ptr(op.outputs[0])});")
 
 
-__all__ = ["Conv2D", "DepthwiseConv2D", "FullyConnected", "folded_bias", "fused_activation_range",
-           "optimized_supported", "out_size_and_padding", "pack_weights", "per_channel_multipliers"]
+__all__ = ["Conv2D", "DepthwiseConv2D", "FullyConnected", "depthwise_as_conv", "folded_bias",
+           "fused_activation_range", "matmul_fallback", "optimized_supported", "out_size_and_padding", "pack_weights", "per_channel_multipliers"]

@@ -5,7 +5,8 @@ of 4 channels the doubled bias, the doubled weights as halfword pairs (c0, c2) a
 (c1, c3) per tap, and the fast-requantisation constants; then the channels left over
 when the channel count is not a multiple of 4. Layers the fast path cannot take
 (depth multiplier != 1, a non-negative shift, accumulators that could overflow) keep
-the reference kernel.
+the reference kernel, with the reason depthwise_fallback states; a layer with one
+input channel (any depth multiplier) is a CONV_2D and runs as one.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from ..ir import Graph, Operator
 from . import EmitContext
-from .requant_opt import fast_requant, max_abs_input, pack16
+from .requant_opt import fast_requant, fast_requant_problem, max_abs_input, pack16
 
 
 def depthwise_stream(weights: np.ndarray, bias: np.ndarray, mult: np.ndarray, k: np.ndarray,
@@ -37,21 +38,34 @@ def depthwise_stream(weights: np.ndarray, bias: np.ndarray, mult: np.ndarray, k:
     return (flat & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
 
 
-def depthwise_fast_path(op: Operator, graph: Graph, p: dict) -> np.ndarray | None:
-    """The kernel's int32 stream when the optimised kernel applies to this layer, else None."""
-    if p["dm"] != 1:
-        return None
-    c_n, kh, kw = p["c"], p["kh"], p["kw"]
+def _weights_bias_bound(op: Operator, graph: Graph, p: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(weights (KH*KW, C), bias (C,), per-channel bound on |accumulator|)."""
+    c_n, kh, kw = p["oc"], p["kh"], p["kw"]
     weights = np.asarray(graph.tensor(op.inputs[1]).data, dtype=np.int64).reshape(kh * kw, c_n)
     if len(op.inputs) > 2 and op.inputs[2] >= 0:
         bias = np.asarray(graph.tensor(op.inputs[2]).data, dtype=np.int64).reshape(-1)
     else:
         bias = np.zeros(c_n, dtype=np.int64)
     bound = np.abs(bias) + max_abs_input(p["in_zp"]) * np.abs(weights).sum(axis=0)
-    fast = fast_requant(p["mult"], p["shift"], p["out_zp"], bound)
-    if fast is None:
+    return weights, bias, bound
+
+
+def depthwise_fallback(op: Operator, graph: Graph, p: dict) -> str | None:
+    """Why the optimised depthwise kernel does not take this layer, or None."""
+    if p["c"] == 1:
+        return None  # one input channel: runs as the optimised CONV_2D (see conv.py)
+    if p["dm"] != 1:
+        return f"depth multiplier {p['dm']} with {p['c']} input channels (the optimised kernel takes 1)"
+    _, _, bound = _weights_bias_bound(op, graph, p)
+    return fast_requant_problem(p["shift"], p["out_zp"], bound)
+
+
+def depthwise_fast_path(op: Operator, graph: Graph, p: dict) -> np.ndarray | None:
+    """The kernel's int32 stream when the optimised depthwise kernel applies, else None."""
+    if p["c"] == 1 or depthwise_fallback(op, graph, p) is not None:
         return None
-    k, right = fast
+    weights, bias, bound = _weights_bias_bound(op, graph, p)
+    k, right = fast_requant(p["mult"], p["shift"], p["out_zp"], bound)
     return depthwise_stream(weights, bias, np.asarray(p["mult"], dtype=np.int64), k, right)
 
 

@@ -167,19 +167,28 @@ class Add(_BinaryInt8):
                 shifted, p[f"input{i}_multiplier"], p[f"input{i}_shift"]))
         return tables[0], tables[1]
 
-    def _emit_opt(self, op: Operator, graph: Graph, ctx: EmitContext, p: dict[str, int]) -> str | None:
-        """mt_add_s8_opt (mt_add_opt.h) for same-shape inputs, or None (reference kernel)."""
-        from .requant_opt import fast_requant
+    def _fast(self, p: dict[str, int]) -> tuple[str | None, tuple]:
+        """(why mt_requant_fast cannot take the output, the input tables and fast constants)."""
+        from .requant_opt import fast_requant, fast_requant_problem
 
-        a, b = graph.op_inputs(op)
-        if tuple(a.shape) != tuple(b.shape):
-            return None  # broadcasting keeps the reference kernel's odometer walk
         t1, t2 = self.input_tables(p)
-        bound = int(np.abs(t1).max() + np.abs(t2).max())
-        fast = fast_requant(np.array([p["output_multiplier"]]), np.array([p["output_shift"]]),
-                            p["output_offset"], np.array([bound]))
-        if fast is None:
+        bound = np.array([int(np.abs(t1).max() + np.abs(t2).max())])
+        shift = np.array([p["output_shift"]])
+        problem = fast_requant_problem(shift, p["output_offset"], bound)
+        fast = None if problem else fast_requant(np.array([p["output_multiplier"]]), shift, p["output_offset"], bound)
+        return problem, (t1, t2, fast)
+
+    def opt_fallback(self, op: Operator, graph: Graph) -> str | None:
+        a, b = graph.op_inputs(op)
+        if tuple(a.shape) != tuple(b.shape):  # broadcasting keeps the reference kernel's odometer walk
+            return "broadcast inputs (the optimised kernel takes two inputs of the same shape)"
+        return self._fast(self.params(op, graph))[0]
+
+    def _emit_opt(self, op: Operator, graph: Graph, ctx: EmitContext, p: dict[str, int]) -> str | None:
+        """mt_add_s8_opt (mt_add_opt.h), or None (reference kernel, opt_fallback says why)."""
+        if self.opt_fallback(op, graph) is not None:
             return None
+        _, (t1, t2, fast) = self._fast(p)
         k, right = int(fast[0][0]), int(fast[1][0])
         ctx.include("mt_add_opt.h")
         table1 = ctx.const_array("add_table1", (2 * t1).astype(np.int32))

@@ -87,6 +87,13 @@ class _Pool2D(OpKernel):
         """The optimised kernel (mt_pool_opt.h) for these parameters, or None."""
         return None
 
+    def opt_fallback(self, op: Operator, graph: Graph) -> str | None:
+        p = self.params(op, graph)
+        if self.opt_function(p) is None:  # only AVERAGE_POOL_2D has a limit
+            return (f"window of {p['kh'] * p['kw']} pixels (the optimised kernel's halfword sums "
+                    f"take up to {AVG_POOL_OPT_MAX_WINDOW})")
+        return None
+
     def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
         p = self.params(op, graph)
         function = self.opt_function(p) if ctx.kernels == "optimized" else None

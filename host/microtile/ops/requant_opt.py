@@ -21,18 +21,30 @@ def max_abs_input(zero_point: int) -> int:
     return max(abs(-128 - zero_point), abs(127 - zero_point))
 
 
-def fast_requant(mult: np.ndarray, shift: np.ndarray, out_zp: int,
-                 acc_bound: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Per channel (k, right) for mt_requant_fast, or None when some channel does not
-    qualify (a non-negative shift, or a bound that could overflow int32)."""
+def fast_requant_problem(shift: np.ndarray, out_zp: int, acc_bound: np.ndarray) -> str | None:
+    """Why mt_requant_fast cannot serve every channel (a non-negative shift, i.e. an
+    effective scale >= 0.5, or an accumulator bound that could overflow int32), or None."""
     shift = np.asarray(shift, dtype=np.int64).reshape(-1)
     bound = np.asarray(acc_bound, dtype=np.int64).reshape(-1)
-    if shift.size == 0 or np.any(shift >= 0) or np.any(shift < -31):
-        return None
+    if shift.size == 0:
+        return "no channels"
+    if np.any(shift >= 0) or np.any(shift < -31):
+        return f"requantisation shift {int(shift.max())} outside the fast path's -31..-1 (scale ratio >= 0.5)"
     right = -shift
     k = (np.int64(1) << (right - 1)) + (np.int64(out_zp) << right)
     if np.any(2 * bound > INT32_MAX) or np.any(bound + 1 + np.abs(k) > INT32_MAX):
+        return f"accumulators up to {int(bound.max())} could overflow the fast path's doubled int32"
+    return None
+
+
+def fast_requant(mult: np.ndarray, shift: np.ndarray, out_zp: int,
+                 acc_bound: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per channel (k, right) for mt_requant_fast, or None when some channel does not
+    qualify (fast_requant_problem says why)."""
+    if fast_requant_problem(shift, out_zp, acc_bound) is not None:
         return None
+    right = -np.asarray(shift, dtype=np.int64).reshape(-1)
+    k = (np.int64(1) << (right - 1)) + (np.int64(out_zp) << right)
     return k.astype(np.int64), right.astype(np.int64)
 
 

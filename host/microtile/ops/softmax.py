@@ -136,10 +136,15 @@ class Softmax(OpKernel):
     def macs(self, op: Operator, graph: Graph) -> int:
         return 0
 
+    def opt_fallback(self, op: Operator, graph: Graph) -> str | None:
+        if graph.tensor(op.outputs[0]).dtype != "int8":
+            return f"{graph.tensor(op.outputs[0]).dtype} output (the optimised kernel writes int8)"
+        return None
+
     def emit(self, op: Operator, graph: Graph, ctx) -> str:
         multiplier, left_shift, diff_min = softmax_params(op, graph)
         outer, depth = _outer_depth(graph.tensor(op.inputs[0]).shape)
-        if ctx.kernels == "optimized":
+        if ctx.kernels == "optimized" and self.opt_fallback(op, graph) is None:
             from .softmax_opt import emit_softmax_opt
 
             call = emit_softmax_opt(op, graph, ctx, multiplier, left_shift, diff_min, outer, depth)
