@@ -9,6 +9,17 @@ firmware reports the build id it was built with (``-DMT_BUILD_ID``, the content 
 of build.Firmware). Only a different (or silent) image is flashed, and after flashing
 the build id is checked again. pyOCD connects normally first and, when that fails (a
 sleeping core, SWD pins reused), retries with connect-under-reset.
+
+A working cycle counter: pyOCD's session close (``resume_on_disconnect``) writes DEMCR = 0,
+about 0.1 s after the reset that started the firmware; TRCENA goes with it and the DWT
+cycle counter freezes. A system reset does not set DEMCR again, but the firmware's boot
+code does. So once the pyOCD session is closed, and on every start (also when the image
+was current, which may have been frozen by an earlier session), the target resets the
+board over the link (RESET on the VCP), then checks that the counter advances. Holding
+the session open instead would keep the ST-LINK busy and the core in debug mode
+(C_DEBUGEN: a BKPT halts instead of faulting), and writing DEMCR over SWD takes another
+session whose close clears it again. A counter that reads 0 is an error
+(CounterFrozenError), never a 0-cycle measurement.
 """
 from __future__ import annotations
 
@@ -23,10 +34,12 @@ from ..discovery import (AttachedProbe, DIALOUT_HELP, PackMissingError, ProbeNot
                          ProbePermissionError, UDEV_HELP, is_permission_error, pyocd_config,
                          select_attached)
 from ..errors import BoardNotFoundError, LinkError, LinkTimeoutError, MicrotileError
-from ..link import DeviceInfo, DeviceLink
+from ..link import DeviceError, DeviceInfo, DeviceLink
 
 CONNECT_MODES = ("halt", "under-reset")  # the second is the retry
 SWD_FREQUENCY_HZ = 4_000_000  # ST-LINK/V2-1 and V3 both run SWD at 4 MHz
+COUNTER_CHECK_ITERATIONS = 10_000  # CALIBRATE loop run once per start: well under 1 ms
+ERR_COUNTER = 11  # the firmware's MT_ERR_COUNTER (firmware/app/mt_proto.h): the counter is stuck
 
 # Flashes done by this process: (probe unique id, build id, connect mode). Tests read it to
 # check that one firmware build is flashed once.
@@ -43,6 +56,10 @@ class ConnectError(FlashError):
 
 class StaleImageError(MicrotileError):
     """The board runs another firmware than the one just flashed."""
+
+
+class CounterFrozenError(LinkError):
+    """The board's cycle counter does not advance (exit 3: the target failed)."""
 
 
 # ---- decisions, separated from the hardware so the tests can check every branch ----
@@ -137,14 +154,19 @@ def target_available(target: str) -> bool:
 
 # ---- flashing ----
 
+def session_options(connect_mode: str) -> dict[str, Any]:
+    """pyOCD session options for flashing. ``resume_on_disconnect`` lets the core run on
+    after the session, and makes the session's close clear DEMCR (see the module docstring)."""
+    return {"connect_mode": connect_mode, "frequency": SWD_FREQUENCY_HZ,
+            "resume_on_disconnect": True, "hide_programming_progress": True}
+
+
 def _open_session(unique_id: str, target: str, connect_mode: str) -> Any:
     from pyocd.core.helpers import ConnectHelper
 
     session = ConnectHelper.session_with_chosen_probe(
         blocking=False, return_first=True, unique_id=unique_id, auto_open=True,
-        target_override=target,
-        options={"connect_mode": connect_mode, "frequency": SWD_FREQUENCY_HZ,
-                 "resume_on_disconnect": True, "hide_programming_progress": True})
+        target_override=target, options=session_options(connect_mode))
     if session is None:
         raise ProbeNotFoundError(f"debug probe {unique_id} is no longer attached: replug the board and "
                                  "check `pyocd list`")
@@ -203,6 +225,44 @@ def open_serial(port: str, baudrate: int, timeout: float) -> Any:
                         "(`microtile probes`)") from None
 
 
+class BoardLink(DeviceLink):
+    """The device link to a board: a cycle counter that reads 0 over a whole INVOKE or
+    CALIBRATE, or that the firmware reports as stuck, raises CounterFrozenError."""
+
+    board_name = "the board"
+
+    def frozen_error(self, what: str) -> CounterFrozenError:
+        return CounterFrozenError(
+            f"the DWT cycle counter of {self.board_name} does not advance ({what}): a debugger cleared "
+            "DEMCR.TRCENA. Close any other debugger attached to the probe (pyocd gdbserver, an IDE), "
+            "then retry; if it persists, press the board's reset button or unplug and replug it")
+
+    def _counting(self) -> bool:
+        return self._ensure_info().counter_unit == "cycles"
+
+    def invoke(self, n: int = 1, timeout: float | None = None) -> int:
+        try:
+            total = super().invoke(n, timeout)
+        except DeviceError as exc:
+            if exc.code == ERR_COUNTER:
+                raise self.frozen_error(f"INVOKE: {exc.device_message}") from None
+            raise
+        if total == 0 and self._counting():
+            raise self.frozen_error("INVOKE measured 0 cycles")
+        return total
+
+    def calibrate(self, iterations: int) -> int:
+        try:
+            cycles = super().calibrate(iterations)
+        except DeviceError as exc:
+            if exc.code == ERR_COUNTER:
+                raise self.frozen_error(f"CALIBRATE: {exc.device_message}") from None
+            raise
+        if cycles == 0 and self._counting():
+            raise self.frozen_error(f"a {2 * iterations}-instruction loop measured 0 cycles")
+        return cycles
+
+
 class NucleoTarget:
     """Context manager: the board flashed with ``elf`` (if needed) and ``.link`` over its VCP."""
 
@@ -244,8 +304,10 @@ class NucleoTarget:
     def _open_link(self) -> DeviceLink:
         assert self.port is not None
         uid = self.device.unique_id if self.device else "?"
-        return DeviceLink(open_serial(self.port, self.baudrate, self.timeout), timeout=self.timeout,
-                          name=f"{self.board.name} {self.port} (probe {uid})")
+        link = BoardLink(open_serial(self.port, self.baudrate, self.timeout), timeout=self.timeout,
+                         name=f"{self.board.name} {self.port} (probe {uid})")
+        link.board_name = self.board.name
+        return link
 
     def _query(self, timeout: float) -> DeviceInfo | None:
         try:
@@ -286,9 +348,21 @@ class NucleoTarget:
                         f"after flashing, {self.board.name} still reports build {self.info.build_id}, expected "
                         f"{self.build_id}: flashing did not take. Erase it (`pyocd erase --chip -u "
                         f"{self.device.unique_id}`) and retry")
+            self._restart_counter()
         except BaseException:
             self.stop()
             raise
+
+    def _restart_counter(self) -> None:
+        """Reset the board over the link, with no pyOCD session open, so its boot code
+        enables the DWT again; then check that the counter advances."""
+        self.info = self.link.reset(self.boot_timeout)
+        if self.board.counter_unit != "cycles":
+            return
+        if self.info.counter_unit != "cycles":
+            raise self.link.frozen_error(f"the firmware reports counter unit {self.info.counter_unit!r} "
+                                    f"({self.info.port_status_text or 'no DWT cycle counter'})")
+        self.link.calibrate(COUNTER_CHECK_ITERATIONS)
 
     def stop(self) -> None:
         if self._link is not None:
