@@ -13,16 +13,18 @@ import threading
 import time
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from microtile.errors import LinkError, LinkTimeoutError
+from microtile.errors import DeviceFaultError, LinkError, LinkTimeoutError
 from microtile.link import (
     CMD_INFO,
     FRAME_ERROR,
     FRAME_LOG,
+    INVOKE_MAX,
     MAX_PAYLOAD,
     REPLY,
     DeviceError,
@@ -34,7 +36,9 @@ from microtile.link import (
     cobs_decode,
     cobs_encode,
     max_encoded_size,
+    parse_fault,
     parse_frame,
+    parse_info,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,7 +220,7 @@ def test_c_cobs_agrees_with_python(clink: ctypes.CDLL, data: bytes) -> None:
     assert c_cobs_write(clink, data) == cobs_encode(data) + b"\x00"
 
 
-ERR = {"BAD_COBS": 1, "BAD_CRC": 2, "BAD_LENGTH": 3, "TOO_LONG": 4}
+ERR = {"BAD_COBS": 1, "BAD_CRC": 2, "BAD_LENGTH": 3, "TOO_LONG": 4, "RX_OVERFLOW": 10}
 
 
 def test_c_receiver_accepts_host_frames(clink: ctypes.CDLL) -> None:
@@ -244,6 +248,15 @@ def test_c_receiver_reports_each_kind_of_garbage(clink: ctypes.CDLL) -> None:
     # a well-formed frame whose payload exceeds the device's limit
     too_big = cobs_encode(struct.pack("<BBH", 2, 1, MAX_PAYLOAD + 64) + bytes(MAX_PAYLOAD + 64) + b"\0\0\0\0")
     assert rx.feed(too_big + b"\x00") == [("error", ERR["TOO_LONG"])]
+    # a payload one byte over the limit: COBS fits it into the buffer, the limit check
+    # catches it (the firmware used to echo it and write past its transmit buffer)
+    body = struct.pack("<BBH", 8, 1, MAX_PAYLOAD + 1) + bytes(range(1, 256)) * 2 + b"\x01\x02\x03"
+    over = cobs_encode(body + struct.pack("<I", zlib.crc32(body))) + b"\x00"
+    assert rx.feed(over) == [("error", ERR["TOO_LONG"])]
+    # bytes lost in the port's receive ring: the frame is dropped, its delimiter reports it
+    rx.feed(good[:5])
+    clink.mt_rx_lost(rx.state)
+    assert rx.feed(good[5:]) == [("error", ERR["RX_OVERFLOW"])]
     # and after all that, a good frame still gets through
     assert [e[0] for e in rx.feed(good)] == ["frame"]
 
@@ -260,16 +273,22 @@ def test_c_receiver_never_accepts_random_garbage(clink: ctypes.CDLL, garbage: by
 
 # ---- DeviceLink on real pyserial transports ----
 
+def _info_payload(tail: bytes = b"") -> bytes:
+    """An INFO reply as the documented layout has it: 1 input, 1 output, empty strings."""
+    info = bytearray(32 + 8) + b"\x00\x00\x00"
+    info[0] = 1
+    struct.pack_into("<H", info, 2, MAX_PAYLOAD)
+    struct.pack_into("<HH", info, 20, 1, 1)
+    return bytes(info) + tail
+
+
 def _loop_link(timeout: float = 1.0) -> DeviceLink:
     return DeviceLink.open("loop://", timeout=timeout)
 
 
 def test_link_skips_stale_replies_and_collects_logs() -> None:
     link = _loop_link()
-    info = bytes(32 + 8) + b"\x00\x00\x00"
-    info = bytearray(info)
-    info[0] = 1
-    struct.pack_into("<HH", info, 20, 1, 1)
+    info = _info_payload()
     # a stale reply from an older request, a log line, then the reply to seq 1
     link.send_raw(build_frame(CMD_INFO | REPLY, 200, b"old") + build_frame(FRAME_LOG, 0, b"booted")
                   + build_frame(CMD_INFO | REPLY, 1, bytes(info)))
@@ -287,13 +306,160 @@ def test_link_raises_device_error_message() -> None:
     assert exc.value.code == 7
 
 
-def test_link_raises_on_garbled_reply() -> None:
+class FakeDevice:
+    """A TCP peer that answers each request frame the link sends with the bytes
+    ``answer(frame)`` returns: the byte streams a device sends, without a device."""
+
+    def __init__(self, answer: "Callable[[Frame], bytes]"):
+        self.answer = answer
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(1)
+        self.conn: socket.socket | None = None
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        self.link = DeviceLink.open(f"socket://127.0.0.1:{self.server.getsockname()[1]}", timeout=0.5)
+
+    def _serve(self) -> None:
+        self.conn, _ = self.server.accept()
+        decoder = FrameDecoder()
+        while True:
+            try:
+                data = self.conn.recv(4096)
+            except OSError:
+                return
+            if not data:
+                return
+            for item in decoder.feed(data):
+                if isinstance(item, Frame):
+                    self.conn.sendall(self.answer(item))
+
+    def close(self) -> None:
+        self.link.close()
+        if self.conn is not None:
+            self.conn.close()
+        self.server.close()
+
+
+def _error(seq: int, code: int, cmd: int, text: bytes) -> bytes:
+    return build_frame(FRAME_ERROR, seq, struct.pack("<HB", code, cmd) + text)
+
+
+def test_stray_seq0_error_does_not_fail_the_next_request() -> None:
+    # a stray byte before the request: the device answers it with a seq-0 BAD_COBS
+    # error, then answers the request itself
+    dev = FakeDevice(lambda f: _error(0, 1, 0, b"bad COBS encoding")
+                     + build_frame(f.type | REPLY, f.seq, _info_payload()))
+    try:
+        assert dev.link.info().num_inputs == 1
+        assert dev.link.line_errors == 1
+    finally:
+        dev.close()
+
+
+def test_seq0_errors_and_garbled_frames_are_named_when_the_request_times_out() -> None:
+    garbled = bytearray(build_frame(CMD_INFO | REPLY, 1, b"x" * 10))
+    garbled[3] ^= 1
+    dev = FakeDevice(lambda f: _error(0, 2, 0, b"bad CRC") + bytes(garbled))
+    try:
+        with pytest.raises(LinkTimeoutError, match="stopped answering after 0.5 s.*2 unreadable.*BAD_CRC"):
+            dev.link.info()
+    finally:
+        dev.close()
+
+
+def test_error_with_the_request_seq_fails_it_at_once() -> None:
+    dev = FakeDevice(lambda f: _error(f.seq, 6, f.type, b"INVOKE needs a count u32 in 1..10000"))
+    try:
+        with pytest.raises(DeviceError, match="BAD_ARGUMENT on INVOKE"):
+            dev.link.request(0x03, struct.pack("<I", 0))
+    finally:
+        dev.close()
+
+
+# FAULT frames as the firmware sent them on QEMU (tests/fixtures/fault_model, kinds 1
+# and 4), recorded byte for byte with their leading delimiter.
+RECORDED_BUS_FAULT = bytes.fromhex(
+    "00027f022a020904030105020103f21904080f0a02080282010101010101010101010101103001637075206661756c743daa34fc00")
+RECORDED_STACK_OVERFLOW = bytes.fromhex(
+    "00027f022a0209040301050201010101010101010101029201010101010101010105c6fdff1f0e637075206661756c7444e1079b00")
+
+
+def test_recorded_fault_frame_raises_device_fault_error() -> None:
+    dev = FakeDevice(lambda f: RECORDED_BUS_FAULT)
+    try:
+        with pytest.raises(DeviceFaultError) as exc:
+            dev.link.invoke(1)
+    finally:
+        dev.close()
+    err = exc.value
+    assert err.layer == 1
+    assert err.fault == "BusFault: precise data bus error at 0x30000000"
+    assert err.registers == {"pc": 0x080019F2, "lr": 0x08000A0F, "cfsr": 0x8200, "hfsr": 0,
+                             "mmfar": 0, "bfar": 0x30000000}
+    assert "in layer 1" in str(err) and "PC=0x080019f2" in str(err)
+
+
+def test_recorded_stack_overflow_fault_has_no_pc() -> None:
+    frames = FrameDecoder().feed(RECORDED_STACK_OVERFLOW)
+    assert len(frames) == 1 and isinstance(frames[0], Frame) and frames[0].seq == 0
+    err = parse_fault(frames[0].payload)
+    assert err.layer == 1 and "stacking" in err.fault and "stack overflow" in err.fault
+    assert "pc" not in err.registers and err.registers["bfar"] == 0x1FFFFDC6
+
+
+@pytest.mark.parametrize("exception,cfsr,hfsr,text", [
+    (3, 0, 1 << 30, "HardFault: escalated to HardFault"),
+    (6, 1 << 16, 0, "UsageFault: undefined instruction"),
+    (6, 1 << 24, 0, "UsageFault: unaligned access"),
+    (6, 1 << 17, 0, "UsageFault: invalid state (Thumb bit clear)"),
+    (4, 0x82, 0, "MemManage: data access violation at 0x00000010"),
+    (21, 0, 0, "unexpected interrupt IRQ 5"),
+    (2, 0, 0, "unexpected NMI exception"),
+])
+def test_fault_frame_layout(exception: int, cfsr: int, hfsr: int, text: str) -> None:
+    payload = struct.pack("<HBBHH6IB", 9, 0x01, 1, exception, 0xFFFF, 0x100, 0x200, cfsr, hfsr, 0x10, 0,
+                          1) + b"cpu fault"
+    err = parse_fault(payload)
+    assert err.fault == text and err.layer is None
+    assert err.registers["pc"] == 0x100 and err.registers["cfsr"] == cfsr
+    assert "outside any layer" in str(err)
+
+
+def test_text_fault_from_older_firmware_is_still_a_fault() -> None:
+    err = parse_fault(struct.pack("<HB", 9, 0) + b"hard fault at pc 0x08000123")
+    assert isinstance(err, DeviceFaultError) and err.fault == "hard fault at pc 0x08000123"
+
+
+def test_payload_over_the_limit_is_refused_on_receive() -> None:
+    body = struct.pack("<BBH", 0x88, 1, MAX_PAYLOAD + 1) + bytes(MAX_PAYLOAD + 1)
+    enc = cobs_encode(body + struct.pack("<I", zlib.crc32(body)))
+    assert len(enc) <= max_encoded_size(MAX_PAYLOAD)  # fits the encoded limit, so only this check catches it
+    with pytest.raises(FrameError, match="exceeds the 512-byte"):
+        parse_frame(enc)
+
+
+def test_info_reads_appended_overflow_count_and_invoke_max() -> None:
+    info = parse_info(_info_payload(struct.pack("<I", 0) + b"\x02ok" + struct.pack("<II", 3, 10000)))
+    assert info.port_status_text == "ok" and info.rx_overflows == 3 and info.invoke_max == 10000
+    older = parse_info(_info_payload(struct.pack("<I", 0) + b"\x02ok"))
+    assert older.rx_overflows == 0 and older.invoke_max == 0
+
+
+def test_invoke_count_is_checked_before_sending() -> None:
     link = _loop_link()
-    bad = bytearray(build_frame(CMD_INFO | REPLY, 1, b"x" * 10))
-    bad[3] ^= 1
-    link.send_raw(bytes(bad))
-    with pytest.raises(LinkError, match="garbled"):
-        link.request(CMD_INFO)
+    for n in (0, INVOKE_MAX + 1, 2**32):
+        with pytest.raises(LinkError, match="1..10000"):
+            link.invoke(n)
+
+
+def test_interrupted_invoke_is_an_error() -> None:
+    dev = FakeDevice(lambda f: build_frame(f.type | REPLY, f.seq, struct.pack("<IQ", 3, 1234)))
+    try:
+        with pytest.raises(LinkError, match="stopped after 3 of 10 runs"):
+            dev.link.invoke(10)
+    finally:
+        dev.close()
 
 
 def test_link_times_out_on_silent_device() -> None:

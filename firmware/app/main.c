@@ -40,14 +40,28 @@ static uint32_t mt_invokes;     /* N of the last INVOKE, 0 before the first */
 static uint32_t mt_stack_used;  /* bytes, max over the last INVOKE */
 static uint64_t mt_overhead;    /* counter units of measure(mt_noop_layer) */
 static const char *mt_model_problem; /* non-NULL when the model cannot run */
+static uint32_t mt_rx_overflows; /* times received bytes were lost (INFO) */
+/* what runs, for a FAULT frame: the request being served, the layer (or none) */
+static volatile uint8_t mt_current_cmd;
+static volatile uint32_t mt_current_layer = MT_FAULT_NO_LAYER;
 
 static mt_rx mt_link_rx;
 static uint8_t mt_tx[MT_FRAME_MAX];
 
 /* ---- frames out ---- */
 
+static uint32_t mt_put_text(uint8_t *dst, uint32_t room, const char *text);
+
 static void mt_send(uint8_t type, uint8_t seq, uint32_t len)
 {
+    if (len > MT_LINK_MAX_PAYLOAD) {
+        /* never write the CRC past mt_tx: say what went wrong instead */
+        uint8_t *p = mt_tx + MT_FRAME_HEADER;
+        mt_put_u16(p, MT_ERR_TOO_LONG);
+        p[2] = type & (uint8_t)~MT_REPLY;
+        len = 3u + mt_put_text(p + 3, 64, "reply longer than the maximum payload");
+        type = MT_FRAME_ERROR;
+    }
     mt_tx[0] = type;
     mt_tx[1] = seq;
     mt_put_u16(mt_tx + 2, len);
@@ -84,17 +98,6 @@ static void mt_send_log(const char *a, const char *b)
     uint32_t n = mt_put_text(p, MT_LINK_MAX_PAYLOAD, a);
     n += mt_put_text(p + n, MT_LINK_MAX_PAYLOAD - n, b);
     mt_send(MT_FRAME_LOG, 0, n);
-}
-
-static void mt_hex32(char *out, uint32_t v)
-{
-    static const char digits[] = "0123456789abcdef";
-    out[0] = '0';
-    out[1] = 'x';
-    for (int i = 0; i < 8; i++) {
-        out[2 + i] = digits[(v >> (28 - 4 * i)) & 0xFu];
-    }
-    out[10] = '\0';
 }
 
 /* ---- model checks, measurement ---- */
@@ -136,6 +139,35 @@ static uint64_t mt_measure_net(void (*fn)(uint32_t, uint8_t *), uint32_t arg)
 {
     uint64_t n = mt_measure(fn, arg);
     return n > mt_overhead ? n - mt_overhead : 0;
+}
+
+/* The overhead of a measurement, warm: the first runs fill caches and the flash
+ * accelerator, so take the minimum of several after a few warm-up runs. (On QEMU
+ * every run gives the same count.) */
+static void mt_measure_overhead(void)
+{
+    uint64_t best = ~(uint64_t)0;
+    for (int i = 0; i < 12; i++) {
+        uint64_t n = mt_measure(mt_noop_layer, 0);
+        if (i >= 4 && n < best) {
+            best = n;
+        }
+    }
+    mt_overhead = best;
+}
+
+/* Before INVOKE and CALIBRATE: the counter on again (a debugger may have stopped it
+ * since boot), checked to advance, and the overhead measured afresh. 0 (and an
+ * ERROR frame sent) when it stands still. */
+static int mt_counter_ready(uint8_t seq, uint8_t cmd)
+{
+    mt_port_counter_start();
+    if (mt_port_counter_unit() != MT_COUNTER_UNIT_NONE && mt_measure(mt_calib_loop, 64) == 0) {
+        mt_send_error(seq, MT_ERR_COUNTER, cmd, "the counter does not advance (DWT stopped by a debugger?)");
+        return 0;
+    }
+    mt_measure_overhead();
+    return 1;
 }
 
 static __attribute__((noinline)) void mt_paint_stack(void)
@@ -204,6 +236,13 @@ static void mt_cmd_info(uint8_t seq)
         uint32_t len = mt_put_text(p + n + 1, room < 255u ? room : 255u, mt_port_status_text());
         p[n] = (uint8_t)len;
         n += 1u + len;
+        /* appended after the status, when it fits: receive overflows since boot and
+         * the largest INVOKE count */
+        if (n + 8u <= MT_LINK_MAX_PAYLOAD) {
+            mt_put_u32(p + n, mt_rx_overflows);
+            mt_put_u32(p + n + 4u, MT_INVOKE_MAX);
+            n += 8u;
+        }
     }
     mt_send(MT_CMD_INFO | MT_REPLY, seq, n);
 }
@@ -260,11 +299,13 @@ static void mt_cmd_read_output(uint8_t seq, const uint8_t *a, uint32_t n)
     }
 }
 
+static void mt_link_byte(uint8_t byte, int got);
+
 static void mt_cmd_invoke(uint8_t seq, const uint8_t *a, uint32_t n)
 {
     const mt_model *m = &mt_model_def;
-    if (n != 4 || mt_get_u32(a) == 0) {
-        mt_send_error(seq, MT_ERR_BAD_ARGUMENT, MT_CMD_INVOKE, "INVOKE needs a count u32 >= 1");
+    if (n != 4 || mt_get_u32(a) == 0 || mt_get_u32(a) > MT_INVOKE_MAX) {
+        mt_send_error(seq, MT_ERR_BAD_ARGUMENT, MT_CMD_INVOKE, "INVOKE needs a count u32 in 1..10000");
         return;
     }
     if (mt_model_problem) {
@@ -272,22 +313,39 @@ static void mt_cmd_invoke(uint8_t seq, const uint8_t *a, uint32_t n)
         return;
     }
     uint32_t count = mt_get_u32(a);
+    if (!mt_counter_ready(seq, MT_CMD_INVOKE)) {
+        return;
+    }
     mt_paint_stack();
     mt_port_trigger_set();
-    for (uint32_t it = 0; it < count; it++) {
+    uint32_t done = 0;
+    while (done < count) {
         for (uint32_t l = 0; l < m->num_layers; l++) {
+            mt_current_layer = l;
             mt_counts[l] = mt_measure_net(m->run_layer, l);
+        }
+        mt_current_layer = MT_FAULT_NO_LAYER;
+        done++;
+        /* Between two runs (never inside one): a byte from the host stops the loop, so
+         * a long INVOKE still hears RESET. The byte goes to the frame receiver as
+         * usual; the receiver was reset at the INVOKE frame's delimiter, so one byte
+         * cannot complete a frame here. */
+        uint8_t byte;
+        int got;
+        if (done < count && (got = mt_port_uart_read(&byte, 0)) != 0) {
+            mt_link_byte(byte, got);
+            break;
         }
     }
     mt_port_trigger_clear();
     mt_stack_used = mt_stack_high_water();
-    mt_invokes = count;
+    mt_invokes = done;
     mt_total = 0;
     for (uint32_t l = 0; l < m->num_layers; l++) {
         mt_total += mt_counts[l];
     }
     uint8_t *p = mt_payload();
-    mt_put_u32(p, count);
+    mt_put_u32(p, done);
     mt_put_u64(p + 4, mt_total);
     mt_send(MT_CMD_INVOKE | MT_REPLY, seq, 12);
 }
@@ -334,6 +392,9 @@ static void mt_cmd_calibrate(uint8_t seq, const uint8_t *a, uint32_t n)
         mt_send_error(seq, MT_ERR_BAD_ARGUMENT, MT_CMD_CALIBRATE, "CALIBRATE needs iterations u32 in 1..2^30");
         return;
     }
+    if (!mt_counter_ready(seq, MT_CMD_CALIBRATE)) {
+        return;
+    }
     uint64_t measured = mt_measure_net(mt_calib_loop, iters);
     uint8_t *p = mt_payload();
     mt_put_u64(p, measured);
@@ -347,6 +408,7 @@ static void mt_handle_frame(const uint8_t *f)
     uint8_t seq = f[1];
     uint32_t n = mt_get_u16(f + 2);
     const uint8_t *a = f + MT_FRAME_HEADER;
+    mt_current_cmd = type;
     switch (type) {
     case MT_CMD_INFO:
         mt_cmd_info(seq);
@@ -378,6 +440,7 @@ static void mt_handle_frame(const uint8_t *f)
         mt_send_error(seq, MT_ERR_UNKNOWN_COMMAND, type, "unknown command");
         break;
     }
+    mt_current_cmd = 0;
 }
 
 static const char *mt_rx_error_text(uint32_t code)
@@ -391,24 +454,51 @@ static const char *mt_rx_error_text(uint32_t code)
         return "bad length: frame too short or length field does not match";
     case MT_ERR_TOO_LONG:
         return "frame longer than the maximum payload";
+    case MT_ERR_RX_OVERFLOW:
+        return "receive buffer overflow: bytes were lost; send one request at a time";
     default:
         return "bad frame";
     }
 }
 
-void mt_app_fault(uint32_t pc, const char *cause)
+/* One received byte (got: mt_port_uart_read's result) into the frame receiver. */
+static void mt_link_byte(uint8_t byte, int got)
 {
-    char text[64];
-    char hex[11];
-    uint32_t n = 0;
-    while (cause[n] != '\0' && n < 40) {
-        text[n] = cause[n];
-        n++;
+    if (got == MT_PORT_RX_LOST) {
+        mt_rx_overflows++;
+        mt_rx_lost(&mt_link_rx);
     }
-    memcpy(text + n, " at pc ", 7);
-    mt_hex32(hex, pc);
-    memcpy(text + n + 7, hex, 11);
-    mt_send_error(0, MT_ERR_FAULT, 0, text);
+    size_t len = 0;
+    uint32_t err = 0;
+    uint8_t seq = 0;
+    int r = mt_rx_feed(&mt_link_rx, byte, &len, &err, &seq);
+    if (r == MT_RX_FRAME) {
+        mt_handle_frame(mt_link_rx.buf);
+    } else if (r == MT_RX_ERROR) {
+        mt_send_error(seq, err, 0, mt_rx_error_text(err));
+    }
+}
+
+/* The FAULT frame (docs/protocol.md): binary, seq 0, then a reset. Runs on the fault
+ * handler's fresh stack and touches only static data. */
+void mt_app_fault(const mt_fault *f)
+{
+    static const uint8_t delimiter = 0;
+    mt_port_uart_write(&delimiter, 1); /* ends a frame the fault cut short */
+    uint8_t *p = mt_payload();
+    mt_put_u16(p, MT_ERR_FAULT);
+    p[2] = mt_current_cmd;
+    p[3] = MT_FAULT_LAYOUT;
+    mt_put_u16(p + 4, f->exception);
+    mt_put_u16(p + 6, mt_current_layer);
+    mt_put_u32(p + 8, f->pc);
+    mt_put_u32(p + 12, f->lr);
+    mt_put_u32(p + 16, f->cfsr);
+    mt_put_u32(p + 20, f->hfsr);
+    mt_put_u32(p + 24, f->mmfar);
+    mt_put_u32(p + 28, f->bfar);
+    p[32] = (uint8_t)f->flags;
+    mt_send(MT_FRAME_ERROR, 0, 33u + mt_put_text(p + 33, 32, "cpu fault"));
     mt_port_uart_flush();
     mt_port_reset();
 }
@@ -417,7 +507,7 @@ int main(void)
 {
     mt_port_init();
     mt_model_problem = mt_check_model();
-    mt_overhead = mt_measure(mt_noop_layer, 0);
+    mt_measure_overhead();
     mt_rx_reset(&mt_link_rx);
     mt_send_log("microtile ready, build " MT_BUILD_ID ", board " MT_BOARD_NAME ", model ",
                 mt_model_def.name ? mt_model_def.name : "?");
@@ -429,17 +519,9 @@ int main(void)
     }
     for (;;) {
         uint8_t byte;
-        if (!mt_port_uart_read(&byte, 1000)) {
-            continue;
-        }
-        size_t len = 0;
-        uint32_t err = 0;
-        uint8_t seq = 0;
-        int r = mt_rx_feed(&mt_link_rx, byte, &len, &err, &seq);
-        if (r == MT_RX_FRAME) {
-            mt_handle_frame(mt_link_rx.buf);
-        } else if (r == MT_RX_ERROR) {
-            mt_send_error(seq, err, 0, mt_rx_error_text(err));
+        int got = mt_port_uart_read(&byte, 1000);
+        if (got) {
+            mt_link_byte(byte, got);
         }
     }
 }

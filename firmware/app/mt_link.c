@@ -79,6 +79,12 @@ void mt_rx_reset(mt_rx *rx)
 {
     rx->len = 0;
     rx->overflow = 0;
+    rx->lost = 0;
+}
+
+void mt_rx_lost(mt_rx *rx)
+{
+    rx->lost = 1;
 }
 
 int mt_rx_feed(mt_rx *rx, uint8_t byte, size_t *frame_len, uint32_t *error, uint8_t *seq)
@@ -95,7 +101,12 @@ int mt_rx_feed(mt_rx *rx, uint8_t byte, size_t *frame_len, uint32_t *error, uint
     /* delimiter: a frame (or garbage) is complete */
     size_t len = rx->len;
     int overflow = rx->overflow;
+    int lost = rx->lost;
     mt_rx_reset(rx);
+    if (lost) {
+        *error = MT_ERR_RX_OVERFLOW;
+        return MT_RX_ERROR;
+    }
     if (overflow) {
         *error = MT_ERR_TOO_LONG;
         return MT_RX_ERROR;
@@ -120,6 +131,12 @@ int mt_rx_feed(mt_rx *rx, uint8_t byte, size_t *frame_len, uint32_t *error, uint
     *seq = rx->buf[1];
     if (mt_get_u16(rx->buf + 2) != body - MT_FRAME_HEADER) {
         *error = MT_ERR_BAD_LENGTH;
+        return MT_RX_ERROR;
+    }
+    /* COBS fits a few bytes more than MT_FRAME_MAX into the buffer: a payload over
+     * the limit would be answered (ECHO) past the end of the transmit buffer */
+    if (body - MT_FRAME_HEADER > MT_LINK_MAX_PAYLOAD) {
+        *error = MT_ERR_TOO_LONG;
         return MT_RX_ERROR;
     }
     *frame_len = (size_t)n;

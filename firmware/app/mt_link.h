@@ -24,7 +24,8 @@ void mt_cobs_write(const uint8_t *src, size_t n, void (*write)(const uint8_t *, 
 typedef struct {
     uint8_t buf[MT_FRAME_MAX_ENCODED];
     size_t len;
-    int overflow;
+    int overflow; /* the frame in progress is longer than the buffer */
+    int lost;     /* bytes of the frame in progress were lost (receive ring full) */
 } mt_rx;
 
 enum {
@@ -35,8 +36,13 @@ enum {
 
 void mt_rx_reset(mt_rx *rx);
 
+/* Bytes were lost before the next byte fed (the port's receive ring overflowed): the
+ * frame in progress is dropped, and its delimiter gives MT_ERR_RX_OVERFLOW. */
+void mt_rx_lost(mt_rx *rx);
+
 /* Returns MT_RX_*. On MT_RX_FRAME, *frame_len is header + payload + crc bytes and the
- * CRC and length field have been checked. On MT_RX_ERROR, *error is an MT_ERR_ code
+ * CRC, the length field and the payload limit (MT_LINK_MAX_PAYLOAD) have been
+ * checked. On MT_RX_ERROR, *error is an MT_ERR_ code
  * and *seq the frame's sequence number when its header was readable (else 0). */
 int mt_rx_feed(mt_rx *rx, uint8_t byte, size_t *frame_len, uint32_t *error, uint8_t *seq);
 

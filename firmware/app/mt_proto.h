@@ -39,6 +39,15 @@
 #define MT_ERR_BAD_ARGUMENT 6u
 #define MT_ERR_OUT_OF_RANGE 7u
 #define MT_ERR_MODEL 8u
-#define MT_ERR_FAULT 9u
+#define MT_ERR_FAULT 9u        /* seq 0, binary payload (docs/protocol.md), then a reset */
+#define MT_ERR_RX_OVERFLOW 10u /* the receive ring was full: bytes were lost */
+#define MT_ERR_COUNTER 11u     /* the counter does not advance (INVOKE, CALIBRATE) */
+
+/* INVOKE count limit: a larger count gets BAD_ARGUMENT */
+#define MT_INVOKE_MAX 10000u
+
+/* FAULT payload (after code u16, command u8): layout version 1 */
+#define MT_FAULT_LAYOUT 1u
+#define MT_FAULT_NO_LAYER 0xFFFFu
 
 #endif /* MT_PROTO_H */

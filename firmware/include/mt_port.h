@@ -43,8 +43,10 @@ void mt_port_uart_write(const uint8_t *data, size_t n);
 
 /* Read one byte from the link UART. Returns 1 and stores it in *byte, or 0 when
  * nothing arrived within timeout_ms milliseconds of counter time
- * (timeout_ms == 0: just poll once). */
+ * (timeout_ms == 0: just poll once). Returns MT_PORT_RX_LOST instead of 1 when
+ * received bytes were lost just before this one (the receive buffer was full). */
 int mt_port_uart_read(uint8_t *byte, uint32_t timeout_ms);
+#define MT_PORT_RX_LOST 2
 
 /* Wait until the UART has shifted out every byte (before a reset). */
 void mt_port_uart_flush(void);
@@ -61,6 +63,11 @@ uint64_t mt_port_counter_delta(uint64_t start, uint64_t end);
 /* MT_COUNTER_UNIT_INSTRUCTIONS, MT_COUNTER_UNIT_CYCLES or MT_COUNTER_UNIT_NONE. */
 uint32_t mt_port_counter_unit(void);
 
+/* (Re-)enable the counter before a measurement (INVOKE, CALIBRATE): a debugger may
+ * have stopped it since boot (pyOCD clears DEMCR.TRCENA when its session closes,
+ * which freezes the DWT). The app then checks that the counter advances. */
+void mt_port_counter_start(void);
+
 /* Measurement trigger (a GPIO edge for a power probe); no-ops on QEMU. */
 void mt_port_trigger_set(void);
 void mt_port_trigger_clear(void);
@@ -72,8 +79,20 @@ uint8_t *mt_port_stack_top(void);
 /* Reset the MCU; does not return. */
 void mt_port_reset(void) __attribute__((noreturn));
 
-/* Called by the port when the CPU faults (HardFault etc.); the app reports it over
- * the link and resets. pc is the faulting instruction, cause a short text. */
-void mt_app_fault(uint32_t pc, const char *cause) __attribute__((noreturn));
+/* What the port knows about a CPU fault. exception is the IPSR exception number
+ * (3 HardFault, 4 MemManage, 5 BusFault, 6 UsageFault, 2 NMI, 16 + n IRQ n; 0 when
+ * unknown); the rest are the System Control Block's fault registers and, when
+ * flags has MT_FAULT_FRAME_VALID (mt_proto.h), the PC and LR of the stacked frame. */
+#define MT_FAULT_FRAME_VALID 0x01u
+
+typedef struct {
+    uint32_t exception;
+    uint32_t pc, lr, cfsr, hfsr, mmfar, bfar;
+    uint32_t flags;
+} mt_fault;
+
+/* Called by the port when the CPU faults (HardFault etc.), on a fresh stack; the app
+ * reports it over the link (a FAULT frame) and resets. */
+void mt_app_fault(const mt_fault *fault) __attribute__((noreturn));
 
 #endif /* MT_PORT_H */

@@ -9,10 +9,12 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import LinkError, LinkTimeoutError
+from .errors import DeviceFaultError, LinkError, LinkTimeoutError
 
 PROTO_VERSION = 1
 MAX_PAYLOAD = 512  # the firmware's MT_LINK_MAX_PAYLOAD; INFO reports the real value
+MIN_PAYLOAD = 64  # a device reporting less cannot even send INFO
+INVOKE_MAX = 10000  # the firmware's MT_INVOKE_MAX: INVOKE counts above get BAD_ARGUMENT
 HEADER = struct.Struct("<BBH")  # type, seq, payload length
 CRC = struct.Struct("<I")
 
@@ -38,7 +40,10 @@ ERROR_NAMES = {
     7: "OUT_OF_RANGE",
     8: "MODEL",
     9: "FAULT",
+    10: "RX_OVERFLOW",
+    11: "COUNTER",
 }
+ERR_FAULT = 9
 # INFO/READ_COUNTERS counter unit byte. "none": the firmware has no working counter
 # (a board image on QEMU, where there is no DWT): its counts are 0 and mean "n/a".
 COUNTER_UNITS = {0: "instructions", 1: "cycles", 2: "none"}
@@ -138,8 +143,9 @@ def build_frame(ftype: int, seq: int, payload: bytes = b"", max_payload: int = M
     return cobs_encode(body + CRC.pack(crc32(body))) + b"\x00"
 
 
-def parse_frame(encoded: bytes) -> Frame:
-    """Decode one frame given without its delimiter; checks length and CRC."""
+def parse_frame(encoded: bytes, max_payload: int = MAX_PAYLOAD) -> Frame:
+    """Decode one frame given without its delimiter; checks length, CRC and the
+    payload limit."""
     raw = cobs_decode(encoded)
     if len(raw) < HEADER.size + CRC.size:
         raise FrameError(f"frame of {len(raw)} bytes is shorter than header + CRC")
@@ -149,6 +155,8 @@ def parse_frame(encoded: bytes) -> Frame:
     ftype, seq, length = HEADER.unpack(body[:HEADER.size])
     if length != len(body) - HEADER.size:
         raise FrameError(f"length field {length} does not match the {len(body) - HEADER.size}-byte payload")
+    if length > max_payload:
+        raise FrameError(f"payload of {length} bytes exceeds the {max_payload}-byte frame limit")
     return Frame(ftype, seq, body[HEADER.size:])
 
 
@@ -218,6 +226,8 @@ class DeviceInfo:
     board: str
     port_status: int = 0  # MT_PORT_FAIL_* bits (firmware/include/mt_port.h); 0: board up as configured
     port_status_text: str = ""  # e.g. "hse-timeout pll-timeout; running on the reset clock"
+    rx_overflows: int = 0  # times the device's receive buffer overflowed since boot
+    invoke_max: int = 0  # largest INVOKE count (0: older firmware that does not say)
 
     @property
     def num_inputs(self) -> int:
@@ -252,14 +262,75 @@ def parse_info(p: bytes) -> DeviceInfo:
         n = p[off]
         strings.append(p[off + 1:off + 1 + n].decode("utf-8", "replace"))
         off += 1 + n
-    status, status_text = 0, ""
+    status, status_text, overflows, invoke_max = 0, "", 0, 0
     if len(p) >= off + 5:  # appended by newer firmware: port status u32 + text
         status = struct.unpack_from("<I", p, off)[0]
         n = p[off + 4]
         status_text = p[off + 5:off + 5 + n].decode("utf-8", "replace")
+        off += 5 + n
+    if len(p) >= off + 8:  # appended after it: receive overflows u32, INVOKE maximum u32
+        overflows, invoke_max = struct.unpack_from("<II", p, off)
     return DeviceInfo(ver, COUNTER_UNITS.get(unit, f"unit{unit}"), max_payload, clock, mhash, arena, stack,
                       n_layers, max_layers, model_arena, sizes[:n_in], sizes[n_in:], *strings,
-                      port_status=status, port_status_text=status_text)
+                      port_status=status, port_status_text=status_text, rx_overflows=overflows,
+                      invoke_max=invoke_max)
+
+
+# ---- FAULT frames ----
+
+FAULT_LAYOUT = struct.Struct("<HBBHH6IB")  # code, command, layout, exception, layer, 6 registers, flags
+FAULT_NO_LAYER = 0xFFFF
+FAULT_FRAME_VALID = 0x01  # PC and LR were read from a stacked frame inside the stack
+EXCEPTION_NAMES = {2: "NMI", 3: "HardFault", 4: "MemManage", 5: "BusFault", 6: "UsageFault",
+                   11: "SVCall", 12: "DebugMonitor", 14: "PendSV", 15: "SysTick"}
+# CFSR bits (ARMv7-M Architecture Reference Manual, B3.2.15): MMFSR 0-7, BFSR 8-15, UFSR 16-31
+CFSR_CAUSES = {
+    0: "instruction access violation", 1: "data access violation",
+    3: "MemManage fault on exception return (unstacking)", 4: "MemManage fault on exception entry (stacking)",
+    5: "MemManage fault during lazy FP state preservation",
+    8: "instruction bus error", 9: "precise data bus error", 10: "imprecise data bus error",
+    11: "bus fault on exception return (unstacking)", 12: "bus fault on exception entry (stacking)",
+    13: "bus fault during lazy FP state preservation",
+    16: "undefined instruction", 17: "invalid state (Thumb bit clear)",
+    18: "invalid PC on exception return", 19: "no coprocessor (FPU disabled)",
+    24: "unaligned access", 25: "divide by zero",
+}
+CFSR_MMARVALID, CFSR_BFARVALID = 1 << 7, 1 << 15
+HFSR_CAUSES = {1: "vector table read fault", 30: "escalated to HardFault", 31: "debug event"}
+
+
+def fault_text(exception: int, cfsr: int, hfsr: int, mmfar: int, bfar: int) -> str:
+    """e.g. "BusFault: precise data bus error at 0x30000000"."""
+    if exception == 0:
+        name = "CPU fault"
+    elif exception >= 16:
+        name = f"unexpected interrupt IRQ {exception - 16}"
+    else:
+        name = EXCEPTION_NAMES.get(exception, f"exception {exception}")
+        if exception not in (3, 4, 5, 6):
+            name = f"unexpected {name} exception"
+    causes = [text for bit, text in CFSR_CAUSES.items() if cfsr >> bit & 1]
+    if cfsr & CFSR_MMARVALID:
+        causes.append(f"at 0x{mmfar:08x}")
+    if cfsr & CFSR_BFARVALID:
+        causes.append(f"at 0x{bfar:08x}")
+    causes += [text for bit, text in HFSR_CAUSES.items() if hfsr >> bit & 1]
+    return name + (": " + ", ".join(causes).replace(", at ", " at ") if causes else "")
+
+
+def parse_fault(payload: bytes) -> DeviceFaultError:
+    """The DeviceFaultError a FAULT frame (ERROR code 9, seq 0) describes."""
+    if len(payload) < FAULT_LAYOUT.size or payload[3] != 1:  # older firmware: a text message
+        return DeviceFaultError(payload[3:].decode("utf-8", "replace") or "CPU fault")
+    (_, _, _, exception, layer, pc, lr, cfsr, hfsr, mmfar, bfar,
+     flags) = FAULT_LAYOUT.unpack_from(payload)
+    text = fault_text(exception, cfsr, hfsr, mmfar, bfar)
+    registers = {"cfsr": cfsr, "hfsr": hfsr, "mmfar": mmfar, "bfar": bfar}
+    if flags & FAULT_FRAME_VALID:
+        registers.update(pc=pc, lr=lr)
+    else:
+        text += " (stacked PC and LR unreadable: the stack pointer left the stack, e.g. a stack overflow)"
+    return DeviceFaultError(text, None if layer == FAULT_NO_LAYER else layer, registers)
 
 
 # ---- the link ----
@@ -277,7 +348,8 @@ class DeviceLink:
         self.name = name or getattr(port, "name", None) or getattr(port, "port", None) or "device"
         self.on_log = on_log
         self.logs: list[str] = []
-        self.stale_frames = 0
+        self.stale_frames = 0  # replies to earlier requests, skipped
+        self.line_errors = 0  # garbled frames and seq-0 errors, skipped (see request)
         self._decoder = FrameDecoder()
         self._pending: list[Frame | FrameError] = []
         self._seq = 0
@@ -378,25 +450,45 @@ class DeviceLink:
         return self._seq
 
     def request(self, cmd: int, payload: bytes = b"", timeout: float | None = None) -> bytes:
-        """Send one command, return the reply payload. Device ERROR frames raise
-        DeviceError; replies to earlier (timed-out) requests are skipped."""
+        """Send one command, return the reply payload.
+
+        A request fails only on its own reply (an ERROR frame with its seq raises
+        DeviceError) or its own time-out. Everything else is skipped: replies to earlier
+        (timed-out) requests, garbled frames, and seq-0 errors, which answer a frame the
+        device could not read, such as a stray byte before this request; those are
+        named in the time-out message. The one exception is a FAULT (seq 0): the device
+        resets, so the request can never be answered, and DeviceFaultError is raised."""
         seq = self._next_seq()
         name = COMMAND_NAMES.get(cmd, f"command 0x{cmd:02x}")
         self.send_frame(cmd, seq, payload)
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
+        noise: list[str] = []
         while True:
             remaining = max(0.0, deadline - time.monotonic())
-            item = self.receive(remaining, what=f"{name} (seq {seq})")
+            try:
+                item = self.receive(remaining, what=f"{name} (seq {seq})")
+            except LinkTimeoutError as exc:
+                if not noise:
+                    raise
+                raise LinkTimeoutError(f"{exc}. Meanwhile the line carried {len(noise)} unreadable frame(s), "
+                                       f"e.g. {noise[0]}: check the baud rate and cable") from None
             if isinstance(item, FrameError):
-                raise LinkError(f"garbled reply to {name} from {self.name}: {item}; "
-                                "check the baud rate and cable, then retry")
+                self.line_errors += 1
+                noise.append(f"a garbled frame from the device ({item})")
+                continue
             if item.type == FRAME_ERROR:
                 code, command = struct.unpack_from("<HB", item.payload.ljust(3, b"\0"))
+                if code == ERR_FAULT and item.seq == 0:
+                    raise parse_fault(item.payload)
                 err = DeviceError(code, command, item.payload[3:].decode("utf-8", "replace"))
-                if item.seq in (seq, 0):
+                if item.seq == seq:
                     raise err
-                self.stale_frames += 1
+                if item.seq == 0:
+                    self.line_errors += 1
+                    noise.append(f"the device's {err.code_name} error for a frame it could not read")
+                else:
+                    self.stale_frames += 1
                 continue
             if item.seq != seq:
                 self.stale_frames += 1  # a late reply to an earlier request
@@ -409,8 +501,12 @@ class DeviceLink:
     # -- commands --
     def info(self, timeout: float | None = None) -> DeviceInfo:
         info = parse_info(self.request(CMD_INFO, timeout=timeout))
+        if info.max_payload < MIN_PAYLOAD:
+            raise LinkError(f"the device reports a maximum payload of {info.max_payload} bytes, below the "
+                            f"protocol's {MIN_PAYLOAD}: rebuild the firmware")
         self._info = info
-        self._max_payload = info.max_payload
+        # never more than this host decodes, whatever the device claims
+        self._max_payload = min(info.max_payload, MAX_PAYLOAD)
         return info
 
     def _ensure_info(self) -> DeviceInfo:
@@ -422,16 +518,19 @@ class DeviceLink:
             raise LinkError(f"input index {index} out of range: the model has {info.num_inputs} inputs")
         if len(data) != info.input_sizes[index]:
             raise LinkError(f"input {index} takes {info.input_sizes[index]} bytes, got {len(data)}")
-        chunk = info.max_payload - 6
+        chunk = self._max_payload - 6
         for off in range(0, len(data), chunk):
             self.request(CMD_WRITE_INPUT, struct.pack("<HI", index, off) + bytes(data[off:off + chunk]))
 
     def invoke(self, n: int = 1, timeout: float | None = None) -> int:
         """Run the model n times; returns the counter total of the last run."""
-        if n < 1:
-            raise LinkError("invoke count must be >= 1")
+        if not 1 <= n <= INVOKE_MAX:
+            raise LinkError(f"invoke count must be in 1..{INVOKE_MAX}, got {n}")
         payload = self.request(CMD_INVOKE, struct.pack("<I", n), timeout=timeout)
-        _, total = struct.unpack("<IQ", payload[:12])
+        done, total = struct.unpack("<IQ", payload[:12])
+        if done != n:  # a byte from the host stopped it between two runs (docs/protocol.md)
+            raise LinkError(f"INVOKE stopped after {done} of {n} runs: something else was sent on "
+                            f"{self.name} meanwhile; only one program may use the port")
         return total
 
     def read_output(self, index: int) -> bytes:
@@ -441,7 +540,7 @@ class DeviceLink:
         size = info.output_sizes[index]
         out = bytearray()
         while len(out) < size:
-            n = min(info.max_payload, size - len(out))
+            n = min(self._max_payload, size - len(out))
             part = self.request(CMD_READ_OUTPUT, struct.pack("<HIH", index, len(out), n))
             if len(part) != n:
                 raise LinkError(f"READ_OUTPUT returned {len(part)} bytes, asked for {n}")

@@ -35,12 +35,18 @@ static uint32_t mt_have_dwt;
 static uint32_t mt_ms_reload;
 static volatile uint32_t mt_ms_ticks;
 
-uint32_t mt_counter_init(uint32_t core_hz)
+/* Trace on (the DWT is dead without DEMCR.TRCENA), unlocked where needed. */
+static void mt_dwt_power(void)
 {
     DEMCR |= DEMCR_TRCENA;
 #ifdef MT_DWT_UNLOCK /* mt_family.h: the Cortex-M7 DWT needs its lock access key */
     DWT_LAR = DWT_LAR_KEY;
 #endif
+}
+
+uint32_t mt_counter_init(uint32_t core_hz)
+{
+    mt_dwt_power();
     uint32_t fail = 0;
     if ((DWT_CTRL & DWT_CTRL_NOCYCCNT) == 0) {
         DWT_CYCCNT = 0;
@@ -60,6 +66,17 @@ uint32_t mt_counter_init(uint32_t core_hz)
     SYST_CVR = 0;
     SYST_CSR = 0x5u; /* enable, processor clock, no interrupt */
     return fail;
+}
+
+void mt_port_counter_start(void)
+{
+    /* pyOCD clears DEMCR.TRCENA when its session closes, about 0.1 s after the reset
+     * that started this firmware: CYCCNT then stands still until it is set again.
+     * CYCCNT keeps its value meanwhile, so the 64-bit extension stays consistent. */
+    if (mt_have_dwt) {
+        mt_dwt_power();
+        DWT_CTRL |= DWT_CTRL_CYCCNTENA;
+    }
 }
 
 uint64_t mt_port_counter_read(void)

@@ -61,6 +61,8 @@ void mt_family_gpio_clock(uint32_t port);
 /* ---- common part ---- */
 
 void mt_port_rx_push(uint8_t byte);
+/* Received bytes were lost after the last one pushed (a UART overrun). */
+void mt_port_rx_lost(void);
 void mt_gpio_output(uint32_t port, uint32_t pin);
 void mt_gpio_alternate(uint32_t port, uint32_t pin, uint32_t af);
 void mt_port_fail(uint32_t bits);

@@ -44,7 +44,8 @@ void mt_family_uart_irq(void)
         mt_port_rx_push((uint8_t)MT_REG32(UART_RDR)); /* reading RDR clears RXNE */
     }
     if (isr & ISR_ORE) {
-        MT_REG32(UART_ICR) = ICR_ORECF; /* an overrun lost a byte; the frame's CRC will tell */
+        MT_REG32(UART_ICR) = ICR_ORECF; /* an overrun lost a byte */
+        mt_port_rx_lost();
     }
 }
 

@@ -114,10 +114,23 @@ void mt_port_trigger_clear(void)
 /* ---- UART ---- */
 
 /* RX ring buffer filled by the UART interrupt, so the CPU can sleep in WFI while it
- * waits for the host (and QEMU's I/O thread is not slowed by status polling). */
+ * waits for the host (and QEMU's I/O thread is not slowed by status polling). When
+ * it is full, bytes are dropped and the place of the first gap is kept, so the reader
+ * learns exactly before which byte bytes went missing (a second gap before the
+ * reader reaches the first is not marked: the CRC of its frame catches it). */
 #define MT_RX_RING 1024u
 static volatile uint8_t mt_rx_ring[MT_RX_RING];
 static volatile uint32_t mt_rx_head, mt_rx_tail;
+static volatile uint32_t mt_rx_gap;     /* ring position of the byte after the gap */
+static volatile uint32_t mt_rx_gap_set; /* 1 while a gap lies ahead of the reader */
+
+void mt_port_rx_lost(void)
+{
+    if (!mt_rx_gap_set) {
+        mt_rx_gap = mt_rx_head;
+        mt_rx_gap_set = 1u;
+    }
+}
 
 void mt_port_rx_push(uint8_t byte)
 {
@@ -125,6 +138,8 @@ void mt_port_rx_push(uint8_t byte)
     if (head - mt_rx_tail < MT_RX_RING) {
         mt_rx_ring[head % MT_RX_RING] = byte;
         mt_rx_head = head + 1u;
+    } else {
+        mt_port_rx_lost();
     }
 }
 
@@ -157,13 +172,18 @@ int mt_port_uart_read(uint8_t *byte, uint32_t timeout_ms)
         __asm volatile("cpsid i" ::: "memory");
         if (mt_rx_head != mt_rx_tail) {
             uint32_t tail = mt_rx_tail;
+            int got = 1;
+            if (mt_rx_gap_set && mt_rx_gap == tail) {
+                got = MT_PORT_RX_LOST;
+                mt_rx_gap_set = 0u;
+            }
             *byte = mt_rx_ring[tail % MT_RX_RING];
             mt_rx_tail = tail + 1u;
             __asm volatile("cpsie i" ::: "memory");
             if (started) {
                 mt_timeout_stop();
             }
-            return 1;
+            return got;
         }
         if (timeout_ms == 0) {
             __asm volatile("cpsie i" ::: "memory");

@@ -1,6 +1,6 @@
 /* Cortex-M startup shared by every bare-metal port: vector table (sized by the
  * family's MT_NUM_IRQS, the link UART's handler at MT_UART_IRQN), .data/.bss
- * initialisation, FPU enable, faults. */
+ * initialisation, FPU enable, faults (reported to the app with their registers). */
 #include <stdint.h>
 
 #include "mt_port_common.h"
@@ -15,12 +15,17 @@ void SysTick_Handler(void);     /* the counter part: counter_systick_icount_hand
 void mt_uart_irq_handler(void); /* port_common.c */
 
 #define MT_SCB_CPACR (*(volatile uint32_t *)0xE000ED88u)
+#define MT_SCB_SHCSR (*(volatile uint32_t *)0xE000ED24u)
+#define MT_SHCSR_FAULTS_ENA (7u << 16) /* MemManage, BusFault, UsageFault: own exceptions */
 
 void Reset_Handler(void)
 {
     /* FPU first: the compiler may use VFP registers anywhere after this. */
     MT_SCB_CPACR |= (0xFu << 20);
     __asm volatile("dsb\n\tisb" ::: "memory");
+    /* each configurable fault as its own exception, so the FAULT frame names it
+     * (one inside an interrupt or the fault handler still escalates to HardFault) */
+    MT_SCB_SHCSR |= MT_SHCSR_FAULTS_ENA;
 
     const uint32_t *src = &_sidata;
     for (uint32_t *dst = &_sdata; dst < &_edata;) {
@@ -33,37 +38,58 @@ void Reset_Handler(void)
     mt_port_reset();
 }
 
-/* Faults: switch to a fresh stack (the fault may be a stack overflow) and let the app
- * report the faulting PC over the link. */
+/* Faults and unexpected exceptions, one handler: it may run on a corrupt stack (the
+ * fault may be a stack overflow, or the stacking itself may have faulted), so it
+ * reads the stacked PC and LR only from a frame that lies inside the stack, before
+ * anything else touches the stack, then moves MSP to the top of a fresh stack and
+ * hands the exception number (IPSR) and the fault registers to the app. */
 __attribute__((naked)) void HardFault_Handler(void)
 {
     __asm volatile(
         "tst lr, #4\n\t"
         "ite eq\n\t"
-        "mrseq r0, msp\n\t"
-        "mrsne r0, psp\n\t"
-        "ldr r1, =_sstack\n\t"
-        "ldr r2, =_estack\n\t"
-        "cmp r0, r1\n\t"
-        "blo 1f\n\t"            /* stacked frame outside the stack: PC unknown */
-        "cmp r0, r2\n\t"
-        "bhs 1f\n\t"
-        "ldr r0, [r0, #24]\n\t"
-        "b 2f\n"
+        "mrseq r12, msp\n\t"
+        "mrsne r12, psp\n\t"
+        "mrs r0, ipsr\n\t"
+        "movs r1, #0\n\t"         /* pc, lr, valid: unknown until the frame checks out */
+        "movs r2, #0\n\t"
+        "movs r3, #0\n\t"
+        "ldr r4, =_sstack\n\t"
+        "cmp r12, r4\n\t"
+        "blo 1f\n\t"
+        "ldr r4, =_estack - 32\n\t" /* the basic frame is 8 words */
+        "cmp r12, r4\n\t"
+        "bhi 1f\n\t"
+        "ldr r1, [r12, #24]\n\t"  /* stacked PC */
+        "ldr r2, [r12, #20]\n\t"  /* stacked LR */
+        "movs r3, #1\n"
         "1:\n\t"
-        "movs r0, #0\n"
-        "2:\n\t"
-        "msr msp, r2\n\t"
-        "ldr r1, =mt_fault_text_hard\n\t"
-        "b mt_app_fault\n\t"
+        "ldr r4, =_estack\n\t"
+        "msr msp, r4\n\t"
+        "b mt_fault_report\n\t"
         ".ltorg\n");
 }
 
-const char mt_fault_text_hard[] = "hard fault";
+void Default_Handler(void) __attribute__((alias("HardFault_Handler")));
 
-void Default_Handler(void)
+#define MT_SCB_CFSR (*(volatile uint32_t *)0xE000ED28u)
+#define MT_SCB_HFSR (*(volatile uint32_t *)0xE000ED2Cu)
+#define MT_SCB_MMFAR (*(volatile uint32_t *)0xE000ED34u)
+#define MT_SCB_BFAR (*(volatile uint32_t *)0xE000ED38u)
+
+void mt_fault_report(uint32_t exception, uint32_t pc, uint32_t lr, uint32_t valid) __attribute__((noreturn, used));
+void mt_fault_report(uint32_t exception, uint32_t pc, uint32_t lr, uint32_t valid)
 {
-    mt_app_fault(0, "unexpected interrupt");
+    mt_fault f;
+    f.exception = exception & 0x1FFu;
+    f.pc = pc;
+    f.lr = lr;
+    f.cfsr = MT_SCB_CFSR;
+    f.hfsr = MT_SCB_HFSR;
+    f.mmfar = MT_SCB_MMFAR;
+    f.bfar = MT_SCB_BFAR;
+    f.flags = valid ? MT_FAULT_FRAME_VALID : 0u;
+    mt_app_fault(&f);
 }
 
 typedef void (*mt_vector)(void);
@@ -82,10 +108,10 @@ __attribute__((section(".isr_vector"), used)) const mt_vector mt_vectors[16 + MT
     (mt_vector)(uintptr_t)&_estack,
     Reset_Handler,
     Default_Handler,   /* NMI */
+    HardFault_Handler, /* HardFault, MemManage, BusFault, UsageFault: one handler */
     HardFault_Handler,
-    HardFault_Handler, /* MemManage */
-    HardFault_Handler, /* BusFault */
-    HardFault_Handler, /* UsageFault */
+    HardFault_Handler,
+    HardFault_Handler,
     0, 0, 0, 0,
     Default_Handler,   /* SVCall */
     Default_Handler,   /* DebugMon */

@@ -206,5 +206,8 @@ void mt_family_uart_irq(void)
         if (sr & SR_RXNE) {
             mt_port_rx_push(b);
         }
+        if (sr & SR_ORE) {
+            mt_port_rx_lost(); /* an overrun lost the bytes after b */
+        }
     }
 }

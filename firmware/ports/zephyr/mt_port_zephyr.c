@@ -142,6 +142,11 @@ uint64_t mt_port_counter_read(void)
     return value;
 }
 
+void mt_port_counter_start(void)
+{
+    /* the timing API started the counter at boot; the app checks it advances */
+}
+
 uint64_t mt_port_counter_delta(uint64_t start, uint64_t end)
 {
     return end - start;
@@ -218,15 +223,18 @@ void mt_port_reset(void)
 
 void k_sys_fatal_error_handler(unsigned int reason, const struct arch_esf *esf)
 {
-    uint32_t pc = 0;
+    ARG_UNUSED(reason);
+    mt_fault f = {0};
 #if defined(CONFIG_ARM)
     if (esf != NULL) {
-        pc = esf->basic.pc;
+        f.pc = esf->basic.pc;
+        f.lr = esf->basic.lr;
+        f.flags = MT_FAULT_FRAME_VALID;
     }
 #else
     ARG_UNUSED(esf);
 #endif
-    mt_app_fault(pc, reason == K_ERR_CPU_EXCEPTION ? "cpu exception" : "zephyr fatal error");
+    mt_app_fault(&f); /* exception 0: Zephyr has taken the fault registers already */
 }
 
 void mt_port_init(void)
