@@ -4,6 +4,7 @@ emulator. CMake gets the numbers from here (``firmware_cmake_args``), never from
 second hand-written copy; the board ports read them as ``MT_*`` macros."""
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -324,8 +325,16 @@ def load_board(name: str) -> Board:
     stem = name if name in files else _aliases().get(name)
     if stem is None:
         aliases = ", ".join(f"{a} -> {b}" for a, b in sorted(_aliases().items()))
+        known = {**_aliases(), **{f: f for f in files}}  # name or alias -> board
+        close, seen = [], set()
+        for match in difflib.get_close_matches(name.lower(), known, n=6, cutoff=0.6):
+            if known[match] not in seen:  # one suggestion per board, not per alias
+                seen.add(known[match])
+                close.append(match)
         raise BoardError(
-            f"unknown board '{name}'; available boards: {', '.join(files) or '(none)'}"
+            f"unknown board '{name}'"
+            + (f" (did you mean {' or '.join(close[:3])}?)" if close else "")
+            + f"; available boards: {', '.join(files) or '(none)'}"
             + (f" (aliases: {aliases})" if aliases else "")
         )
     path = files[stem]

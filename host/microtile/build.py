@@ -4,8 +4,10 @@ flash/RAM accounting (before the build from the plan, after it from the ELF)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +16,8 @@ from .codegen import CompiledModel
 from .errors import BuildError, DoesNotFitError, ToolMissingError
 
 REPO = Path(__file__).resolve().parents[2]
-BUILD_ROOT = REPO / "build" / "firmware"
+# MICROTILE_BUILD_DIR moves the build cache (e.g. when the checkout is read-only).
+BUILD_ROOT = Path(os.environ.get("MICROTILE_BUILD_DIR") or REPO / "build" / "firmware")
 # Budget for what is not the model, used by the fit check before building: the
 # port + app + kernels code, and the app's stack and buffers (checked exactly after linking).
 CODE_BUDGET = 48 * 1024
@@ -81,17 +84,40 @@ def build_firmware(compiled: CompiledModel, board: Board, verbose: bool = False)
     _tool("ninja", "ninja-build")
     key = build_key(compiled, board)
     out = BUILD_ROOT / board.name / key
+    if not (out / "microtile.elf").exists():
+        _build_into(out, compiled, board, key, cmake, verbose)
     elf = out / "microtile.elf"
-    if not elf.exists():
-        compiled.write(out / "model")
-        configure = firmware_configure_command(board, out / "model", key, out, cmake=cmake)
-        for cmd in (configure, [cmake, "--build", str(out)]):
+    return Firmware(elf, key, elf_sizes(elf, board))
+
+
+def _build_into(out: Path, compiled: CompiledModel, board: Board, key: str, cmake: str, verbose: bool) -> None:
+    """Build in a fresh temporary folder and rename it to ``out`` only on success, so a
+    failed or interrupted build (a broken compiler caught in CMake's cache) leaves no
+    cache entry behind."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{key}.building-", dir=out.parent))
+    except OSError as exc:
+        raise BuildError(f"cannot write the build directory {out.parent} ({exc.strerror}); make it writable "
+                         "or set MICROTILE_BUILD_DIR to a writable folder") from None
+    try:
+        compiled.write(tmp / "model")
+        configure = firmware_configure_command(board, tmp / "model", key, tmp, cmake=cmake)
+        for cmd in (configure, [cmake, "--build", str(tmp)]):
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise build_failure(proc, f"firmware build failed ({' '.join(cmd[:3])} ...)", compiled, board)
             if verbose:
                 print(proc.stdout)
-    return Firmware(elf, key, elf_sizes(elf, board))
+        if out.exists() and not (out / "microtile.elf").exists():
+            shutil.rmtree(out)  # a half-built folder left by an older microtile
+        try:
+            tmp.rename(out)
+        except OSError:
+            if not (out / "microtile.elf").exists():  # not a concurrent build that finished first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def build_failure(proc: subprocess.CompletedProcess, what: str, compiled: CompiledModel,

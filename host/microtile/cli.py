@@ -14,6 +14,11 @@ from .errors import MicrotileError
 console = Console() if sys.stdout.isatty() else Console(width=160)
 
 
+def _count(value, fmt: str = ",") -> str:
+    """A measured number, or n/a when it was not measured (never a silent 0)."""
+    return "n/a" if value is None else format(value, fmt)
+
+
 def _print_run(result) -> None:
     data = result.to_json()
     unit = data["counter_unit"]
@@ -30,11 +35,13 @@ def _print_run(result) -> None:
     table.add_column(f"{label}/MAC", justify="right")
     if timed:
         table.add_column("time µs", justify="right")
+
     def cells(entry: dict) -> list[str]:
-        if not counted:
-            return ["n/a", "-"]
-        per_mac = f"{entry[unit] / entry['macs']:.2f}" if entry["macs"] else "-"
-        return [f"{entry[unit]:,}", per_mac, *([f"{entry['time_us']:,.1f}"] if timed else [])]
+        count = entry.get(unit)
+        if count is None:  # no counter, or no sample measured
+            return ["n/a", "-", *(["n/a"] if timed else [])]
+        per_mac = f"{count / entry['macs']:.2f}" if entry["macs"] else "-"
+        return [f"{count:,}", per_mac, *([f"{entry['time_us']:,.1f}"] if timed else [])]
 
     for layer in data["layers"]:
         table.add_row(str(layer["index"]), layer["op"], f"{layer['macs']:,}", *cells(layer))
@@ -43,14 +50,11 @@ def _print_run(result) -> None:
     console.print(table)
     ram, rom = data["ram"], data["rom"]
     console.print(
-        f"RAM {ram['total_bytes']:,} B (static {ram['static_bytes']:,} B with the {ram['arena_bytes']:,} B arena, "
-        f"stack used {ram['stack_bytes']:,} of {ram['stack_reserved_bytes']:,} B reserved)   "
+        f"RAM {_count(ram['total_bytes'])} B (static {ram['static_bytes']:,} B with the {ram['arena_bytes']:,} B arena, "
+        f"stack used {_count(ram['stack_bytes'])} of {ram['stack_reserved_bytes']:,} B reserved)   "
         f"ROM {rom['total_bytes']:,} B"
     )
-    verdict = "[green]bit-exact with TFLM[/green]" if not data["mismatches"] else \
-        f"[red]{data['mismatches']} of {data['samples']} samples differ from TFLM[/red] " \
-        f"(first: {', '.join(data['mismatched_samples'][:5])})"
-    console.print(f"Samples {data['samples']}: {verdict}")
+    console.print(f"Samples {data['samples']}: {_verdict(data)}")
     if data["top1"] is not None:
         console.print(f"Top-1 {100 * data['top1']:.1f}% (TFLM reference kernels: {100 * data['tflm_top1']:.1f}%)")
     if unit == "instructions":
@@ -61,6 +65,18 @@ def _print_run(result) -> None:
     elif not counted:
         console.print("[dim]This target has no cycle counter (a board image on QEMU: no DWT); "
                       "counts are unavailable, not zero.[/dim]")
+
+
+def _verdict(run: dict) -> str:
+    """One run's verdict: FAILED whenever the run failed, bit-exact only when it did not."""
+    differ = f"{run['mismatches']} of {run['samples']} samples differ from TFLM"
+    if run["mismatched_samples"]:
+        differ += f" (first: {', '.join(run['mismatched_samples'][:5])})"
+    if run["error"]:
+        before = f"; {differ}" if run["mismatches"] else \
+            f"; the {run['samples']} sample(s) before it matched TFLM" if run["samples"] else ""
+        return f"[red]FAILED[/red] ({run['error']}){before}"
+    return f"[red]{differ}[/red]" if run["mismatches"] else "[green]bit-exact with TFLM[/green]"
 
 
 def _target_options(args) -> dict:
@@ -88,75 +104,90 @@ def _resolve_board(args) -> str:
     return name
 
 
-def cmd_run(args) -> int:
-    from .runner import run_model, write_json
+def _check_outputs(args) -> None:
+    """Fail before any build or run on what would only fail at the end."""
+    from .runner import check_writable
 
+    if args.json:
+        check_writable(args.json)
+
+
+def cmd_run(args) -> int:
+    from .runner import exit_code, run_model, write_json
+
+    _check_outputs(args)
     args.board = _resolve_board(args)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
         task = progress.add_task("running", total=None)
         result = run_model(args.model, args.board, inputs=args.inputs, random=args.random,
                            labels=args.labels, limit=args.limit, probe=args.probe, os_name=args.os,
-                           kernels=args.kernels,
+                           kernels=args.kernels, seed=args.seed,
                            target_options=_target_options(args),
                            progress=lambda done, total: progress.update(task, completed=done, total=total))
     _print_run(result)
     if args.json:
         write_json(result, args.json)
         console.print(f"wrote {args.json}")
-    if result.error:
-        console.print(f"[red]error after {result.samples} sample(s):[/red] {result.error}")
-        if result.error.startswith("interrupted"):
-            return 130
-        return 3
-    return 1 if result.mismatches else 0
+    return exit_code(result)
+
+
+def _print_bench(data: dict, inputs: int) -> None:
+    kernels = list(data["runs"])
+    unit = data["counter_unit"]
+    table = Table(title=f"{data['model']} on {data['board']}: {unit}, mean of {inputs} inputs")
+    for col in ("#", "op", "shape", "MACs"):
+        table.add_column(col, justify="right" if col in ("#", "MACs") else "left")
+    short = {"reference": "ref", "optimized": "opt"}
+    for k in kernels:
+        table.add_column(short[k], justify="right")
+        table.add_column(f"{short[k]}/MAC", justify="right")
+    if len(kernels) == 2:
+        table.add_column("speed-up", justify="right")
+
+    def row(label, op, shape, macs, counts, speedup, style=None):
+        cells = [label, op, shape, f"{macs:,}"]
+        for k in kernels:
+            c = counts[k]
+            cells += [_count(c), f"{c / macs:.2f}" if macs and c is not None else "-"]
+        if len(kernels) == 2:
+            cells.append(f"{speedup:.2f}x" if speedup else "-")
+        table.add_row(*cells, style=style)
+
+    for layer in data["layers"]:
+        row(str(layer["index"]), layer["op"], "x".join(map(str, layer["shape"][1:])), layer["macs"],
+            layer[unit], layer.get("speedup"))
+    total = data["total"]
+    row("", "total", "", total["macs"], total[unit], total.get("speedup"), style="bold")
+    console.print(table)
+    for k, run in data["runs"].items():
+        console.print(f"{k}: {_verdict(run)}")
+    if unit == "instructions":
+        console.print("[dim]Emulated: executed instructions (QEMU -icount), not cycles.[/dim]")
 
 
 def cmd_bench(args) -> int:
     from .bench import bench_model, write_bench_json
+    from .runner import exit_code, worst_exit_code
 
+    _check_outputs(args)
     kernels = ("reference", "optimized") if args.kernels == "both" else (args.kernels,)
-    results, status = [], 0
-    for model in args.model:
-        data = bench_model(model, args.board, kernels, random=args.random)
-        results.append(data)
-        unit = data["counter_unit"]
-        table = Table(title=f"{data['model']} on {data['board']}: {unit}, mean of {args.random} inputs")
-        for col in ("#", "op", "shape", "MACs"):
-            table.add_column(col, justify="right" if col in ("#", "MACs") else "left")
-        short = {"reference": "ref", "optimized": "opt"}
-        for k in kernels:
-            table.add_column(short[k], justify="right")
-            table.add_column(f"{short[k]}/MAC", justify="right")
-        if len(kernels) == 2:
-            table.add_column("speed-up", justify="right")
-
-        def row(label, op, shape, macs, counts, speedup, style=None):
-            cells = [label, op, shape, f"{macs:,}"]
-            for k in kernels:
-                cells += [f"{counts[k]:,}", f"{counts[k] / macs:.2f}" if macs else "-"]
-            if len(kernels) == 2:
-                cells.append(f"{speedup:.2f}x" if speedup else "-")
-            table.add_row(*cells, style=style)
-
-        for layer in data["layers"]:
-            row(str(layer["index"]), layer["op"], "x".join(map(str, layer["shape"][1:])), layer["macs"],
-                layer[unit], layer.get("speedup"))
-        total = data["total"]
-        row("", "total", "", total["macs"], total[unit], total.get("speedup"), style="bold")
-        console.print(table)
-        for k, run in data["runs"].items():
-            verdict = "[green]bit-exact with TFLM[/green]" if not run["mismatches"] else \
-                f"[red]{run['mismatches']} of {run['samples']} differ from TFLM[/red]"
-            console.print(f"{k}: {verdict}" + (f" [red]error: {run['error']}[/red]" if run["error"] else ""))
-            if run["mismatches"] or run["error"]:
-                status = 1
-        if unit == "instructions":
-            console.print("[dim]Emulated: executed instructions (QEMU -icount), not cycles.[/dim]")
-    if args.json:
+    results, codes = [], []
+    try:
+        for model in args.model:
+            data = bench_model(model, args.board, kernels, random=args.random, seed=args.seed)
+            results.append(data)
+            codes.append(data["exit_code"])
+            _print_bench(data, args.random)
+            if data["exit_code"] >= 128:  # interrupted: stop, keep what was measured
+                break
+    except KeyboardInterrupt as exc:  # between runs (a build): the models done so far still count
+        console.print("[red]interrupted[/red]")
+        codes.append(exit_code(exc))
+    if args.json and results:
         write_bench_json(results, args.json)
         console.print(f"wrote {args.json}")
-    return status
+    return worst_exit_code(codes)
 
 
 def cmd_compile(args) -> int:
@@ -262,8 +293,30 @@ def cmd_boards(args) -> int:
     return 0
 
 
+class _VersionAction(argparse.Action):
+    """--version: microtile's version and commit, and the compiler and QEMU it would use."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .provenance import version_text
+
+        print(version_text())
+        parser.exit()
+
+
+def _seed_option(parser) -> None:
+    from .inputs import DEFAULT_SEED
+
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help=f"seed of the random inputs (default: {DEFAULT_SEED}, so runs repeat exactly)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="microtile", description=__doc__)
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print microtile's version and commit and the gcc and QEMU versions")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="compile, build, run on the target and check against TFLM")
@@ -283,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--inputs", help="directory of .bin/.npy inputs, or one .npy (N x input shape)")
     src.add_argument("--random", type=int, metavar="N", help="N seeded random inputs (default: 1)")
     src.add_argument("--labels", help="energyrunner y_labels.csv (file, classes, label); inputs beside it")
-    run.add_argument("--limit", type=int, help="run at most N inputs")
+    run.add_argument("--limit", type=int, help="run at most N of the --inputs / --labels inputs")
+    _seed_option(run)
     run.add_argument("--json", metavar="OUT.json", help="also write the results as JSON")
     run.set_defaults(func=cmd_run)
 
@@ -301,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--board", default="qemu")
     bench.add_argument("--kernels", choices=("reference", "optimized", "both"), default="both")
     bench.add_argument("--random", type=int, default=2, metavar="N", help="seeded random inputs per model")
+    _seed_option(bench)
     bench.add_argument("--json", metavar="OUT.json", help="also write the results as JSON")
     bench.set_defaults(func=cmd_bench)
 
@@ -314,14 +369,17 @@ def main(argv: list[str] | None = None) -> int:
     udev.set_defaults(func=cmd_udev_rules)
 
     args = parser.parse_args(argv)
+    from .runner import exit_code, signals_as_interrupts
+
     try:
-        return args.func(args)
+        with signals_as_interrupts():  # SIGTERM / SIGHUP clean up like Ctrl-C
+            return args.func(args)
     except MicrotileError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
-    except KeyboardInterrupt:
-        console.print("[red]interrupted[/red]")
-        return 130
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)  # one line, however long
+        return exit_code(exc)
+    except KeyboardInterrupt as exc:
+        console.print(f"[red]interrupted[/red] ({exc or 'Ctrl-C'})")
+        return exit_code(exc)
 
 
 if __name__ == "__main__":

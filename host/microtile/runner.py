@@ -3,11 +3,14 @@ against TFLM bit for bit, and collect per-layer counts, memory and accuracy.
 
 Results accumulate sample by sample, so a target that fails half-way still leaves
 everything measured until then in the report (``RunResult.error`` says what broke).
+Only running sums are kept per layer, so memory stays flat however many inputs run.
 """
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,29 +19,69 @@ import numpy as np
 from .boards import Board, load_board
 from .build import Firmware, build_firmware
 from .codegen import CompiledModel, compile_model
-from .errors import MicrotileError
-from .inputs import Sample, load_samples
+from .errors import DeviceFaultError, LinkError, MicrotileError, ToolMissingError
+from .inputs import DEFAULT_SEED, Sample, load_samples
 from .oracle import TflmOracle
+from .provenance import file_sha256, provenance
 from .tflite_format import load_tflite
+
+# Exit codes of `microtile run` and `bench` (README, "The command line").
+EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT, EXIT_TARGET_FAILED = 0, 1, 2, 3
+MAX_MISMATCH_NAMES = 100  # sample names kept for the report; the count is exact
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C so the same cleanup runs (QEMU stopped,
+    what was measured written); the exit code is 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_as_interrupts() -> Iterator[None]:
+    """Turn the first SIGTERM / SIGHUP into an Interrupted exception in the main thread;
+    later ones are ignored so the cleanup they interrupt can finish."""
+    raised = []
+
+    def handler(signum, frame):
+        if not raised:
+            raised.append(signum)
+            raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+def signal_of(exc: BaseException) -> int:
+    return getattr(exc, "signum", signal.SIGINT)
 
 
 @dataclass
 class RunResult:
     model: str
     board: Board
-    counter_unit: str  # "instructions" (emulator) or "cycles" (board)
+    counter_unit: str  # "instructions" (emulator), "cycles" (board) or "none" (no counter)
     compiled: CompiledModel
     firmware: Firmware
-    layer_counts: list[list[int]] = field(default_factory=list)  # per sample, per layer
+    count_sums: list[int] = field(default_factory=list)  # per layer, summed over the samples
     stack_bytes: int = 0
     samples: int = 0
-    mismatches: list[str] = field(default_factory=list)  # names of samples that differ from TFLM
+    mismatch_count: int = 0
+    mismatches: list[str] = field(default_factory=list)  # the first MAX_MISMATCH_NAMES samples that differ
     correct: int = 0  # Top-1 hits (labelled samples)
     tflm_correct: int = 0
     labelled: int = 0
     error: str | None = None
+    error_code: int = EXIT_OK  # exit code of the error (EXIT_TARGET_FAILED, ...); 128+N for a signal
     clock_hz: int | None = None  # the clock the target reports (a board may fall back to its reset clock)
     port_status: str = "ok"  # the board port's own report (clock fallback, missing counter, ...)
+    provenance: dict = field(default_factory=dict)  # what made the result (provenance.provenance)
 
     @property
     def top1(self) -> float | None:
@@ -48,10 +91,26 @@ class RunResult:
     def tflm_top1(self) -> float | None:
         return self.tflm_correct / self.labelled if self.labelled else None
 
-    def mean_counts(self) -> list[int]:
-        if not self.layer_counts:
-            return [0] * len(self.compiled.device_ops)
-        return [int(round(v)) for v in np.mean(np.array(self.layer_counts, dtype=np.float64), axis=0)]
+    @property
+    def counted(self) -> bool:
+        """Counts were measured: a counter on the target and at least one sample."""
+        return self.samples > 0 and self.counter_unit in ("instructions", "cycles")
+
+    def add_counts(self, layers: Sequence[int]) -> None:
+        if not self.count_sums:
+            self.count_sums = [0] * len(layers)
+        for i, c in enumerate(layers):
+            self.count_sums[i] += c
+
+    def mean_counts(self) -> list[int | None]:
+        """Mean count per layer; None (not 0) for each layer when nothing was measured."""
+        if not self.counted or not self.count_sums:
+            return [None] * len(self.compiled.device_ops)
+        return [int(round(s / self.samples)) for s in self.count_sums]
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
 
     def to_json(self) -> dict:
         counts = self.mean_counts()
@@ -61,37 +120,61 @@ class RunResult:
             {"index": op.index, "op": op.opcode, "macs": m, unit: c}
             for op, m, c in zip(self.compiled.device_ops, macs, counts)
         ]
+        measured = self.samples > 0
         arena = self.compiled.plan.arena_size
+        static = self.firmware.sizes.ram_static_bytes
         data = {
             "model": self.model,
             "board": self.board.name,
             "kernels": self.compiled.kernels,
+            "verdict": "failed" if self.failed else "mismatch" if self.mismatch_count else "bit-exact",
+            "exit_code": exit_code(self),
             "samples": self.samples,
-            "mismatches": len(self.mismatches),
-            "mismatched_samples": self.mismatches[:100],
+            "mismatches": self.mismatch_count,
+            "mismatched_samples": self.mismatches,
             "top1": self.top1,
             "tflm_top1": self.tflm_top1,
             "counter_unit": unit,
             "layers": layers,
-            "total": {"macs": sum(macs), unit: sum(counts)},
+            "total": {"macs": sum(macs), unit: sum(counts) if None not in counts else None},
             "ram": {
                 "arena_bytes": arena,
-                "stack_bytes": self.stack_bytes,
-                "static_bytes": self.firmware.sizes.ram_static_bytes,
+                "stack_bytes": self.stack_bytes if measured else None,
+                "static_bytes": static,
                 "stack_reserved_bytes": self.firmware.sizes.stack_reserved_bytes,
                 # what the model needs: static data (arena included) + the stack it used
-                "total_bytes": self.firmware.sizes.ram_static_bytes + self.stack_bytes,
+                "total_bytes": static + self.stack_bytes if measured else None,
             },
             "rom": {"total_bytes": self.firmware.sizes.rom_bytes},
             "error": self.error,
             "port_status": self.port_status,
+            "provenance": self.provenance,
         }
         if unit == "cycles":  # also as time, at the clock the firmware reported
             clock = self.clock_hz or self.board.clock_hz
             data["clock_hz"] = clock
             for entry in (*layers, data["total"]):
-                entry["time_us"] = round(entry["cycles"] * 1e6 / clock, 3)
+                c = entry["cycles"]
+                entry["time_us"] = None if c is None else round(c * 1e6 / clock, 3)
         return data
+
+
+def exit_code(outcome: RunResult | BaseException) -> int:
+    """The exit code of `microtile run` and `bench` for a result or an exception:
+    0 every output matches TFLM, 1 a mismatch, 2 bad input / missing tool, 3 the target
+    failed (no answer, device fault), 128+N killed by signal N."""
+    if isinstance(outcome, KeyboardInterrupt):
+        return 128 + signal_of(outcome)
+    if isinstance(outcome, BaseException):
+        return EXIT_TARGET_FAILED if isinstance(outcome, LinkError) else EXIT_BAD_INPUT
+    if outcome.error is not None:
+        return outcome.error_code
+    return EXIT_MISMATCH if outcome.mismatch_count else EXIT_OK
+
+
+def worst_exit_code(codes: Sequence[int]) -> int:
+    """One code for several runs (bench): a signal, then a failure, bad input, a mismatch."""
+    return max(codes, key=lambda c: (c >= 128, c == EXIT_TARGET_FAILED, c == EXIT_BAD_INPUT, c), default=EXIT_OK)
 
 
 def top1_of(output: np.ndarray) -> int:
@@ -102,16 +185,20 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
               random: int | None = None, labels: str | None = None, limit: int | None = None,
               progress: Callable[[int, int], None] | None = None, probe: str | None = None,
               kernels: str = "optimized", os_name: str = "baremetal",
-              target_options: dict | None = None) -> RunResult:
+              target_options: dict | None = None, seed: int = DEFAULT_SEED,
+              samples: Sequence[Sample] | None = None) -> RunResult:
     """Run a model on a target. ``target_options`` go to ``targets.open_target``
-    (``emulate``, ``port``, ``baudrate``); ``os_name`` is "baremetal" or "zephyr"."""
-    from .targets import open_target
+    (``emulate``, ``port``, ``baudrate``); ``os_name`` is "baremetal" or "zephyr".
+    ``samples`` replaces inputs/random/labels with a ready sequence (the soak's)."""
+    from .targets import check_target_tools, open_target
 
     model_path = Path(model_path)
     graph = load_tflite(model_path)
     board = load_board(board_name)
     compiled = compile_model(graph, kernels, board)
-    samples: list[Sample] = load_samples(graph, inputs, random, labels, limit)
+    if samples is None:
+        samples = load_samples(graph, inputs, random, labels, limit, seed=seed)
+    check_target_tools(board, **(target_options or {}))  # before a build that could not run
     if os_name == "zephyr":
         from .zephyr import build_zephyr
 
@@ -123,12 +210,15 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
     oracle = TflmOracle(model_path)
 
     result = RunResult(graph.name, board, board.counter_unit, compiled, firmware)
+    result.provenance = provenance(board=board.name, build_id=firmware.build_id,
+                                   model_sha256=file_sha256(model_path),
+                                   seed=seed if not (inputs or labels) else None, kernels=kernels)
     try:
         with open_target(board, firmware, probe=probe, **(target_options or {})) as target:
             link = target.link
             info = link.info()
             if info.model_hash != int(compiled.hash[:8], 16):
-                raise MicrotileError(
+                raise LinkError(
                     f"the target runs model hash {info.model_hash:08x}, not {compiled.hash[:8]}: stale image"
                 )
             result.counter_unit = info.counter_unit
@@ -147,21 +237,46 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
                 expected = oracle(sample.arrays)
 
                 result.samples += 1
-                result.layer_counts.append(list(counters.layers))
+                result.add_counts(counters.layers)
                 result.stack_bytes = max(result.stack_bytes, counters.stack_bytes)
                 if any(not np.array_equal(a, b) for a, b in zip(outputs, expected)):
-                    result.mismatches.append(sample.name)
+                    result.mismatch_count += 1
+                    if len(result.mismatches) < MAX_MISMATCH_NAMES:
+                        result.mismatches.append(sample.name)
                 if sample.label is not None:
                     result.labelled += 1
                     result.correct += top1_of(outputs[0]) == sample.label
                     result.tflm_correct += top1_of(expected[0]) == sample.label
                 if progress:
                     progress(k + 1, len(samples))
+    except DeviceFaultError as exc:  # the device knows the layer; the host knows its operator
+        if exc.layer is not None and 0 <= exc.layer < len(compiled.device_ops):
+            exc.with_op(compiled.device_ops[exc.layer].opcode)
+        result.error, result.error_code = str(exc), EXIT_TARGET_FAILED
     except MicrotileError as exc:  # link failures included: keep what was measured
         result.error = str(exc)
-    except KeyboardInterrupt:
-        result.error = f"interrupted (Ctrl-C) after {result.samples} of {len(samples)} samples"
+        result.error_code = EXIT_BAD_INPUT if isinstance(exc, ToolMissingError) else EXIT_TARGET_FAILED
+    except KeyboardInterrupt as exc:
+        signum = signal_of(exc)
+        how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        result.error = f"interrupted ({how}) after {result.samples} of {len(samples)} samples"
+        result.error_code = 128 + signum
     return result
+
+
+def check_writable(path: str | Path) -> None:
+    """Refuse an output file that cannot be written, before a run is spent on it."""
+    path = Path(path)
+    if path.is_dir():
+        raise MicrotileError(f"--json {path}: is a directory; give a file name such as {path / 'result.json'}")
+    existed = path.exists()
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise MicrotileError(f"--json {path}: cannot write it ({exc.strerror}); choose a writable path") from None
+    if not existed:
+        path.unlink()
 
 
 def write_json(result: RunResult, path: str | Path) -> None:

@@ -8,6 +8,21 @@ from typing import Any
 from ..boards import Board, load_board
 from ..errors import BoardNotFoundError
 
+def _emulated(board: Board, emulate: bool) -> bool:
+    from ..discovery import is_probe_board
+
+    return not is_probe_board(board) or emulate
+
+
+def check_target_tools(board: Board, *, emulate: bool = False, **_: Any) -> None:
+    """Raise ToolMissingError (exit 2) when the program that runs the board is missing,
+    so the run stops before a firmware build it could not use."""
+    if _emulated(board, emulate) and board.emulator is not None:
+        from .qemu import find_qemu
+
+        find_qemu(board.emulator.program)
+
+
 def open_target(board: Board | str, firmware: Any, probe: str | None = None, *,
                 emulate: bool = False, **kwargs: Any):
     """A context manager with ``.link`` (a DeviceLink) for the board.
@@ -16,11 +31,9 @@ def open_target(board: Board | str, firmware: Any, probe: str | None = None, *,
     (build.Firmware). Boards flashed through a probe (a ``pyocd:`` section in their YAML)
     run on the real board; boards that only have an ``emulator:`` run on it. A board with
     both runs on hardware unless ``emulate=True``."""
-    from ..discovery import is_probe_board
-
     board = load_board(board) if isinstance(board, str) else board
     elf = Path(getattr(firmware, "elf", firmware))
-    on_hardware = is_probe_board(board) and not emulate
+    on_hardware = not _emulated(board, emulate)
     if not on_hardware:
         if board.emulator is None:
             raise BoardNotFoundError(f"board {board.name} has neither a pyOCD target nor an emulator in "

@@ -5,8 +5,8 @@
         target.link.write_input(0, data)
         target.link.invoke(1)
 
-The QEMU process is always stopped: on leaving the ``with``, on errors, on Ctrl-C and
-at interpreter exit."""
+The QEMU process group is always stopped: on leaving the ``with``, on errors, on Ctrl-C
+(and SIGTERM / SIGHUP, which the command line raises like Ctrl-C) and at interpreter exit."""
 from __future__ import annotations
 
 import atexit
@@ -161,15 +161,20 @@ class QemuTarget:
         if proc is None:
             return
         if proc.poll() is None:
+            # QEMU leads its own session (start_new_session), so signals sent to the
+            # microtile process never reach it: end its whole process group here.
             try:
-                proc.terminate()
-                os.kill(proc.pid, signal.SIGCONT)  # a stopped process only dies once it runs
+                os.killpg(proc.pid, signal.SIGTERM)
+                os.killpg(proc.pid, signal.SIGCONT)  # a stopped process only dies once it runs
             except ProcessLookupError:
                 pass
             try:
                 proc.wait(timeout=3)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
                 proc.wait(timeout=5)
         self.process = None
 
