@@ -1,6 +1,8 @@
 """The real firmware (port + app + a hand-written tiny model) on qemu-system-arm:
 INFO, input/output round trip, exact and repeatable instruction counts, garbled
-frames, reset, a frozen emulator, a missing emulator."""
+frames, stray bytes, length limits, bounded and interruptible INVOKE, receive
+overflow, a link fuzz sample, reset, CPU faults in a layer (a test-only model that
+faults on purpose), a frozen emulator, a missing emulator."""
 from __future__ import annotations
 
 import os
@@ -15,21 +17,32 @@ from pathlib import Path
 import pytest
 
 from microtile.boards import firmware_configure_command, load_board
-from microtile.errors import LinkTimeoutError, ToolMissingError
+from microtile.errors import DeviceFaultError, LinkTimeoutError, ToolMissingError
+from microtile.fuzz_link import fuzz
 from microtile.link import (
+    CMD_ECHO,
     CMD_INFO,
+    CMD_INVOKE,
     CMD_READ_OUTPUT,
     CMD_WRITE_INPUT,
+    CRC,
     FRAME_ERROR,
+    HEADER,
+    INVOKE_MAX,
+    MAX_PAYLOAD,
+    REPLY,
     DeviceError,
     Frame,
     FrameError,
     build_frame,
+    cobs_encode,
+    crc32,
 )
 from microtile.targets.qemu import QemuTarget
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "fixtures" / "tiny_model"
+FAULT_MODEL = REPO / "tests" / "fixtures" / "fault_model"
 BUILD_ID = "c0ffee42"
 TINY_ROUNDS = 200000  # tests/fixtures/tiny_model/model.h
 
@@ -46,18 +59,22 @@ def tiny_reference(x: bytes) -> tuple[bytes, bytes]:
     return out0, struct.pack("<I", h)
 
 
-@pytest.fixture(scope="module")
-def elf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def build_elf(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
     for tool in ("arm-none-eabi-gcc", "cmake", "ninja"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} not installed (make setup)")
     build = tmp_path_factory.mktemp("fw")
-    configure = firmware_configure_command("qemu", TINY, BUILD_ID, build)
+    configure = firmware_configure_command("qemu", model_dir, BUILD_ID, build)
     for cmd in (configure, ["cmake", "--build", str(build)]):
         proc = subprocess.run(cmd, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "warning" not in proc.stdout.lower(), proc.stdout
     return build / "microtile.elf"
+
+
+@pytest.fixture(scope="module")
+def elf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_elf(tmp_path_factory, TINY)
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +195,98 @@ def test_bad_requests_get_device_errors(target: QemuTarget) -> None:
     assert link.info().num_layers == 3
 
 
+def test_stray_byte_before_a_request_does_not_fail_it(target: QemuTarget) -> None:
+    link = target.link
+    for stray in (b"A", b"\xff\x13", b"\x00\x05"):
+        link.send_raw(stray)  # the device answers it with a seq-0 error, then the request
+        assert link.info().build_id == BUILD_ID
+    assert link.line_errors >= 2
+
+
+def _raw_request(cmd: int, seq: int, payload: bytes) -> bytes:
+    """A well-formed frame without the host's payload check."""
+    body = HEADER.pack(cmd, seq, len(payload)) + payload
+    return b"\x00" + cobs_encode(body + CRC.pack(crc32(body))) + b"\x00"
+
+
+def _next_frame(link, seq: int) -> Frame:
+    deadline = time.monotonic() + 5.0
+    while True:
+        item = link.receive(max(0.0, deadline - time.monotonic()))
+        if isinstance(item, Frame) and item.seq == seq:
+            return item
+
+
+def test_payload_over_the_limit_is_refused(target: QemuTarget) -> None:
+    link = target.link
+    data = bytes(range(1, 256)) * 2 + b"xyz"  # 513 bytes: COBS still fits it in the buffer
+    link.send_raw(_raw_request(CMD_ECHO, 99, data))
+    reply = _next_frame(link, 99)
+    assert reply.type == FRAME_ERROR and struct.unpack_from("<H", reply.payload)[0] == 4  # TOO_LONG
+    assert link.echo(bytes(MAX_PAYLOAD)) == bytes(MAX_PAYLOAD)
+    assert link.info().model_name == "tiny"
+
+
+def test_invoke_count_is_bounded(target: QemuTarget) -> None:
+    link = target.link
+    assert link.info().invoke_max == INVOKE_MAX
+    for count in (INVOKE_MAX + 1, 0xFFFFFFFF):
+        with pytest.raises(DeviceError, match="BAD_ARGUMENT on INVOKE"):
+            link.request(CMD_INVOKE, struct.pack("<I", count))
+    assert link.info().build_id == BUILD_ID
+
+
+def test_long_invoke_still_hears_the_host(target: QemuTarget) -> None:
+    link = target.link
+    link.write_input(0, bytes(64))
+    start = time.monotonic()
+    link.send_raw(_raw_request(CMD_INVOKE, 201, struct.pack("<I", INVOKE_MAX)))  # minutes of work
+    time.sleep(0.3)
+    link.send_raw(_raw_request(CMD_ECHO, 202, b"hello"))
+    invoke = _next_frame(link, 201)
+    assert invoke.type == CMD_INVOKE | REPLY
+    done, total = struct.unpack("<IQ", invoke.payload)
+    assert 1 <= done < INVOKE_MAX and total > 0
+    echo = _next_frame(link, 202)
+    assert echo.type == CMD_ECHO | REPLY and echo.payload == b"hello"
+    assert time.monotonic() - start < 5.0
+    assert link.read_counters().invokes == done
+    # and RESET is heard during a long INVOKE too
+    link.send_raw(_raw_request(CMD_INVOKE, 203, struct.pack("<I", INVOKE_MAX)))
+    time.sleep(0.3)
+    assert link.reset().build_id == BUILD_ID
+    assert link.read_counters().invokes == 0
+
+
+def test_pipelined_requests_overflow_is_reported(target: QemuTarget) -> None:
+    link = target.link
+    before = link.info().rx_overflows
+    n = 400
+    link.send_raw(b"".join(_raw_request(CMD_INFO, 1 + i % 200, b"") for i in range(n)))
+    replies, overflow_errors = 0, 0
+    while True:
+        try:
+            item = link.receive(1.0)
+        except LinkTimeoutError:
+            break
+        if isinstance(item, Frame) and item.type == CMD_INFO | REPLY:
+            replies += 1
+        elif isinstance(item, Frame) and item.type == FRAME_ERROR:
+            overflow_errors += struct.unpack_from("<H", item.payload)[0] == 10  # RX_OVERFLOW
+    assert replies < n  # the ring (1 KiB) cannot hold 400 requests at once ...
+    assert overflow_errors >= 1  # ... and the loss is reported, not silent
+    info = link.info()
+    assert info.rx_overflows - before >= overflow_errors
+
+
+def test_link_fuzz_sample(elf: Path) -> None:
+    if shutil.which("qemu-system-arm") is None:
+        pytest.skip("qemu-system-arm not installed")
+    report = fuzz(elf, seconds=8.0, seed=7)
+    assert report.bursts >= 5 and report.frames > 100
+    assert report.failures == [], report.summary()
+
+
 def test_reset_reboots_and_clears_counters(target: QemuTarget) -> None:
     link = target.link
     link.write_input(0, bytes(64))
@@ -225,3 +334,50 @@ def test_missing_qemu_is_a_tool_error(monkeypatch: pytest.MonkeyPatch, tmp_path:
     with pytest.raises(ToolMissingError, match="apt-get install qemu-system-arm"):
         with QemuTarget("qemu", tmp_path / "microtile.elf"):
             pass
+
+
+# ---- CPU faults: a test-only model whose layer 1 faults as input[0] asks ----
+
+@pytest.fixture(scope="module")
+def fault_target(tmp_path_factory: pytest.TempPathFactory):
+    if shutil.which("qemu-system-arm") is None:
+        pytest.skip("qemu-system-arm not installed (sudo apt-get install qemu-system-arm)")
+    with QemuTarget("qemu", build_elf(tmp_path_factory, FAULT_MODEL), timeout=10.0) as t:
+        yield t
+
+
+FAULTS = {  # tests/fixtures/fault_model/model.h
+    1: ("BusFault: precise data bus error at 0x30000000", 0x8200),
+    2: ("UsageFault: undefined instruction", 1 << 16),
+    3: ("UsageFault: unaligned access", 1 << 24),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FAULTS))
+def test_fault_in_a_layer_names_layer_fault_and_registers(fault_target: QemuTarget, kind: int) -> None:
+    link = fault_target.link
+    link.write_input(0, bytes([kind]) + bytes(15))
+    with pytest.raises(DeviceFaultError) as exc:
+        link.invoke(1)
+    err = exc.value
+    text, cfsr = FAULTS[kind]
+    assert err.layer == 1 and err.fault == text
+    assert err.registers["cfsr"] == cfsr
+    assert 0x08000000 <= err.registers["pc"] < 0x08100000  # in the firmware's flash
+    assert err.registers["lr"] & 1  # a Thumb return address
+    if kind == 1:
+        assert err.registers["bfar"] == 0x30000000
+    # the device reset itself and serves again
+    assert link.wait_ready(10.0).model_name == "fault"
+    link.write_input(0, bytes(16))
+    link.invoke(1)
+    assert link.read_output(0) == b"\xff" + bytes(15)
+
+
+def test_stack_overflow_fault_is_reported_from_a_fresh_stack(fault_target: QemuTarget) -> None:
+    link = fault_target.link
+    link.write_input(0, bytes([4]) + bytes(15))
+    with pytest.raises(DeviceFaultError, match="stacking.*stack overflow") as exc:
+        link.invoke(1)
+    assert exc.value.layer == 1 and "pc" not in exc.value.registers
+    assert link.wait_ready(10.0).model_name == "fault"
