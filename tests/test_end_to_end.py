@@ -139,7 +139,7 @@ def test_target_that_stops_answering_keeps_what_was_measured(tmp_path_factory, m
 
     model = _zoo_file(tmp_path_factory, "op_add")
     result = run_model(model, "qemu", random=5, progress=freeze_after_two)
-    assert result.samples == 2 and len(result.layer_counts) == 2
+    assert result.samples == 2 and all(c > 0 for c in result.mean_counts())
     assert result.error is not None and "answer" in result.error
     assert result.to_json()["error"] == result.error
 

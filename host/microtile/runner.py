@@ -112,6 +112,20 @@ class RunResult:
     def failed(self) -> bool:
         return self.error is not None
 
+    def fail(self, exc: MicrotileError | KeyboardInterrupt, planned: int | None = None) -> None:
+        """Record why the run ended early (what was measured before stays)."""
+        if isinstance(exc, KeyboardInterrupt):
+            signum = signal_of(exc)
+            how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            self.error = f"interrupted ({how}) after {self.samples} of {planned} samples"
+            self.error_code = 128 + signum
+            return
+        ops = self.compiled.device_ops
+        if isinstance(exc, DeviceFaultError) and exc.layer is not None and 0 <= exc.layer < len(ops):
+            exc.with_op(ops[exc.layer].opcode)  # the device knows the layer; the host its operator
+        self.error = str(exc)
+        self.error_code = EXIT_BAD_INPUT if isinstance(exc, ToolMissingError) else EXIT_TARGET_FAILED
+
     def to_json(self) -> dict:
         counts = self.mean_counts()
         macs = self.compiled.macs
@@ -249,18 +263,8 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
                     result.tflm_correct += top1_of(expected[0]) == sample.label
                 if progress:
                     progress(k + 1, len(samples))
-    except DeviceFaultError as exc:  # the device knows the layer; the host knows its operator
-        if exc.layer is not None and 0 <= exc.layer < len(compiled.device_ops):
-            exc.with_op(compiled.device_ops[exc.layer].opcode)
-        result.error, result.error_code = str(exc), EXIT_TARGET_FAILED
-    except MicrotileError as exc:  # link failures included: keep what was measured
-        result.error = str(exc)
-        result.error_code = EXIT_BAD_INPUT if isinstance(exc, ToolMissingError) else EXIT_TARGET_FAILED
-    except KeyboardInterrupt as exc:
-        signum = signal_of(exc)
-        how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        result.error = f"interrupted ({how}) after {result.samples} of {len(samples)} samples"
-        result.error_code = 128 + signum
+    except (MicrotileError, KeyboardInterrupt) as exc:  # link failures included: keep what was measured
+        result.fail(exc, len(samples))
     return result
 
 
