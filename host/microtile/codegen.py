@@ -8,15 +8,17 @@ its C call. Weights become const arrays (flash); every call gets constant parame
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import MicrotileError, UnsupportedOperatorError
+from .errors import DoesNotFitError, MicrotileError, UnsupportedOperatorError
 from .ir import Graph, Operator
 from .ops import kernel_for
 from .planner import MemoryPlan, plan_memory
+from .quant import MultiplierRangeError
 from .reference import check_input_arrays, run_operators
 
 _CTYPES = {
@@ -78,7 +80,18 @@ def validate(graph: Graph) -> None:
                 f"input {t.name!r} has batch {t.shape[0]}; microtile runs batch 1 (convert the model with batch size 1)",
             )
     for op in graph.operators:
-        kernel_for(op).check(op, graph)
+        with operator_errors(op):
+            kernel_for(op).check(op, graph)
+
+
+@contextmanager
+def operator_errors(op: Operator):
+    """Scales no converter writes (a corrupted file) surface while an operator's
+    parameters are computed: name the operator."""
+    try:
+        yield
+    except MultiplierRangeError as exc:
+        raise UnsupportedOperatorError(op.index, op.opcode, str(exc)) from None
 
 
 def split_boundaries(graph: Graph) -> tuple[list[Operator], list[Operator], list[Operator]]:
@@ -101,6 +114,22 @@ def split_boundaries(graph: Graph) -> tuple[list[Operator], list[Operator], list
                     "microtile runs int8 models (float only at the model boundary through QUANTIZE/DEQUANTIZE)"
                 )
     return host_pre, device, host_post
+
+
+def check_tensor_sizes(graph: Graph, device_ops: list[Operator], board) -> None:
+    """Refuse any activation larger than the board's RAM before anything is sized from
+    it (arena plan, host buffers, the TFLM arena): a corrupted shape fails here."""
+    ram = board.ram_bytes
+    on_device = {i for op in device_ops for i in op.inputs + op.outputs if i >= 0}
+    for t in graph.tensors:
+        if t.is_constant:
+            continue
+        # A host-side float tensor mirrors a device int8 one: count its elements.
+        need = t.nbytes if t.index in on_device else t.size
+        if need > ram:
+            raise DoesNotFitError(
+                f"model {graph.name}: tensor #{t.index} {t.name!r} {list(t.shape)} {t.dtype} needs {need:,} bytes, "
+                f"but {board.name} has {ram:,} bytes of RAM; use a board with more RAM or a smaller input")
 
 
 class _Emitter:
@@ -192,13 +221,16 @@ def compile_model(graph: Graph, kernels: str = "reference", board=None) -> Compi
     device_outputs = [post_inputs.get(i, i) for i in graph.outputs]
     if not device_ops:
         raise MicrotileError(f"model {graph.name} has no operators to run on the device")
+    if board is not None:
+        check_tensor_sizes(graph, device_ops, board)
     plan = plan_memory(graph, device_ops, device_inputs, device_outputs)
 
     em = _Emitter(graph, plan, kernels, board)
     cases = []
     for layer, op in enumerate(device_ops):
         em.layer = layer
-        body = kernel_for(op).emit(op, graph, em).strip()
+        with operator_errors(op):
+            body = kernel_for(op).emit(op, graph, em).strip()
         body = "\n".join("        " + line for line in body.splitlines())
         cases.append(f"    case {layer}: /* #{op.index} {op.opcode} */\n{body}\n        break;")
     if em.scratch_bytes:

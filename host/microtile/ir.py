@@ -10,9 +10,12 @@ Conventions (they follow the TFLite schema so nothing is lost in translation):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .errors import ModelFormatError
 
 
 @dataclass
@@ -40,8 +43,13 @@ class Tensor:
         return self.data is not None
 
     @property
+    def size(self) -> int:
+        """Element count, in Python ints (no int64 overflow on a corrupted shape)."""
+        return math.prod(int(d) for d in self.shape)
+
+    @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return self.size * np.dtype(self.dtype).itemsize
 
     @property
     def scale(self) -> float:
@@ -73,10 +81,56 @@ class Graph:
     outputs: list[int]
 
     def tensor(self, index: int) -> Tensor:
+        if not 0 <= index < len(self.tensors):  # no Python negative indexing into the weights
+            raise ModelFormatError(f"{self.name}: tensor index {index} is out of range (0..{len(self.tensors) - 1})")
         return self.tensors[index]
 
     def op_inputs(self, op: Operator) -> list[Tensor | None]:
-        return [self.tensors[i] if i >= 0 else None for i in op.inputs]
+        return [self.tensor(i) if i != -1 else None for i in op.inputs]
 
     def op_outputs(self, op: Operator) -> list[Tensor]:
-        return [self.tensors[i] for i in op.outputs]
+        return [self.tensor(i) for i in op.outputs]
+
+    def check_structure(self) -> None:
+        """The dataflow every later stage relies on (raises ModelFormatError naming the
+        first offender): valid indices, every tensor read is a graph input, a constant
+        or the output of an earlier operator, no tensor is written twice, and every
+        graph output is produced."""
+        n = len(self.tensors)
+
+        def name(i: int) -> str:
+            return f"tensor #{i} {self.tensors[i].name!r}"
+
+        for kind, indices in (("input", self.inputs), ("output", self.outputs)):
+            for i in indices:
+                if not 0 <= i < n:
+                    raise ModelFormatError(f"{self.name}: graph {kind} index {i} is out of range (0..{n - 1})")
+            if len(set(indices)) != len(indices):
+                raise ModelFormatError(f"{self.name}: graph {kind}s {list(indices)} list a tensor twice")
+        written: set[int] = set()
+        for i in self.inputs:
+            if self.tensors[i].is_constant:
+                raise ModelFormatError(f"{self.name}: graph input {name(i)} is a constant (it has weight data)")
+            written.add(i)
+        for op in self.operators:
+            where = f"{self.name}: operator #{op.index} {op.opcode}"
+            for i in op.inputs:
+                if i == -1:
+                    continue
+                if not 0 <= i < n:
+                    raise ModelFormatError(f"{where}: input tensor index {i} is out of range (0..{n - 1})")
+                if not (self.tensors[i].is_constant or i in written):
+                    raise ModelFormatError(f"{where} reads {name(i)}, which is not a graph input, a constant "
+                                           "or the output of an earlier operator")
+            for i in op.outputs:
+                if not 0 <= i < n:
+                    raise ModelFormatError(f"{where}: output tensor index {i} is out of range (0..{n - 1})")
+                if self.tensors[i].is_constant:
+                    raise ModelFormatError(f"{where} writes {name(i)}, which is a constant")
+                if i in written:
+                    raise ModelFormatError(f"{where} writes {name(i)} a second time")
+                written.add(i)
+        for i in self.outputs:
+            if i not in written:
+                raise ModelFormatError(f"{self.name}: graph output {name(i)} is never written "
+                                       "(not a graph input nor any operator's output)")

@@ -20,12 +20,20 @@ def tflite_round(x: float) -> int:
     return int(math.floor(abs(x) + 0.5)) * (1 if x >= 0 else -1)
 
 
+class MultiplierRangeError(ValueError):
+    """A requantisation scale of 2**31 or more: TFLM's ``x * (1 << shift)`` is undefined
+    there (a corrupted scale); codegen refuses the operator with this message."""
+
+
 def quantize_multiplier(real: float) -> tuple[int, int]:
     """QuantizeMultiplier: real = q * 2**(shift - 31), q in [2**30, 2**31), as TFLM's
     default double-rounding build computes it."""
     if real == 0.0:
         return 0, 0
     q, shift = math.frexp(real)
+    if not math.isfinite(real) or shift > 31:
+        raise MultiplierRangeError(f"requantisation scale {real:.3g} is not below 2**31, where TFLM's "
+                                   "integer arithmetic is undefined (check the tensors' scales)")
     q_fixed = tflite_round(q * (1 << 31))
     if q_fixed == (1 << 31):
         q_fixed //= 2

@@ -9,6 +9,7 @@ a snake_case key, enum fields become their schema names.
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from pathlib import Path
 
@@ -115,9 +116,14 @@ def load_tflite(model: bytes | str | Path) -> Graph:
     """Import a TFLite flatbuffer. Raises ModelFormatError for anything unreadable."""
     if isinstance(model, (str, Path)):
         path = Path(model)
+        if path.is_dir():
+            raise ModelFormatError(f"{path}: is a directory; give the .tflite file itself")
         if not path.is_file():
             raise ModelFormatError(f"{path}: no such file")
-        data, name = path.read_bytes(), path.stem
+        try:
+            data, name = path.read_bytes(), path.stem
+        except OSError as exc:
+            raise ModelFormatError(f"{path}: cannot read it ({exc.strerror})") from None
     else:
         data, name = bytes(model), "model"
     if len(data) < 8 or data[4:8] != b"TFL3":
@@ -130,10 +136,112 @@ def load_tflite(model: bytes | str | Path) -> Graph:
     except (UnsupportedOperatorError, ModelFormatError):
         raise
     except Exception as exc:  # a corrupt buffer fails deep inside flatbuffers
-        raise ModelFormatError(f"{name}: corrupted TFLite file ({type(exc).__name__}: {exc})") from exc
+        detail = " ".join(str(exc).split())  # one line, whatever the library said
+        raise ModelFormatError(f"{name}: corrupted TFLite file ({type(exc).__name__}: {detail})") from exc
+
+
+_INT_RANGES = {d: (int(np.iinfo(d).min), int(np.iinfo(d).max)) for d in ("int8", "uint8", "int16", "int32")}
+
+# TFLite's flatbuffers hold less than 2 GiB; a larger tensor is a corrupted shape.
+MAX_TENSOR_BYTES = (1 << 31) - 1
+
+# Inputs a model may leave out (index -1), for the operators microtile implements
+# (TFLM's GetOptionalInputTensor sites). Operators outside this table are refused at
+# compile time as not implemented, so their -1 inputs are left to that message.
+OPTIONAL_INPUTS: dict[str, set[int]] = {
+    "CONV_2D": {2}, "DEPTHWISE_CONV_2D": {2}, "FULLY_CONNECTED": {2}, "RESHAPE": {1}, "PADV2": {2},
+    **{op: set() for op in ("AVERAGE_POOL_2D", "MAX_POOL_2D", "ADD", "MUL", "SOFTMAX", "LOG_SOFTMAX", "PAD",
+                            "MEAN", "CONCATENATION", "TRANSPOSE", "RESIZE_NEAREST_NEIGHBOR", "RELU", "RELU6",
+                            "LOGISTIC", "HARD_SWISH", "QUANTIZE", "DEQUANTIZE")},
+}
+
+
+def _count(data: bytes, what: str, n: int, name: str) -> int:
+    """A vector length read from the file: each element takes at least 4 bytes, so a
+    longer vector is a corrupted length (and must not become a 4-billion-step loop)."""
+    if n * 4 > len(data):
+        raise ModelFormatError(f"{name}: corrupted TFLite file ({what}: {n} entries in a {len(data)}-byte file)")
+    return n
+
+
+def _index_list(values, what: str, n: int, name: str, allow_absent: bool = False) -> list[int]:
+    out = [int(x) for x in values]
+    for x in out:
+        if not (0 <= x < n or (allow_absent and x == -1)):
+            raise ModelFormatError(f"{name}: {what} index {x} is out of range (0..{n - 1})")
+    return out
+
+
+def _read_tensor(data: bytes, model, t, i: int, num_buffers: int, name: str) -> Tensor:
+    tname = t.Name().decode("utf-8", "replace") if t.Name() else f"t{i}"
+    where = f"{name}: tensor #{i} {tname!r}"
+    type_code = t.Type()
+    if type_code not in _DTYPES:
+        raise ModelFormatError(f"{where} has unsupported type code {type_code}")
+    dtype = _DTYPES[type_code]
+    if t.IsVariable():
+        raise ModelFormatError(f"{where} is a variable (stateful) tensor; microtile runs stateless models")
+    if t.Sparsity() is not None:
+        raise ModelFormatError(f"{where} is sparse; microtile reads dense weights (convert without sparsity)")
+    shape = tuple(int(d) for d in t.ShapeAsNumpy()) if _count(data, "shape", t.ShapeLength(), name) else ()
+    if any(d < 0 for d in shape):
+        raise ModelFormatError(f"{where} has a negative dimension in shape {list(shape)}")
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes > MAX_TENSOR_BYTES:
+        raise ModelFormatError(f"{where}: shape {list(shape)} needs {nbytes:,} bytes (more than a TFLite file can hold)")
+
+    quant = None
+    q = t.Quantization()
+    if q is not None and q.ScaleLength() > 0:
+        scales = q.ScaleAsNumpy().astype(np.float32)
+        if q.ZeroPointLength() not in (0, scales.size):
+            raise ModelFormatError(f"{where} has {scales.size} quantisation scales but {q.ZeroPointLength()} zero points")
+        zp = q.ZeroPointAsNumpy() if q.ZeroPointLength() else np.zeros(scales.size)
+        axis = int(q.QuantizedDimension())
+        if scales.size > 1 and not (0 <= axis < len(shape) and shape[axis] == scales.size):
+            raise ModelFormatError(f"{where} has {scales.size} per-channel scales on dimension {axis} of shape "
+                                   f"{list(shape)}")
+        zp = np.asarray(zp, dtype=np.int64)
+        if not np.all(np.isfinite(scales) & (scales >= 0)):
+            raise ModelFormatError(f"{where} has a quantisation scale that is negative, NaN or infinite")
+        if dtype in _INT_RANGES:
+            lo, hi = _INT_RANGES[dtype]
+            if zp.min() < lo or zp.max() > hi:
+                raise ModelFormatError(f"{where} has a zero point outside the {dtype} range [{lo}, {hi}]")
+        quant = Quant(scales, zp, axis)
+
+    buffer = t.Buffer()
+    if not 0 <= buffer < num_buffers:
+        raise ModelFormatError(f"{where}: buffer index {buffer} is out of range (0..{num_buffers - 1})")
+    tensor_data = None
+    buf = model.Buffers(buffer)
+    if buf is not None and buf.DataLength() > 0:
+        raw = buf.DataAsNumpy().tobytes()
+        if len(raw) != nbytes:
+            raise ModelFormatError(f"{where}: its buffer holds {len(raw)} bytes, but shape {list(shape)} {dtype} "
+                                   f"needs {nbytes}")
+        tensor_data = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype).reshape(shape)
+    elif buf is not None and buf.Offset() > 0:
+        raise ModelFormatError(f"{where} uses external buffer offsets (>2 GB models)")
+    if tensor_data is None and 0 in shape:
+        raise ModelFormatError(f"{where} has a zero dimension in shape {list(shape)}; microtile runs tensors "
+                               "with at least one element")
+    return Tensor(i, tname, shape, dtype, quant, tensor_data)
+
+
+def _read_every_field(data: bytes) -> None:
+    """Read every table, vector and string of the file once, as the TFLM Python runtime
+    does when it loads a model: an offset that points outside the file raises here.
+    (TFLM's C++ side does not verify the flatbuffer; it would read out of bounds.)"""
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    schema.ModelT.InitFromObj(schema.Model.GetRootAs(data, 0))
 
 
 def _parse(data: bytes, name: str) -> Graph:
+    """Read the flatbuffer, checking every index and size against the file before it
+    is used (a corrupted file must fail here, never later in the compiler or TFLM)."""
+    _read_every_field(data)
     model = tflite.Model.GetRootAs(data, 0)
     if model.SubgraphsLength() != 1:
         raise ModelFormatError(
@@ -141,50 +249,47 @@ def _parse(data: bytes, name: str) -> Graph:
             "(no control flow)"
         )
     sub = model.Subgraphs(0)
-    tensors = []
-    for i in range(sub.TensorsLength()):
-        t = sub.Tensors(i)
-        type_code = t.Type()
-        if type_code not in _DTYPES:
-            raise ModelFormatError(f"{name}: tensor #{i} has unsupported type code {type_code}")
-        dtype = _DTYPES[type_code]
-        shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
-        quant = None
-        q = t.Quantization()
-        if q is not None and q.ScaleLength() > 0:
-            zp = q.ZeroPointAsNumpy() if q.ZeroPointLength() else np.zeros(q.ScaleLength())
-            quant = Quant(q.ScaleAsNumpy().astype(np.float32), np.asarray(zp, dtype=np.int64),
-                          int(q.QuantizedDimension()))
-        tensor_data = None
-        buf = model.Buffers(t.Buffer())
-        if buf is not None and buf.DataLength() > 0:
-            raw = buf.DataAsNumpy().tobytes()
-            count = int(np.prod(shape, dtype=np.int64))
-            tensor_data = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"), count=count)
-            tensor_data = tensor_data.astype(dtype).reshape(shape)
-        elif buf is not None and buf.Offset() > 0:
-            raise ModelFormatError(f"{name}: tensor #{i} uses external buffer offsets (>2 GB models)")
-        tname = t.Name().decode("utf-8", "replace") if t.Name() else f"t{i}"
-        tensors.append(Tensor(i, tname, shape, dtype, quant, tensor_data))
+    num_buffers = _count(data, "buffers", model.BuffersLength(), name)
+    num_codes = _count(data, "operator codes", model.OperatorCodesLength(), name)
+    num_tensors = _count(data, "tensors", sub.TensorsLength(), name)
+    tensors = [_read_tensor(data, model, sub.Tensors(i), i, num_buffers, name) for i in range(num_tensors)]
 
     operators = []
-    for i in range(sub.OperatorsLength()):
+    for i in range(_count(data, "operators", sub.OperatorsLength(), name)):
         op_fb = sub.Operators(i)
-        code_fb = model.OperatorCodes(op_fb.OpcodeIndex())
+        code_index = op_fb.OpcodeIndex()
+        if not 0 <= code_index < num_codes:
+            raise ModelFormatError(f"{name}: operator #{i}: opcode index {code_index} is out of range "
+                                   f"(0..{num_codes - 1})")
+        code_fb = model.OperatorCodes(code_index)
         code = max(code_fb.BuiltinCode(), code_fb.DeprecatedBuiltinCode())
         if code == tflite.BuiltinOperator.CUSTOM:
-            custom = code_fb.CustomCode().decode() if code_fb.CustomCode() else "?"
+            custom = code_fb.CustomCode().decode("utf-8", "replace") if code_fb.CustomCode() else "?"
             raise UnsupportedOperatorError(i, f"CUSTOM({custom})", "custom operators are not supported")
         opcode = BUILTIN_OPCODE2NAME.get(code, f"BUILTIN_{code}")
+        where = f"{name}: operator #{i} {opcode}"
         table = OPTIONS_TABLE.get(opcode)
+        options_type = op_fb.BuiltinOptionsType()
+        if table and options_type not in (0, getattr(tflite.BuiltinOptions, table)):
+            raise ModelFormatError(f"{where} carries options of type {options_type}, not {table}")
         options = _read_options(op_fb, table) if table else {}
-        inputs = [int(x) for x in op_fb.InputsAsNumpy()] if op_fb.InputsLength() else []
-        outputs = [int(x) for x in op_fb.OutputsAsNumpy()] if op_fb.OutputsLength() else []
+        optional = OPTIONAL_INPUTS.get(opcode)
+        inputs = _index_list(op_fb.InputsAsNumpy() if _count(data, "inputs", op_fb.InputsLength(), name) else [],
+                             f"operator #{i} {opcode} input", num_tensors, name, allow_absent=True)
+        for k, x in enumerate(inputs):
+            if x == -1 and optional is not None and k not in optional:
+                raise ModelFormatError(f"{where}: input {k} is absent (-1), but {opcode} requires it")
+        outputs = _index_list(op_fb.OutputsAsNumpy() if _count(data, "outputs", op_fb.OutputsLength(), name) else [],
+                              f"operator #{i} {opcode} output", num_tensors, name)
         operators.append(Operator(i, opcode, inputs, outputs, options))
 
-    graph_inputs = [int(x) for x in sub.InputsAsNumpy()]
-    graph_outputs = [int(x) for x in sub.OutputsAsNumpy()]
-    return Graph(name, tensors, operators, graph_inputs, graph_outputs)
+    graph_inputs = _index_list(sub.InputsAsNumpy() if _count(data, "inputs", sub.InputsLength(), name) else [],
+                               "graph input", num_tensors, name)
+    graph_outputs = _index_list(sub.OutputsAsNumpy() if _count(data, "outputs", sub.OutputsLength(), name) else [],
+                                "graph output", num_tensors, name)
+    graph = Graph(name, tensors, operators, graph_inputs, graph_outputs)
+    graph.check_structure()
+    return graph
 
 
 # ---------------------------------------------------------------- writing
