@@ -6,11 +6,18 @@
     pytest --board nucleo_f446re --emulate   # that board's image on its emulator (QEMU)
 
 Device tests (those using the ``board`` / ``run_on_board`` fixtures) run on the selected
-target. On a board, each firmware build is flashed once: the target asks the board for
-the build id it runs (INFO) and flashes only a different one, so tests sharing a model
-share the flash. Without an attached board, ``--board nucleo...`` skips every device test
-with a message saying what is needed (exit status 0). Tests marked ``hardware`` need a
-real board and skip otherwise.
+target, and the board's name is part of their test id (``test_x[nucleo_f446re-op_add]``).
+On a board, each firmware build is flashed once: the target asks the board for the build
+id it runs (INFO) and flashes only a different one, so tests sharing a model share the
+flash. Asking for a board (``--board nucleo...``) that is not attached fails every device
+test with a message saying what is needed (as twister's device testing does), so a CI
+runner whose board fell off USB does not pass; ``--allow-no-board`` skips them instead.
+Tests marked ``hardware`` need a real board; on an emulator they skip.
+
+Each ``run_on_board`` run records its figures as JUnit properties (``pytest
+--junitxml``): board, model, kernels, samples, mismatches, counter_unit, the total count
+under the unit's name (``cycles`` or ``instructions``; none without a counter), top1 (with
+labels), ram_bytes, rom_bytes, and error when the run failed.
 
 ``--port``/``--baud`` are pytest-embedded's options when it is installed: here they
 override the discovered VCP and the board's baud rate.
@@ -31,6 +38,15 @@ import pytest
 SHARED_ENV = "MICROTILE_SHARED"
 NEEDS_BOARD = ("needs a Nucleo board attached over its ST-LINK USB connector (pytest --board nucleo "
                "or --board nucleo_<name> [--probe UID]; `microtile probes` lists what is attached)")
+NO_BOARD_HINT = "pass --allow-no-board to skip the device tests instead of failing them"
+# pytest-embedded records an XML attribute on every test (an experimental pytest API), and
+# run_on_board properties, which pytest's default junit_family xunit2 flags with one
+# warning per test although it writes the properties all the same: warnings about the
+# report, not about the test.
+REPORT_WARNINGS = (
+    "ignore:record_(xml_attribute|property) is incompatible with junit_family:pytest.PytestWarning",
+    "ignore:record_xml_attribute is an experimental feature:pytest.PytestExperimentalApiWarning",
+)
 
 _selection_key = pytest.StashKey[tuple[Any, Any, str | None]]()
 
@@ -43,6 +59,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--probe", default=None, help="debug probe unique id when several boards are attached")
     group.addoption("--emulate", action="store_true", default=False,
                     help="run the --board's image on its emulator (QEMU) instead of the real board")
+    group.addoption("--allow-no-board", action="store_true", default=False,
+                    help="with --board nucleo...: skip the device tests when no board is attached "
+                    "(default: they fail, so a missing board never passes)")
 
 
 def _option(config: pytest.Config, name: str) -> Any:
@@ -56,6 +75,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "hardware: needs a real board (pytest --board nucleo...)")
     config.addinivalue_line("markers", "qemu: runs firmware on qemu-system-arm")
     config.addinivalue_line("markers", "shared: needs the MLPerf Tiny data in ../shared")
+    for line in REPORT_WARNINGS:
+        config.addinivalue_line("filterwarnings", line)
 
 
 def _wants_hardware(config: pytest.Config) -> bool:
@@ -101,14 +122,44 @@ def select_target(config: pytest.Config) -> tuple[Any, Any, str | None]:
     return selection
 
 
+def board_id(config: pytest.Config) -> str:
+    """The board's name as it appears in test ids: the board found (``--board nucleo`` ->
+    nucleo_f446re), else what --board says."""
+    selected, _, _ = select_target(config)
+    return selected.name if selected is not None else str(config.getoption("--board"))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test using the ``board`` fixture (directly or through run_on_board) gets the
+    board in its id, so JUnit reports from several boards stay apart."""
+    if "board" not in metafunc.fixturenames:
+        return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0] if mark.args else mark.kwargs.get("argnames", "")
+        if "board" in ([n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)):
+            return  # the test parametrizes a "board" argument of its own
+    name = board_id(metafunc.config)
+    metafunc.parametrize("board", [name], ids=[name], indirect=True, scope="session")
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if not _wants_hardware(config):
+        return None
+    selected, device, reason = select_target(config)
+    if reason is None:
+        return f"microtile: board {selected.name}, probe {device.unique_id}, VCP {device.port}"
+    what = "skipped (--allow-no-board)" if config.getoption("--allow-no-board") else "FAIL"
+    return f"microtile: --board {config.getoption('--board')}: no board attached; device tests {what}"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     hardware_items = [item for item in items if "hardware" in item.keywords]
     if not hardware_items:
         return
     if _wants_hardware(config):
         _, _, reason = select_target(config)
-        if reason is None:
-            return
+        if reason is None or not config.getoption("--allow-no-board"):
+            return  # a missing board fails them through the board fixture
     else:
         reason = f"{NEEDS_BOARD} (selected target: {config.getoption('--board')})"
     for item in hardware_items:
@@ -117,9 +168,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def board(pytestconfig: pytest.Config):
+    """The Board the device tests run on (--board); a requested board that is not attached
+    fails the test, or skips it under --allow-no-board."""
     selected, _, reason = select_target(pytestconfig)
     if reason is not None:
-        pytest.skip(reason)
+        if pytestconfig.getoption("--allow-no-board"):
+            pytest.skip(reason)
+        pytest.fail(f"{reason}; {NO_BOARD_HINT}", pytrace=False)
     return selected
 
 
@@ -129,9 +184,27 @@ def attached_probe(board, pytestconfig: pytest.Config):
     return select_target(pytestconfig)[1]
 
 
-@pytest.fixture(scope="session")
-def run_on_board(board, attached_probe, pytestconfig: pytest.Config):
-    """Run a model on the selected target: ``run_on_board(path, random=3)`` -> RunResult."""
+def result_properties(result: Any) -> list[tuple[str, Any]]:
+    """A RunResult's figures as JUnit properties (name, value), from its JSON form."""
+    data = result.to_json()
+    unit = data["counter_unit"]
+    props = [(key, data[key]) for key in ("board", "model", "kernels", "samples", "mismatches", "counter_unit")]
+    count = data["total"].get(unit)
+    if unit in ("cycles", "instructions") and count is not None and data["samples"]:
+        props.append((unit, count))
+    if data.get("top1") is not None:
+        props.append(("top1", data["top1"]))
+    props += [("ram_bytes", data["ram"]["total_bytes"]), ("rom_bytes", data["rom"]["total_bytes"])]
+    if data.get("error"):
+        props.append(("error", data["error"]))
+    return props
+
+
+@pytest.fixture
+def run_on_board(board, attached_probe, pytestconfig: pytest.Config, record_property):
+    """Run a model on the selected target: ``run_on_board(path, random=3, kernels=..., labels=...,
+    limit=...)`` takes ``microtile run``'s options and returns a RunResult; its figures go
+    into the JUnit report as properties (``result_properties``)."""
     from .runner import run_model
 
     probe = attached_probe.unique_id if attached_probe is not None else pytestconfig.getoption("--probe")
@@ -141,7 +214,10 @@ def run_on_board(board, attached_probe, pytestconfig: pytest.Config):
                "baudrate": int(baud) if baud else None}
 
     def run(model_path, **kwargs):
-        return run_model(model_path, board.name, probe=probe, target_options=options, **kwargs)
+        result = run_model(model_path, board.name, probe=probe, target_options=options, **kwargs)
+        for name, value in result_properties(result):
+            record_property(name, value)
+        return result
 
     return run
 
