@@ -5,45 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from microtile.ir import Graph, Operator, Quant, Tensor
+from microtile.fuzz_ops import log_uniform, one_op_graph, qtensor, quant, random_int8, tensor  # noqa: F401
+from microtile.ir import Graph
 from microtile.native import NativeModel
 from microtile.ops import kernel_for
 from microtile.oracle import TflmOracle
 from microtile.reference import run_reference
 from microtile.tflite_format import write_tflite
-
-
-def quant(scale, zero_point, axis: int = 0) -> Quant:
-    """Per-tensor (scalars) or per-channel (arrays) quantisation."""
-    return Quant(np.atleast_1d(np.asarray(scale, dtype=np.float32)),
-                 np.atleast_1d(np.asarray(zero_point, dtype=np.int64)), axis)
-
-
-def tensor(index: int, name: str, shape, dtype: str = "int8", q: Quant | None = None,
-           data: np.ndarray | None = None) -> Tensor:
-    if data is not None:
-        data = np.asarray(data, dtype=dtype).reshape(shape)
-    return Tensor(index, name, tuple(int(s) for s in shape), dtype, q, data)
-
-
-def qtensor(index: int, shape, scale: float, zero_point: int, dtype: str = "int8") -> Tensor:
-    """A per-tensor quantised activation named t<index>."""
-    return tensor(index, f"t{index}", shape, dtype, quant(scale, zero_point))
-
-
-def one_op_graph(opcode: str, tensors: list[Tensor], inputs: list[int], outputs: list[int],
-                 options: dict | None = None) -> Graph:
-    graph_inputs = [i for i in inputs if i >= 0 and not tensors[i].is_constant]
-    return Graph(opcode.lower(), tensors, [Operator(0, opcode, inputs, outputs, options or {})],
-                 graph_inputs, outputs)
-
-
-def log_uniform(rng: np.random.Generator, lo: float, hi: float, size=None) -> np.ndarray:
-    return np.exp(rng.uniform(np.log(lo), np.log(hi), size))
-
-
-def random_int8(rng: np.random.Generator, shape) -> np.ndarray:
-    return rng.integers(-128, 128, size=shape, dtype=np.int64).astype(np.int8)
 
 
 def all_int8(shape_prefix: tuple[int, ...] = ()) -> np.ndarray:

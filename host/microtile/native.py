@@ -1,10 +1,16 @@
 """Run generated models natively: model.c + the firmware kernels compiled by the
 host gcc into a shared library (with UBSan), loaded with ctypes. Tests use it to
-check the C kernels bit-exactly against TFLM without an emulator."""
+check the C kernels bit-exactly against TFLM without an emulator.
+
+``build_case_runner`` links many compiled models into one executable built with
+ASan + UBSan (firmware/native/mt_fuzz_main.c): the differential fuzzer
+(microtile.fuzz_ops) runs it in a subprocess, so a crash or a sanitizer report is a
+reported failure of the case in flight, not a dead fuzzer."""
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,8 +24,16 @@ from .ir import Graph
 REPO = Path(__file__).resolve().parents[2]
 FIRMWARE = REPO / "firmware"
 CACHE = REPO / "build" / "native"
-CFLAGS = ["-std=c99", "-O1", "-g", "-fPIC", "-Wall", "-Wextra", "-Werror",
-          "-fsanitize=undefined", "-fno-sanitize-recover=undefined"]
+BASE_CFLAGS = ["-std=c99", "-O1", "-g", "-fPIC", "-Wall", "-Wextra", "-Werror"]
+# Every frame bounded (-Wstack-usage, an error with -Werror): working memory sized by
+# a layer belongs in the arena; on the stack it overflowed the boards' 8 KB (a
+# K = 4000 FC panel). ASan's redzones make frames ~2x larger, hence its own bound.
+SANITIZERS = {
+    "ubsan": ["-fsanitize=undefined", "-fno-sanitize-recover=undefined", "-Wstack-usage=2048"],
+    "asan": ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
+             "-Wstack-usage=4096"],
+}
+CFLAGS = BASE_CFLAGS + SANITIZERS["ubsan"]
 
 
 def _gcc() -> str:
@@ -39,9 +53,10 @@ def _kernel_sources() -> list[Path]:
     return sorted((FIRMWARE / "kernels").glob("*.c"))
 
 
-def kernels_archive() -> Path:
+def kernels_archive(sanitize: str = "ubsan") -> Path:
     """Compile firmware/kernels once per source content into a static archive."""
-    h = hashlib.sha256(" ".join(CFLAGS).encode())
+    cflags = BASE_CFLAGS + SANITIZERS[sanitize]
+    h = hashlib.sha256(" ".join(cflags).encode())
     for path in _kernel_sources() + sorted((FIRMWARE / "include").glob("*.h")):
         h.update(path.name.encode() + path.read_bytes())
     out = CACHE / "kernels" / h.hexdigest()[:16]
@@ -54,7 +69,7 @@ def kernels_archive() -> Path:
     objs = []
     for src in _kernel_sources():
         obj = tmp / (src.stem + ".o")
-        _run([_gcc(), *CFLAGS, "-I", str(FIRMWARE / "include"), "-c", str(src), "-o", str(obj)])
+        _run([_gcc(), *cflags, "-I", str(FIRMWARE / "include"), "-c", str(src), "-o", str(obj)])
         objs.append(str(obj))
     _run(["ar", "rcs", str(tmp / "libmt_kernels.a"), *objs])
     shutil.rmtree(out, ignore_errors=True)
@@ -97,3 +112,33 @@ class NativeModel:
             raw = ctypes.string_at(ctypes.addressof(self.arena.contents) + c.plan.offsets[i], t.nbytes)
             outs.append(np.frombuffer(raw, dtype=t.dtype).reshape(t.shape).copy())
         return c.from_device(outs)
+
+
+# The file-scope names model.c defines (codegen: l<layer>_<hint> constants, run_layer,
+# the buffer tables, mt_model_def); prefixed per case so many models share one file.
+_MODEL_NAMES = re.compile(r"\b(l\d+_\w+|run_layer|model_inputs|model_outputs|mt_model_def)\b")
+
+
+def build_case_runner(models: list[CompiledModel], sanitize: str = "asan") -> Path:
+    """One executable running every model (firmware/native/mt_fuzz_main.c), cached by content."""
+    parts = ['#include <stdint.h>\n#include <string.h>\n#include "mt_model.h"\n']
+    for i, compiled in enumerate(models):
+        body = compiled.model_c.replace('#include "model.h"\n', "")
+        parts.append(f"/* case {i}: {compiled.graph.name}, {compiled.kernels} */\n"
+                     + _MODEL_NAMES.sub(lambda m: f"c{i}_{m.group(1)}", body))
+    table = ", ".join(f"&c{i}_mt_model_def" for i in range(len(models)))
+    parts.append(f"const mt_model *const mt_fuzz_cases[] = {{{table}}};\n"
+                 f"const uint32_t mt_fuzz_num_cases = {len(models)}u;\n")
+    source = "\n".join(parts)
+    archive = kernels_archive(sanitize)
+    main = FIRMWARE / "native" / "mt_fuzz_main.c"
+    key = hashlib.sha256((source + str(archive) + main.read_text()).encode()).hexdigest()[:16]
+    out = CACHE / "cases" / key
+    exe = out / "mt_fuzz"
+    if not exe.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "cases.c").write_text(source)
+        _run([_gcc(), *BASE_CFLAGS, *SANITIZERS[sanitize], "-I", str(FIRMWARE / "include"),
+              str(out / "cases.c"), str(main), str(archive), "-o", str(out / "mt_fuzz.tmp")])
+        (out / "mt_fuzz.tmp").rename(exe)
+    return exe
