@@ -30,6 +30,12 @@ def test_bench_prints_and_writes_both_kernel_sets(tmp_path):
         assert [layer[unit][kernels] for layer in data["layers"]] == [layer[unit] for layer in run["layers"]]
     ref, opt = data["total"][unit]["reference"], data["total"][unit]["optimized"]
     assert data["total"]["speedup"] == pytest.approx(ref / opt, abs=1e-3)
+    assert data["exit_code"] == 0
+    # provenance: the shared part, each kernel set's own build
+    prov = data["provenance"]
+    assert prov["seed"] == 0 and len(prov["model_sha256"]) == 64 and prov["timestamp_utc"]
+    assert prov["build_ids"] == {k: run["provenance"]["build_id"] for k, run in data["runs"].items()}
+    assert prov["build_ids"]["reference"] != prov["build_ids"]["optimized"]
 
 
 def test_compile_explain_shows_schedules_with_predicted_and_measured(tmp_path):

@@ -2,13 +2,16 @@
 run -> every output bit-exact with TFLM, with counts, RAM and ROM reported."""
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
 
+import microtile
 from microtile.boards import load_board
 from microtile.build import build_firmware, check_fits
 from microtile.codegen import compile_model
@@ -53,11 +56,20 @@ def test_cli_run_writes_json(tmp_path_factory, tmp_path, board):
     model = _zoo_file(tmp_path_factory, "op_conv_3x3_same_relu")
     out = tmp_path / "run.json"
     proc = subprocess.run([sys.executable, "-m", "microtile.cli", "run", str(model), "--board", board.name,
-                           "--random", "2", "--json", str(out)], capture_output=True, text=True)
+                           "--random", "2", "--seed", "7", "--json", str(out)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "bit-exact with TFLM" in proc.stdout and "CONV_2D" in proc.stdout
     data = json.loads(out.read_text())
     assert data["samples"] == 2 and data["mismatches"] == 0 and data["top1"] is None
+    assert data["verdict"] == "bit-exact" and data["exit_code"] == 0
+    # what made the result
+    prov = data["provenance"]
+    assert prov["model_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert prov["seed"] == 7 and prov["board"] == board.name and prov["kernels"] == "optimized"
+    assert len(prov["build_id"]) == 16 and prov["microtile"] == microtile.__version__
+    assert prov["arm_none_eabi_gcc"].startswith("arm-none-eabi-gcc") and "QEMU emulator" in prov["qemu"]
+    assert prov["git_commit"] is None or len(prov["git_commit"].split("-")[0]) == 40
+    assert abs(datetime.fromisoformat(prov["timestamp_utc"]) - datetime.now(timezone.utc)) < timedelta(hours=1)
     assert [layer["op"] for layer in data["layers"]] == ["CONV_2D"]
     unit = data["counter_unit"]
     graph = load_tflite(model)

@@ -63,3 +63,19 @@ def test_random_inputs_are_seeded_and_span_a_float_quantize_range():
     assert x.dtype == np.float32
     assert x.min() >= (-128 - q.zero_point) * q.scale and x.max() <= (127 - q.zero_point) * q.scale
     assert x.max() - x.min() > 0.5 * 255 * q.scale  # covers the range, not a corner of it
+
+
+def test_seed_picks_other_random_inputs_and_repeats(kws):
+    a, b, c = load_samples(kws, random=1), load_samples(kws, random=1, seed=1), load_samples(kws, random=1, seed=1)
+    assert np.array_equal(b[0].arrays[0], c[0].arrays[0]) and not np.array_equal(a[0].arrays[0], b[0].arrays[0])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"random": 0}, "--random 0"),
+    ({"inputs": "x.npy", "limit": -2}, "--limit -2"),
+    ({"random": 4, "limit": 2}, "--limit applies"),
+    ({"random": 1, "seed": -1}, "--seed -1"),
+])
+def test_bad_counts_are_refused(kws, kwargs, message):
+    with pytest.raises(MicrotileError, match=message):
+        load_samples(kws, **kwargs)

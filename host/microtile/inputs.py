@@ -39,18 +39,22 @@ def _from_bytes(t: Tensor, raw: bytes, source: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=t.dtype).reshape(t.shape).copy()
 
 
+def _unreadable(path: Path, exc: OSError) -> MicrotileError:
+    return MicrotileError(f"{path}: cannot read it ({exc.strerror}); check the file and its permissions")
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise MicrotileError(f"{path}: cannot read it ({exc.strerror}); check the file and its permissions") from None
+        raise _unreadable(path, exc) from None
 
 
 def _from_npy(t: Tensor, path: Path) -> list[np.ndarray]:
     try:
         arr = np.load(path, allow_pickle=False)  # never unpickle: a .npy from elsewhere could run code
     except OSError as exc:
-        raise MicrotileError(f"{path}: cannot read it ({exc.strerror}); check the file and its permissions") from None
+        raise _unreadable(path, exc) from None
     except (ValueError, EOFError) as exc:
         what = "holds pickled Python objects, which microtile never loads" if "pickle" in str(exc) \
             else f"is not a valid .npy file ({exc})"
