@@ -92,3 +92,49 @@ def test_not_matmul_shaped():
     assert schedule.matmul_shape(op, graph) is None
     with pytest.raises(ValueError):
         schedule.schedule_for(op, graph)
+
+
+def test_explain_names_the_kernel_of_every_layer():
+    """'opt', or 'ref: <reason>' where the optimised set falls back (here a depthwise
+    layer with a depth multiplier of 2 over 3 channels)."""
+    from microtile.fuzz_ops import make_case
+    from microtile.ops import kernel_for
+
+    graph = next(g for g, _, p in (make_case("DEPTHWISE_CONV_2D", 3, i) for i in range(200))
+                 if p["dm"] > 1 and p["c"] > 1)
+    kernel_for(graph.operators[0]).check(graph.operators[0], graph)
+    (row,) = schedule.explain(compile_model(graph, "optimized"))
+    assert row["kernel"].startswith("ref: depth multiplier") and "predicted_ipm" not in row
+    (row,) = schedule.explain(compile_model(graph, "reference"))
+    assert row["kernel"] == "ref"
+    conv = single_op("CONV_2D", shape=(1, 8, 8, 4), kernel=(3, 3), filters=8)
+    assert [r["kernel"] for r in schedule.explain(compile_model(conv, "optimized")) if r["op"] == "CONV_2D"] == ["opt"]
+
+
+def test_compile_explain_prints_the_schedule_when_the_measurement_fails(tmp_path):
+    """No qemu-system-arm on PATH: the build works, the measurement cannot run. The
+    predicted schedule is still printed (measured n/a), then the error; exit 2 (missing
+    tool; a target failure gives 3)."""
+    import os
+    import shutil
+    import subprocess
+
+    from microtile_models.build import zoo_model_bytes
+
+    model = tmp_path / "fc.tflite"
+    model.write_bytes(zoo_model_bytes("op_fc_relu"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("arm-none-eabi-gcc", "arm-none-eabi-g++", "arm-none-eabi-objcopy", "arm-none-eabi-size",
+                 "arm-none-eabi-ar", "arm-none-eabi-ranlib", "cmake", "ninja", "gcc", "cc", "ld", "as"):
+        if shutil.which(tool):
+            (bin_dir / tool).symlink_to(shutil.which(tool))
+    env = dict(os.environ, PATH=str(bin_dir))
+    proc = subprocess.run([sys.executable, "-m", "microtile.cli", "compile", str(model), "--explain"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if "FULLY_CONNECTED" in line)
+    cells = [c.strip() for c in row.split("│") if c.strip()]
+    assert cells[-1] == "n/a" and float(cells[-2]) > 0 and "opt" in cells
+    assert "could not measure" in proc.stdout and "qemu-system-arm" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr

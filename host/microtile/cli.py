@@ -207,40 +207,57 @@ def cmd_compile(args) -> int:
     console.print(f"{fw.elf}\narena {compiled.plan.arena_size:,} B, weights {compiled.const_bytes:,} B, "
                   f"ROM {fw.sizes.rom_bytes:,} B, static RAM {fw.sizes.ram_static_bytes:,} B")
     if args.explain:
-        _explain(args, compiled)
+        return _explain(args, compiled)
     return 0
 
 
-def _explain(args, compiled) -> None:
-    """Per layer: the schedule the cost model chose, its predicted and the measured
-    count per MAC (one run on the target)."""
+def _explain(args, compiled) -> int:
+    """Per layer: the kernel it runs ("opt", or "ref: <reason>" when the optimised set
+    falls back), the schedule the cost model chose, its predicted and the measured
+    count per MAC (one run on the target). When the measurement fails, the predicted
+    schedule is still printed, measured "n/a", then the error; the exit code is the
+    run's (3 when the target failed)."""
     import numpy as np
 
-    from .runner import run_model
+    from .runner import exit_code, run_model
     from .schedule import explain
 
-    result = run_model(args.model, args.board, random=1, kernels=args.kernels,
-                       target_options={"emulate": getattr(args, "emulate", False)})
-    if result.error:
-        raise MicrotileError(f"--explain could not measure: {result.error}")
-    unit = result.counter_unit
+    error, code, counts, unit = None, 0, [None] * len(compiled.device_ops), "instructions"
+    try:
+        result = run_model(args.model, args.board, random=1, kernels=args.kernels,
+                           target_options={"emulate": getattr(args, "emulate", False)})
+    except MicrotileError as exc:
+        error, code = exc, exit_code(exc)
+    else:
+        unit = result.counter_unit
+        if result.error is not None:
+            error, code = result.error, exit_code(result)
+        else:
+            counts = result.mean_counts()
+            code = exit_code(result)
     table = Table(title=f"{compiled.graph.name}: schedules ({args.kernels} kernels), {unit} per MAC "
                         "(per output element for layers without MACs)")
-    for col in ("#", "op", "shape", "M x N x K", "tile", "weights", "loop order", "k unroll",
+    for col in ("#", "op", "shape", "kernel", "M x N x K", "tile", "weights", "loop order", "k unroll",
                 "predicted", "measured"):
         table.add_column(col, justify="right" if col in ("#", "predicted", "measured") else "left")
-    for row, count, macs in zip(explain(compiled), result.mean_counts(), compiled.macs):
+    for row, count, macs in zip(explain(compiled), counts, compiled.macs):
         mnk = f"{row['M']} x {row['N']} x {row['K']}" if "M" in row else "-"
         tile = str(row.get("tile", "-"))
         predicted = f"{row['predicted_ipm']:.2f}" if "predicted_ipm" in row else "-"
         per = macs or int(np.prod(row["shape"]))  # data movement: per output element
-        measured = f"{count / per:.2f}" if "predicted_ipm" in row or macs else "-"
-        table.add_row(str(row["index"]), row["op"], "x".join(map(str, row["shape"][1:])), mnk, tile,
-                      row.get("weights", "-"), row.get("loop_order", "-").split(":")[0], str(row.get("k_unroll", "-")),
-                      predicted, measured)
+        if count is None:
+            measured = "n/a"
+        else:
+            measured = f"{count / per:.2f}" if "predicted_ipm" in row or macs else "-"
+        table.add_row(str(row["index"]), row["op"], "x".join(map(str, row["shape"][1:])), row["kernel"], mnk,
+                      tile, row.get("weights", "-"), row.get("loop_order", "-").split(":")[0],
+                      str(row.get("k_unroll", "-")), predicted, measured)
     console.print(table)
-    if result.mismatches:
+    if error is not None:
+        console.print(f"[red]error:[/red] --explain could not measure: {error}", soft_wrap=True)
+    elif result.mismatches:
         console.print(f"[red]{len(result.mismatches)} output(s) differ from TFLM[/red]")
+    return code
 
 
 def cmd_probes(args) -> int:

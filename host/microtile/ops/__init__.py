@@ -70,7 +70,7 @@ class OpKernel:
         """Why the optimised kernel set runs this layer with the reference kernel (one
         line, shown by ``compile --explain``), or None when an optimised kernel runs it.
         emit() takes the optimised path exactly when this is None."""
-        return "no optimised kernel for this operator"
+        return "no optimised kernel"
 
     def unsupported(self, op: Operator, problem: str, supported: str = "") -> UnsupportedOperatorError:
         return UnsupportedOperatorError(op.index, op.opcode, problem, supported)
