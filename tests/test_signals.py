@@ -77,3 +77,52 @@ def test_signal_stops_qemu_writes_json_and_exits_128_plus_n(tmp_path, signum):
             proc.wait()
         if qemu_pid is not None and _alive(qemu_pid):
             os.kill(qemu_pid, signal.SIGKILL)  # the QEMU this test started, left by a failure
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes() and _alive(int(entry.name)):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _compiling(build_dir: str) -> bool:
+    """A compiler of the firmware build is running (below CMake and Ninja)."""
+    for pid in _processes_mentioning(build_dir):
+        try:
+            if (Path(f"/proc/{pid}/comm").read_text().strip() in ("cc1", "arm-none-eabi-gcc", "as")):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def test_sigterm_during_the_build_leaves_no_compiler_running_and_no_cache_entry(tmp_path):
+    model = tmp_path / "add.tflite"
+    model.write_bytes(zoo_model_bytes("op_add"))
+    cache = tmp_path / "cache"
+    env = {**os.environ, "MICROTILE_BUILD_DIR": str(cache)}
+    proc = subprocess.Popen([sys.executable, "-m", "microtile.cli", "run", str(model)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _compiling(str(cache)) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        assert proc.poll() is None and _compiling(str(cache)), "the compilers never ran"
+        proc.send_signal(signal.SIGTERM)
+        stdout, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 143 and "interrupted (SIGTERM)" in stdout, stdout
+        time.sleep(0.5)
+        assert _processes_mentioning(str(cache)) == []  # no cmake, ninja or gcc left behind
+        assert not (cache / "netduinoplus2").exists() or not any((cache / "netduinoplus2").iterdir())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in _processes_mentioning(str(cache)):  # this test's own build, left by a failure
+            os.kill(pid, signal.SIGKILL)

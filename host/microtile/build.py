@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -104,7 +105,7 @@ def _build_into(out: Path, compiled: CompiledModel, board: Board, key: str, cmak
         compiled.write(tmp / "model")
         configure = firmware_configure_command(board, tmp / "model", key, tmp, cmake=cmake)
         for cmd in (configure, [cmake, "--build", str(tmp)]):
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            proc = _run_group(cmd)
             if proc.returncode != 0:
                 raise build_failure(proc, f"firmware build failed ({' '.join(cmd[:3])} ...)", compiled, board)
             if verbose:
@@ -118,6 +119,22 @@ def _build_into(out: Path, compiled: CompiledModel, board: Board, key: str, cmak
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_group(cmd: list[str]) -> subprocess.CompletedProcess:
+    """Run a build step in its own process group, so that an interrupted build (Ctrl-C,
+    SIGTERM) ends CMake, Ninja and the compilers together, leaving none running."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate()
+    except BaseException:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def build_failure(proc: subprocess.CompletedProcess, what: str, compiled: CompiledModel,

@@ -199,11 +199,12 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
               random: int | None = None, labels: str | None = None, limit: int | None = None,
               progress: Callable[[int, int], None] | None = None, probe: str | None = None,
               kernels: str = "optimized", os_name: str = "baremetal",
-              target_options: dict | None = None, seed: int = DEFAULT_SEED,
+              target_options: dict | None = None, seed: int | None = DEFAULT_SEED,
               samples: Sequence[Sample] | None = None) -> RunResult:
     """Run a model on a target. ``target_options`` go to ``targets.open_target``
     (``emulate``, ``port``, ``baudrate``); ``os_name`` is "baremetal" or "zephyr".
-    ``samples`` replaces inputs/random/labels with a ready sequence (the soak's)."""
+    ``samples`` replaces inputs/random/labels with a ready sequence (the soak's); then
+    ``seed`` is only recorded, None when the samples are not random."""
     from .targets import check_target_tools, open_target
 
     model_path = Path(model_path)
@@ -211,7 +212,8 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
     board = load_board(board_name)
     compiled = compile_model(graph, kernels, board)
     if samples is None:
-        samples = load_samples(graph, inputs, random, labels, limit, seed=seed)
+        samples = load_samples(graph, inputs, random, labels, limit,
+                               seed=DEFAULT_SEED if seed is None else seed)
     check_target_tools(board, **(target_options or {}))  # before a build that could not run
     if os_name == "zephyr":
         from .zephyr import build_zephyr

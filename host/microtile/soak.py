@@ -130,7 +130,7 @@ def soak(model: str | Path, inferences: int = 16000, board: str = "qemu", every:
 
     try:
         report.result = run_model(model, board, samples=Cycled(pool, inferences), progress=checkpoint,
-                                  kernels=kernels, seed=seed)
+                                  kernels=kernels, seed=None if labels else seed)
     finally:
         if measure == "tracemalloc":
             tracemalloc.stop()
