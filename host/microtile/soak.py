@@ -138,6 +138,9 @@ def soak(model: str | Path, inferences: int = 16000, board: str = "qemu", every:
 
 
 def _print_row(report: SoakReport) -> None:
+    if len(report.checkpoints) == 1:
+        print(f"{'inferences':>10}  {'MiB':>9}  {'KiB since':>10}  {'seconds':>8}   "
+              f"({report.measure}; the first row is the baseline)")
     c = report.checkpoints[-1]
     delta = c["bytes"] - report.checkpoints[0]["bytes"]
     print(f"{c['inferences']:>10,}  {c['bytes'] / 2**20:>9.2f}  {delta / 1024:>+10.1f}  {c['seconds']:>8.1f}",
@@ -158,7 +161,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="OUT.json")
     args = parser.parse_args(argv)
     measure = "tracemalloc" if args.tracemalloc else "rss"
-    print(f"{'inferences':>10}  {'MiB':>9}  {'KiB since':>10}  {'seconds':>8}   ({measure}; first row is the baseline)")
     try:
         if args.json:
             check_writable(args.json)
