@@ -78,6 +78,9 @@ class FloatNet:
     seed: int = 0
     calib_count: int = 32
     float_io_default: bool = False  # the QUANTIZE/DEQUANTIZE boundary model
+    # Ops from this index on stay float32 after a DEQUANTIZE (a float head such as
+    # LeNet's LOG_SOFTMAX); None: the whole net is quantised.
+    float_tail_from: int | None = None
     tensors: list[FTensor] = field(default_factory=list)
     ops: list[FOp] = field(default_factory=list)
     inputs: list[int] = field(default_factory=list)
@@ -150,6 +153,11 @@ class FloatNet:
 
     def output(self, x: int) -> None:
         self.outputs.append(x)
+
+    def float_tail(self) -> None:
+        """Layers added from here on stay float32: the quantised graph DEQUANTIZEs
+        into them (the float edge ops the host runs)."""
+        self.float_tail_from = len(self.ops)
 
     def forward(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Float forward pass; arrays carry the batch on axis 0."""
@@ -514,6 +522,30 @@ class _Quantiser:
         deq = q.astype(np.float32) * scales.reshape(bshape).astype(np.float32)
         return self._new(ft.name, ft.shape, "int8", quant, q), scales, deq
 
+    def _float_op(self, op: FOp, float_ir: dict[int, int]) -> None:
+        """A float32 op of the tail: int8 inputs are DEQUANTIZEd into it once."""
+        ins: list[int] = []
+        for i in op.inputs:
+            ft = self.net.tensors[i] if i >= 0 else None
+            if ft is None:
+                ins.append(-1)
+            elif i in float_ir:
+                ins.append(float_ir[i])
+            elif ft.kind in ("input", "act"):
+                f = self._new(ft.name + "_float", ft.shape, "float32")
+                self._op("DEQUANTIZE", [self._act_tensor(i)], [f], {})
+                float_ir[i] = f
+                ins.append(f)
+            elif ft.kind == "int32":
+                ins.append(self._new(ft.name, ft.shape, "int32", None, ft.data.astype(np.int32)))
+            else:
+                raise MicrotileError(f"float tail op {op.opcode}: weights stay int8 (no float {ft.kind} layers)")
+        outs = []
+        for o in op.outputs:
+            float_ir[o] = self._new(self.net.tensors[o].name, self.net.tensors[o].shape, "float32")
+            outs.append(float_ir[o])
+        self._op(op.opcode, ins, outs, dict(op.options))
+
     def run(self, float_io: bool) -> Graph:
         net = self.net
         self._group_quant()
@@ -526,7 +558,11 @@ class _Quantiser:
                 g_inputs.append(f)
             else:
                 g_inputs.append(q)
-        for op in net.ops:
+        float_ir: dict[int, int] = {}  # float net tensor -> float32 IR tensor (the float tail)
+        for k, op in enumerate(net.ops):
+            if net.float_tail_from is not None and k >= net.float_tail_from:
+                self._float_op(op, float_ir)
+                continue
             ins: list[int] = []
             w_scales: np.ndarray | None = None
             w_err: np.ndarray | None = None
@@ -563,6 +599,9 @@ class _Quantiser:
             self._op(op.opcode, ins, outs, dict(op.options))
         g_outputs: list[int] = []
         for tid in net.outputs:
+            if tid in float_ir:  # produced by the float tail: already float32
+                g_outputs.append(float_ir[tid])
+                continue
             q = self._act_tensor(tid)
             if float_io:
                 f = self._new(net.tensors[tid].name + "_float", net.tensors[tid].shape, "float32")

@@ -75,6 +75,38 @@ def _fc_autoencoder_ad(seed: int) -> FloatNet:
     return net
 
 
+def _lenet_300_100_mnist(seed: int) -> FloatNet:
+    """LeNet-300-100 as in TinyEngine's MNIST example: an int8 MLP between a float
+    QUANTIZE and a float DEQUANTIZE -> LOG_SOFTMAX head (which the host runs)."""
+    net = FloatNet("lenet_300_100_mnist", seed, float_io_default=True)
+    x = net.input((1, 784), 0.0, 1.0)
+    x = net.fully_connected(x, 300, activation="RELU")
+    x = net.fully_connected(x, 100, activation="RELU")
+    x = net.fully_connected(x, 10, activation="NONE", gain=2.0)
+    net.float_tail()
+    net.output(net.log_softmax(x))
+    return net
+
+
+def float_edge_net(opcode: str, seed: int = 0) -> FloatNet:
+    """int8 FC -> DEQUANTIZE -> one float32 edge op (the host runs it)."""
+    net = FloatNet(f"float_edge_{opcode.lower()}", seed, float_io_default=True)
+    x = net.fully_connected(net.input((1, 24), -1.0, 1.0), 12, activation="NONE", gain=3.0)
+    net.float_tail()
+    if opcode == "SOFTMAX":
+        y = net.softmax(x, beta=0.75)
+    elif opcode == "LOG_SOFTMAX":
+        y = net.log_softmax(x)
+    elif opcode == "LOGISTIC":
+        y = net.unary("LOGISTIC", x)
+    elif opcode == "RESHAPE":
+        y = net.softmax(net.reshape(x, (1, 3, 4)))
+    else:
+        raise MicrotileError(f"no float edge zoo model for {opcode}")
+    net.output(y)
+    return net
+
+
 # ---- per-operator models ---------------------------------------------------
 
 def single_op_net(opcode: str, seed: int = 0, **p) -> FloatNet:
@@ -224,7 +256,15 @@ def _single(name: str, opcode: str, params: dict) -> NetBuilder:
     return lambda seed: single_op_net(opcode, seed, name=name, **params)
 
 
+# Float heads after the int8 body (the host runs them): name -> builder.
+FLOAT_EDGE_MODELS: dict[str, NetBuilder] = {
+    "lenet_300_100_mnist": _lenet_300_100_mnist,
+    **{f"float_edge_{op.lower()}": (lambda seed, op=op: float_edge_net(op, seed))
+       for op in ("SOFTMAX", "LOG_SOFTMAX", "LOGISTIC", "RESHAPE")},
+}
+
 ZOO: dict[str, NetBuilder] = dict(MLPERF_MODELS)
+ZOO.update(FLOAT_EDGE_MODELS)
 ZOO.update({n: _single(n, op, prm) for n, (op, prm) in SINGLE_OP_MODELS.items()})
 ZOO.update({n: _single(n, op, prm) for n, (op, prm) in UNSUPPORTED_MODELS.items()})
 

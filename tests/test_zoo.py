@@ -286,3 +286,18 @@ def test_build_cli_writes_tflite_files(tmp_path, capsys) -> None:
     assert build_main([str(tmp_path), "--only", "no_such_model"]) == 2
     assert build_main(["--list"]) == 0
     assert "ds_cnn_kws" in capsys.readouterr().out
+
+
+def test_lenet_300_100_architecture() -> None:
+    """TinyEngine's MNIST LeNet-300-100: int8 MLP, float LOG_SOFTMAX head after DEQUANTIZE."""
+    g = zoo.build("lenet_300_100_mnist")
+    assert _ops(g) == ["QUANTIZE", "FULLY_CONNECTED", "FULLY_CONNECTED", "FULLY_CONNECTED", "DEQUANTIZE",
+                       "LOG_SOFTMAX"]
+    assert [g.tensors[op.inputs[1]].shape for op in g.operators if op.opcode == "FULLY_CONNECTED"] == \
+        [(300, 784), (100, 300), (10, 100)]
+    head = g.operators[-1]
+    assert g.tensors[head.inputs[0]].dtype == g.tensors[head.outputs[0]].dtype == "float32"
+    assert g.tensors[head.outputs[0]].quant is None and g.outputs == head.outputs
+    x = zoo.float_net("lenet_300_100_mnist").random_inputs(4)
+    out = np.concatenate([TflmOracle(zoo_model_bytes("lenet_300_100_mnist"))([x[k:k + 1]])[0] for k in range(4)])
+    np.testing.assert_allclose(np.exp(out.astype(np.float64)).sum(axis=1), 1.0, rtol=1e-5)  # log-probabilities

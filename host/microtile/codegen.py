@@ -1,7 +1,8 @@
 """Compile an IR graph into AOT C: model.h / model.c for the firmware.
 
-The compiled program keeps float boundary operators (QUANTIZE of a float graph
-input, DEQUANTIZE of a graph output) on the host side of the link, checks every
+The compiled program keeps the float edges of the model (QUANTIZE of a float graph
+input and float ops before it, DEQUANTIZE towards a graph output and float ops after
+it) on the host side of the link, checks every
 device operator, plans the activation arena and asks each operator's kernel to emit
 its C call. Weights become const arrays (flash); every call gets constant parameters.
 """
@@ -17,6 +18,7 @@ import numpy as np
 from .errors import DoesNotFitError, MicrotileError, UnsupportedOperatorError
 from .ir import Graph, Operator
 from .ops import kernel_for
+from .ops.float_edge import is_float_edge_op, kernel_for_op
 from .planner import MemoryPlan, plan_memory
 from .quant import MultiplierRangeError
 from .reference import check_input_arrays, run_operators
@@ -69,8 +71,22 @@ class CompiledModel:
         return outdir
 
 
+QUANTISE_HINT = ("quantise it to int8 with the TFLite converter's full-integer post-training quantisation: "
+                 "converter.optimizations = [tf.lite.Optimize.DEFAULT], converter.representative_dataset = "
+                 "<a few hundred real inputs>, converter.target_spec.supported_ops = "
+                 "[tf.lite.OpsSet.TFLITE_BUILTINS_INT8]")
+
+
+def refuse_float_model(graph: Graph) -> None:
+    """A model with no int8 activation at all is a float model: say how to quantise it."""
+    if not any(t.dtype == "int8" and not t.is_constant for t in graph.tensors):
+        raise MicrotileError(f"model {graph.name} is a float32 model; microtile runs int8 models: "
+                             + QUANTISE_HINT)
+
+
 def validate(graph: Graph) -> None:
     """Check every operator (raises UnsupportedOperatorError naming the first bad one)."""
+    refuse_float_model(graph)
     for i in graph.inputs:
         t = graph.tensor(i)
         if len(t.shape) == 4 and t.shape[0] > 1:  # NHWC images; lower ranks may be broadcast operands
@@ -79,9 +95,58 @@ def validate(graph: Graph) -> None:
                 consumer.index if consumer else -1, consumer.opcode if consumer else "INPUT",
                 f"input {t.name!r} has batch {t.shape[0]}; microtile runs batch 1 (convert the model with batch size 1)",
             )
+    split_boundaries(graph)  # a float op inside the int8 body: refused with how to quantise
     for op in graph.operators:
         with operator_errors(op):
-            kernel_for(op).check(op, graph)
+            kernel_for_op(op, graph).check(op, graph)
+
+
+def _is_host_pre(op: Operator, graph: Graph) -> bool:
+    return (op.opcode == "QUANTIZE" and graph.tensor(op.inputs[0]).dtype == "float32") or is_float_edge_op(op, graph)
+
+
+def _is_host_post(op: Operator, graph: Graph) -> bool:
+    return (op.opcode == "DEQUANTIZE" and graph.tensor(op.outputs[0]).dtype == "float32") or is_float_edge_op(op, graph)
+
+
+def split_boundaries(graph: Graph) -> tuple[list[Operator], list[Operator], list[Operator]]:
+    """(host_pre, device, host_post). The host runs the float edges: from the float graph
+    inputs forward, float ops and the QUANTIZE that ends them; from the graph outputs
+    backward, float ops and the DEQUANTIZE that starts them. Everything else runs on
+    the device and must be int8."""
+    def is_const(i: int) -> bool:
+        return i < 0 or graph.tensor(i).is_constant
+
+    on_host = {i for i in graph.inputs if graph.tensor(i).dtype == "float32"}  # values the host has
+    pre = set()
+    for op in graph.operators:
+        if _is_host_pre(op, graph) and all(is_const(i) or i in on_host for i in op.inputs):
+            pre.add(op.index)
+            on_host.update(op.outputs)
+    readers: dict[int, list[int]] = {}
+    for op in graph.operators:
+        for i in op.inputs:
+            readers.setdefault(i, []).append(op.index)
+    outputs = set(graph.outputs)
+    post: set[int] = set()
+    for op in reversed(graph.operators):
+        # Every value the op writes goes only to the host: graph outputs or host-side ops.
+        if op.index not in pre and _is_host_post(op, graph) and all(
+                all(r in post for r in readers.get(o, [])) and (o in outputs or readers.get(o))
+                for o in op.outputs):
+            post.add(op.index)
+    host_pre = [op for op in graph.operators if op.index in pre]
+    host_post = [op for op in graph.operators if op.index in post]
+    device = [op for op in graph.operators if op.index not in pre and op.index not in post]
+    for op in device:
+        for i in op.inputs:
+            if not is_const(i) and graph.tensor(i).dtype == "float32":
+                raise MicrotileError(
+                    f"operator #{op.index} {op.opcode} reads float tensor {graph.tensor(i).name!r}; microtile runs "
+                    "int8 models, with float only at the edges (QUANTIZE / DEQUANTIZE and float SOFTMAX, "
+                    "LOG_SOFTMAX, LOGISTIC, RESHAPE beyond them): " + QUANTISE_HINT
+                )
+    return host_pre, device, host_post
 
 
 @contextmanager
@@ -92,28 +157,6 @@ def operator_errors(op: Operator):
         yield
     except MultiplierRangeError as exc:
         raise UnsupportedOperatorError(op.index, op.opcode, str(exc)) from None
-
-
-def split_boundaries(graph: Graph) -> tuple[list[Operator], list[Operator], list[Operator]]:
-    """(host_pre, device, host_post): float boundary QUANTIZE / DEQUANTIZE run on the host."""
-    float_inputs = {i for i in graph.inputs if graph.tensor(i).dtype == "float32"}
-    host_pre, device, host_post = [], [], []
-    graph_outputs = set(graph.outputs)
-    for op in graph.operators:
-        if op.opcode == "QUANTIZE" and op.inputs[0] in float_inputs:
-            host_pre.append(op)
-        elif op.opcode == "DEQUANTIZE" and op.outputs[0] in graph_outputs:
-            host_post.append(op)
-        else:
-            device.append(op)
-    for op in device:
-        for i in op.inputs:
-            if i >= 0 and graph.tensor(i).dtype == "float32" and not graph.tensor(i).is_constant:
-                raise MicrotileError(
-                    f"operator #{op.index} {op.opcode} reads float tensor {graph.tensor(i).name!r}; "
-                    "microtile runs int8 models (float only at the model boundary through QUANTIZE/DEQUANTIZE)"
-                )
-    return host_pre, device, host_post
 
 
 def check_tensor_sizes(graph: Graph, device_ops: list[Operator], board) -> None:
@@ -204,6 +247,23 @@ class _Emitter:
         return f"(({ctype} *)(arena + {self.plan.offsets[tensor_index]}))"
 
 
+def device_boundary(graph: Graph, host_pre: list[Operator], device_ops: list[Operator],
+                    host_post: list[Operator]) -> tuple[list[int], list[int]]:
+    """The tensors the host sends (int8 graph inputs, then what the host-side QUANTIZE
+    ops produce for the device) and the ones it reads back (what the device writes and
+    the host side or the graph output reads)."""
+    pre_out = {o for op in host_pre for o in op.outputs}
+    device_read = {i for op in device_ops for i in op.inputs if i >= 0}
+    device_inputs = [o for op in host_pre for o in op.outputs if o in device_read]
+    device_inputs += [i for i in graph.inputs if i not in pre_out and graph.tensor(i).dtype != "float32"
+                      and i not in device_inputs]
+    written = {o for op in device_ops for o in op.outputs}
+    host_read = [i for op in host_post for i in op.inputs if i in written] + \
+        [i for i in graph.outputs if i in written or i in device_inputs]
+    device_outputs = list(dict.fromkeys(host_read))
+    return device_inputs, device_outputs
+
+
 KERNEL_SETS = ("reference", "optimized")
 
 
@@ -214,11 +274,7 @@ def compile_model(graph: Graph, kernels: str = "reference", board=None) -> Compi
         raise MicrotileError(f"unknown kernel set {kernels!r}: choose one of {', '.join(KERNEL_SETS)}")
     validate(graph)
     host_pre, device_ops, host_post = split_boundaries(graph)
-    device_inputs = [op.outputs[0] for op in host_pre] + [
-        i for i in graph.inputs if graph.tensor(i).dtype != "float32"
-    ]
-    post_inputs = {op.outputs[0]: op.inputs[0] for op in host_post}
-    device_outputs = [post_inputs.get(i, i) for i in graph.outputs]
+    device_inputs, device_outputs = device_boundary(graph, host_pre, device_ops, host_post)
     if not device_ops:
         raise MicrotileError(f"model {graph.name} has no operators to run on the device")
     if board is not None:

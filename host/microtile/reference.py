@@ -1,6 +1,6 @@
 """The numpy reference executor: runs an IR graph operator by operator with each
 OpKernel's bit-exact reference. It is the fast oracle for search loops and the
-host side of float boundaries (QUANTIZE / DEQUANTIZE)."""
+host side of the float edges (QUANTIZE / DEQUANTIZE and the float ops beyond them)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import MicrotileError
 from .ir import Graph, Operator
-from .ops import kernel_for
+from .ops.float_edge import kernel_for_op
 
 
 def check_input_arrays(graph: Graph, tensor_indices: list[int], arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -42,7 +42,7 @@ def run_operators(graph: Graph, operators: Iterable[Operator], values: dict[int,
                 ins.append(values[i])
             else:
                 ins.append(graph.tensor(i).data)
-        outs = kernel_for(op).reference(op, graph, ins)
+        outs = kernel_for_op(op, graph).reference(op, graph, ins)
         for i, out in zip(op.outputs, outs):
             t = graph.tensor(i)
             values[i] = np.asarray(out, dtype=t.dtype).reshape(t.shape)
