@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from microtile.errors import UnsupportedOperatorError
+from microtile.fuzz_ops import fc_graph_of
 from microtile.native import NativeModel
 from microtile.ops import kernel_for
 from microtile.ops.conv import out_size_and_padding
@@ -125,18 +126,8 @@ def fc_graph(rng, *, batches=1, depth, oc, act="NONE", per_channel=False, bias=T
     s_out = float(s_in * float(np.mean(f_scales)) * spread)
     in_shape = in_shape or (batches, depth)
     out_shape = tuple(in_shape[:-1]) + (oc,) if keep_num_dims else (batches, oc)
-    b_scales = (np.float32(s_in) * f_scales).astype(np.float32)
-    tensors = [
-        tensor(0, "input", in_shape, q=quant(s_in, zp_in)),
-        tensor(1, "weights", (oc, depth), q=quant(f_scales, np.full(f_scales.size, w_zp)),
-               data=random_int8(rng, (oc, depth))),
-        tensor(2, "bias", (oc,), "int32", q=quant(b_scales, np.zeros(b_scales.size)),
-               data=rng.integers(-(1 << 16), 1 << 16, size=oc)),
-        tensor(3, "output", out_shape, q=quant(s_out, int(rng.integers(-128, 128)))),
-    ]
-    options = {"fused_activation_function": act, "weights_format": "DEFAULT", "keep_num_dims": keep_num_dims,
-               "asymmetric_quantize_inputs": False}
-    return one_op_graph("FULLY_CONNECTED", tensors, [0, 1, 2] if bias else [0, 1, -1], [3], options)
+    return fc_graph_of(rng, in_shape, out_shape, (s_in, zp_in), f_scales, w_zp,
+                       (s_out, int(rng.integers(-128, 128))), act, bias, keep_num_dims)
 
 
 @SETTINGS

@@ -204,20 +204,28 @@ def _gen_fc(rng) -> tuple[Graph, dict]:
     s_out = _output_scale(rng, s_in * float(np.mean(f_scales)) * np.sqrt(depth) * 40.0)
     in_shape = _pick(rng, [(batches, depth), (batches, depth), (1, 1, 1, depth) if batches == 1 else (batches, depth)])
     bias = rng.random() < 0.8
-    b_scales = (np.float32(s_in) * f_scales).astype(np.float32)
+    graph = fc_graph_of(rng, in_shape, (batches, oc), (s_in, zp_in), f_scales, w_zp, (s_out, _zp(rng)), act, bias)
+    params = dict(batches=batches, depth=depth, oc=oc, in_shape=in_shape, per_channel=per_channel, w_zp=w_zp,
+                  act=act, bias=bias)
+    return graph, params
+
+
+def fc_graph_of(rng, in_shape, out_shape, q_in: tuple[float, int], f_scales: np.ndarray, w_zp: int,
+                q_out: tuple[float, int], act: str, bias: bool, keep_num_dims: bool = False) -> Graph:
+    """A FULLY_CONNECTED graph with random int8 weights and int32 bias drawn from rng."""
+    oc, depth = out_shape[-1], in_shape[-1]
+    b_scales = (np.float32(q_in[0]) * f_scales).astype(np.float32)
     tensors = [
-        tensor(0, "input", in_shape, q=quant(s_in, zp_in)),
+        tensor(0, "input", in_shape, q=quant(*q_in)),
         tensor(1, "weights", (oc, depth), q=quant(f_scales, np.full(f_scales.size, w_zp)),
                data=random_int8(rng, (oc, depth))),
         tensor(2, "bias", (oc,), "int32", q=quant(b_scales, np.zeros(b_scales.size)),
                data=rng.integers(-(1 << 16), 1 << 16, size=oc)),
-        tensor(3, "output", (batches, oc), q=quant(s_out, _zp(rng))),
+        tensor(3, "output", out_shape, q=quant(*q_out)),
     ]
-    options = {"fused_activation_function": act, "weights_format": "DEFAULT", "keep_num_dims": False,
+    options = {"fused_activation_function": act, "weights_format": "DEFAULT", "keep_num_dims": keep_num_dims,
                "asymmetric_quantize_inputs": False}
-    params = dict(batches=batches, depth=depth, oc=oc, in_shape=in_shape, per_channel=per_channel, w_zp=w_zp,
-                  act=act, bias=bias)
-    return one_op_graph("FULLY_CONNECTED", tensors, [0, 1, 2] if bias else [0, 1, -1], [3], options), params
+    return one_op_graph("FULLY_CONNECTED", tensors, [0, 1, 2] if bias else [0, 1, -1], [3], options)
 
 
 def _gen_pool(rng, opcode: str) -> tuple[Graph, dict]:
