@@ -329,7 +329,7 @@ static void mt_cmd_invoke(uint8_t seq, const uint8_t *a, uint32_t n)
         /* Between two runs (never inside one): a byte from the host stops the loop, so
          * a long INVOKE still hears RESET. The byte goes to the frame receiver as
          * usual; the receiver was reset at the INVOKE frame's delimiter, so one byte
-         * cannot complete a frame here. */
+         * cannot complete a frame here (at most an RX_OVERFLOW error goes out). */
         uint8_t byte;
         int got;
         if (done < count && (got = mt_port_uart_read(&byte, 0)) != 0) {
@@ -461,7 +461,8 @@ static const char *mt_rx_error_text(uint32_t code)
     }
 }
 
-/* One received byte (got: mt_port_uart_read's result) into the frame receiver. */
+/* One received byte (got: mt_port_uart_read's result) into the frame receiver. At a
+ * loss the port hands a 0x00: the frame in progress ends with RX_OVERFLOW. */
 static void mt_link_byte(uint8_t byte, int got)
 {
     if (got == MT_PORT_RX_LOST) {

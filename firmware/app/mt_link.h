@@ -36,8 +36,8 @@ enum {
 
 void mt_rx_reset(mt_rx *rx);
 
-/* Bytes were lost before the next byte fed (the port's receive ring overflowed): the
- * frame in progress is dropped, and its delimiter gives MT_ERR_RX_OVERFLOW. */
+/* Bytes of the frame in progress were lost (the port's receive ring overflowed): it
+ * is dropped, and its delimiter gives MT_ERR_RX_OVERFLOW. */
 void mt_rx_lost(mt_rx *rx);
 
 /* Returns MT_RX_*. On MT_RX_FRAME, *frame_len is header + payload + crc bytes and the

@@ -43,8 +43,9 @@ void mt_port_uart_write(const uint8_t *data, size_t n);
 
 /* Read one byte from the link UART. Returns 1 and stores it in *byte, or 0 when
  * nothing arrived within timeout_ms milliseconds of counter time
- * (timeout_ms == 0: just poll once). Returns MT_PORT_RX_LOST instead of 1 when
- * received bytes were lost just before this one (the receive buffer was full). */
+ * (timeout_ms == 0: just poll once). Where received bytes were lost (the receive
+ * buffer was full, or the UART overran), it returns MT_PORT_RX_LOST with a 0x00 in
+ * their place, which ends the frame they belonged to. */
 int mt_port_uart_read(uint8_t *byte, uint32_t timeout_ms);
 #define MT_PORT_RX_LOST 2
 

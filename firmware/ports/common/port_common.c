@@ -115,9 +115,10 @@ void mt_port_trigger_clear(void)
 
 /* RX ring buffer filled by the UART interrupt, so the CPU can sleep in WFI while it
  * waits for the host (and QEMU's I/O thread is not slowed by status polling). When
- * it is full, bytes are dropped and the place of the first gap is kept, so the reader
- * learns exactly before which byte bytes went missing (a second gap before the
- * reader reaches the first is not marked: the CRC of its frame catches it). */
+ * it is full, bytes are dropped and the place of the first gap is kept: there the
+ * reader gets a 0x00 flagged MT_PORT_RX_LOST in place of the missing bytes (a second
+ * gap before the reader reaches the first is not marked: the CRC of its frame
+ * catches it). */
 #define MT_RX_RING 1024u
 static volatile uint8_t mt_rx_ring[MT_RX_RING];
 static volatile uint32_t mt_rx_head, mt_rx_tail;
@@ -170,15 +171,19 @@ int mt_port_uart_read(uint8_t *byte, uint32_t timeout_ms)
     int started = 0;
     for (;;) {
         __asm volatile("cpsid i" ::: "memory");
-        if (mt_rx_head != mt_rx_tail) {
+        int got = 0;
+        if (mt_rx_gap_set && mt_rx_gap == mt_rx_tail) {
+            /* a 0x00 in place of the lost bytes, also when none came after them */
+            mt_rx_gap_set = 0u;
+            *byte = 0;
+            got = MT_PORT_RX_LOST;
+        } else if (mt_rx_head != mt_rx_tail) {
             uint32_t tail = mt_rx_tail;
-            int got = 1;
-            if (mt_rx_gap_set && mt_rx_gap == tail) {
-                got = MT_PORT_RX_LOST;
-                mt_rx_gap_set = 0u;
-            }
             *byte = mt_rx_ring[tail % MT_RX_RING];
             mt_rx_tail = tail + 1u;
+            got = 1;
+        }
+        if (got) {
             __asm volatile("cpsie i" ::: "memory");
             if (started) {
                 mt_timeout_stop();
