@@ -129,28 +129,46 @@ def test_fallback_reasons_are_stated():
 def test_micro_speech_depthwise_on_qemu_default_kernels(tmp_path):
     """The issue's symptom: this model hard-faulted (pc 0x00000000) with the default
     kernels; it must run bit-exact with TFLM."""
+    _run_on_qemu(tmp_path, micro_speech_graph())
+
+
+# A handful of fuzz cases for QEMU, chosen for what they reach: depthwise over one
+# channel with a multiplier of 3 and a filter as tall as the input (optimised, as
+# CONV_2D); depthwise multiplier 1 over 3 channels, 5x7 filter, strides 1x4 (optimised
+# depthwise); FC with K = 4000 (the panel in the arena); a conv whose filter is the
+# whole 39x1 input with strides 2x3; an average pool over 522 pixels (stated fallback).
+QEMU_CASES = [("DEPTHWISE_CONV_2D", 0, 23), ("DEPTHWISE_CONV_2D", 0, 1), ("FULLY_CONNECTED", 0, 14),
+              ("CONV_2D", 0, 1), ("AVERAGE_POOL_2D", 0, 31)]
+
+
+def _run_on_qemu(tmp_path, graph):
     from microtile.runner import run_model
 
-    path = tmp_path / "micro_speech_like.tflite"
-    path.write_bytes(write_tflite(micro_speech_graph()))
-    result = run_model(path, "qemu", random=2)
-    assert result.error is None, result.error
-    assert result.samples == 2 and result.mismatches == []
-    assert all(c > 0 for c in result.mean_counts())
-
-
-@pytest.mark.qemu
-@pytest.mark.parametrize("op,seed,case", [
-    ("DEPTHWISE_CONV_2D", 0, 3), ("FULLY_CONNECTED", 0, 0), ("CONV_2D", 0, 5), ("AVERAGE_POOL_2D", 0, 2),
-])
-def test_fuzz_cases_on_qemu_default_kernels(tmp_path, op, seed, case):
-    """A handful of fuzz-generated single-operator models through the real runner."""
-    from microtile.runner import run_model
-
-    graph, _, _ = make_case(op, seed, case)
     path = tmp_path / f"{graph.name}.tflite"
     path.write_bytes(write_tflite(graph))
-    result = run_model(path, "qemu", random=2)
+    result = run_model(path, "qemu", random=2)  # the default kernels: optimised
     assert result.error is None, result.error
     assert result.samples == 2 and result.mismatches == []
     assert np.all(np.array(result.mean_counts()) > 0)
+    return result
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("op,seed,case", QEMU_CASES)
+def test_fuzz_cases_on_qemu_default_kernels(tmp_path, op, seed, case):
+    """Fuzz-generated single-operator models through the real runner, bit-exact with TFLM."""
+    graph, _, _ = make_case(op, seed, case)
+    _run_on_qemu(tmp_path, graph)
+
+
+@pytest.mark.qemu
+def test_micro_speech_depthwise_layer_alone_on_qemu(tmp_path):
+    """The issue's layer as a single-operator model (49x40x1, 10x8 filter, multiplier
+    8, stride 2, SAME, per-channel scales) with the default kernels."""
+    from test_ops_conv import conv_graph
+
+    graph = conv_graph(np.random.default_rng(8), h=49, w=40, c=1, oc=8, kh=10, kw=8, sh=2, sw=2,
+                       padding="SAME", act="RELU", depthwise=True)
+    graph.name = "micro_speech_depthwise"
+    assert kernel_label(graph.operators[0], graph, "optimized") == "opt"
+    _run_on_qemu(tmp_path, graph)
