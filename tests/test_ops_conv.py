@@ -240,3 +240,22 @@ def test_fully_connected_rejects_float():
         if t.dtype == "int8":
             t.dtype = "float32"
     _expect_unsupported(graph, "is float32")
+
+
+@pytest.mark.parametrize("opcode", ["CONV_2D", "DEPTHWISE_CONV_2D"])
+def test_refuses_activation_bounds_tflm_cannot_quantise(opcode):
+    """Found by microtile.fuzz_ops: RELU6 over an output scale of ~1e-9 makes 6 / scale
+    overflow int32 in TFLM's CalculateActivationRangeQuantized (Prepare fails); the
+    kernels must refuse the model as TFLM does, not run it."""
+    from microtile.oracle import TflmOracle
+    from microtile.tflite_format import write_tflite
+
+    graph = conv_graph(np.random.default_rng(0), h=4, w=4, c=2, oc=2, kh=3, kw=3, act="RELU6",
+                       depthwise=opcode == "DEPTHWISE_CONV_2D")
+    graph.tensors[3].quant = quant(1e-9, 0)
+    _expect_unsupported(graph, "overflows int32")
+    with pytest.raises(RuntimeError):
+        TflmOracle(write_tflite(graph))([random_int8(np.random.default_rng(1), (1, 4, 4, 2))])
+    graph.tensors[3].quant = quant(3e-9, 0)  # 6 / 3e-9 = 2e9 < 2^31: both accept
+    op = graph.operators[0]
+    kernel_for(op).check(op, graph)

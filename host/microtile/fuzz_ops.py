@@ -41,10 +41,9 @@ import numpy as np
 
 from .errors import MicrotileError, UnsupportedOperatorError
 from .ir import Graph, Operator, Quant, Tensor
-from .ops import REGISTRY, kernel_for, kernel_label, load_families
+from .ops import FUSED_ACTIVATIONS, REGISTRY, kernel_for, kernel_label, load_families
 from .ops.conv import out_size_and_padding
 
-ACTIVATIONS = ("NONE", "RELU", "RELU6", "RELU_N1_TO_1")
 MAX_MACS = 400_000          # keeps one case (numpy, TFLM, ASan) in milliseconds
 BATCH = 48                  # cases per native executable
 RUN_TIMEOUT = 300           # seconds per executable run; a hang is a fault
@@ -161,7 +160,7 @@ def _gen_conv(rng, depthwise: bool) -> tuple[Graph, dict]:
                 g = dict(g, kh=min(g["kh"], h), kw=min(g["kw"], w))
             oh, ow = _out_hw(h, w, g)
     per_channel = rng.random() < 0.7
-    act = _pick(rng, ACTIVATIONS)
+    act = _pick(rng, list(FUSED_ACTIVATIONS))
     s_in, zp_in = _in_scale(rng), _zp(rng)
     f_scales = _filter_scales(rng, oc, per_channel)
     depth = g["kh"] * g["kw"] * (1 if depthwise else c)
@@ -198,7 +197,7 @@ def _gen_fc(rng) -> tuple[Graph, dict]:
         oc = max(1, oc // 2)
     per_channel = rng.random() < 0.4
     w_zp = 0 if per_channel or rng.random() < 0.7 else int(rng.integers(-20, 21))
-    act = _pick(rng, ACTIVATIONS)
+    act = _pick(rng, list(FUSED_ACTIVATIONS))
     s_in, zp_in = _in_scale(rng), _zp(rng)
     f_scales = _filter_scales(rng, oc, per_channel)
     s_out = _output_scale(rng, s_in * float(np.mean(f_scales)) * np.sqrt(depth) * 40.0)
@@ -239,7 +238,7 @@ def _gen_pool(rng, opcode: str) -> tuple[Graph, dict]:
     while oh * ow * c * g["kh"] * g["kw"] > MAX_MACS and c > 1:
         c = max(1, c // 2)
     q = quant(float(log_uniform(rng, 1e-3, 0.5)), _zp(rng))
-    act = _pick(rng, ACTIVATIONS)
+    act = _pick(rng, list(FUSED_ACTIVATIONS))
     tensors = [tensor(0, "input", (1, h, w, c), q=q), tensor(1, "output", (1, oh, ow, c), q=q)]
     options = {"padding": g["padding"], "stride_w": g["sw"], "stride_h": g["sh"], "filter_width": g["kw"],
                "filter_height": g["kh"], "fused_activation_function": act}
@@ -265,7 +264,7 @@ def _gen_binary(rng, opcode: str) -> tuple[Graph, dict]:
     a, b = _in_scale(rng), _in_scale(rng)
     typical = max(a, b) * 2 if opcode == "ADD" else a * b * 64
     qo = (_output_scale(rng, typical), _zp(rng))
-    act = _pick(rng, ACTIVATIONS)
+    act = _pick(rng, list(FUSED_ACTIVATIONS))
     tensors = [qtensor(0, s1, a, _zp(rng)), qtensor(1, s2, b, _zp(rng)), qtensor(2, out, *qo)]
     graph = one_op_graph(opcode, tensors, [0, 1], [2], {"fused_activation_function": act})
     return graph, dict(s1=s1, s2=s2, out=out, act=act)

@@ -75,6 +75,19 @@ class OpKernel:
     def unsupported(self, op: Operator, problem: str, supported: str = "") -> UnsupportedOperatorError:
         return UnsupportedOperatorError(op.index, op.opcode, problem, supported)
 
+    def check_fused_activation(self, op: Operator, out: Tensor) -> None:
+        """A known fused activation whose bounds TFLM can quantise: its
+        CalculateActivationRangeQuantized refuses a bound whose round(v / scale) overflows
+        int32 (a tiny output scale with RELU6 / RELU_N1_TO_1), so microtile refuses it too."""
+        act = op.options.get("fused_activation_function", "NONE")
+        if act not in FUSED_ACTIVATIONS:
+            raise self.unsupported(op, f"fused activation {act}", ", ".join(FUSED_ACTIVATIONS))
+        for v in FUSED_ACTIVATIONS[act]:
+            t = float(np.round(np.float32(v) / np.float32(out.scale)))
+            if not -2.0 ** 31 <= t <= 2.0 ** 31:
+                raise self.unsupported(op, f"fused {act}: bound {v} over output scale {out.scale} overflows int32",
+                                       "an output scale TFLM can quantise the activation bounds with")
+
     def require_int8_per_tensor(self, op: Operator, tensors: Iterable[Tensor]) -> None:
         """Activations the int8 kernels accept: int8, one positive finite scale each."""
         for t in tensors:
@@ -86,6 +99,10 @@ class OpKernel:
                                        "per-tensor int8 quantization")
             if not 0 < t.scale < float("inf"):
                 raise self.unsupported(op, f"tensor {t.name} has scale {t.scale}", "positive finite scales")
+
+
+# Fused activations and the float bounds TFLM quantises for each.
+FUSED_ACTIVATIONS = {"NONE": (), "RELU": (0.0,), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0)}
 
 
 def kernel_label(op: Operator, graph: Graph, kernels: str) -> str:

@@ -20,7 +20,6 @@ from ..ir import Graph, Operator, Tensor
 from ..quant import multiply_by_quantized_multiplier, quantize_multiplier, wrap_int32
 from . import EmitContext, OpKernel, fused_activation_range, register
 
-ACTIVATIONS = ("NONE", "RELU", "RELU6", "RELU_N1_TO_1")
 PADDINGS = ("SAME", "VALID")
 
 
@@ -71,11 +70,9 @@ def _int8_activation(kernel: OpKernel, op: Operator, t: Tensor | None, role: str
         raise kernel.unsupported(op, f"{role} {t.name} needs per-tensor int8 quantization")
 
 
-def _check_common_options(kernel: OpKernel, op: Operator, *, with_padding: bool = True) -> None:
+def _check_common_options(kernel: OpKernel, op: Operator, out: Tensor, *, with_padding: bool = True) -> None:
     o = op.options
-    act = o.get("fused_activation_function", "NONE")
-    if act not in ACTIVATIONS:
-        raise kernel.unsupported(op, f"fused activation {act}", ", ".join(ACTIVATIONS))
+    kernel.check_fused_activation(op, out)
     if with_padding:
         if o.get("padding") not in PADDINGS:
             raise kernel.unsupported(op, f"padding {o.get('padding')}", "SAME, VALID")
@@ -287,7 +284,7 @@ def _check_window_op(kernel: OpKernel, op: Operator, graph: Graph) -> None:
     """What conv and depthwise conv share: int8 activations, known options, no dilation."""
     _int8_activation(kernel, op, graph.tensor(op.inputs[0]), "input")
     _int8_activation(kernel, op, graph.tensor(op.outputs[0]), "output")
-    _check_common_options(kernel, op)
+    _check_common_options(kernel, op, graph.tensor(op.outputs[0]))
     _check_dilation(kernel, op)
 
 
@@ -444,7 +441,7 @@ class FullyConnected(OpKernel):
         x, f, y = graph.tensor(op.inputs[0]), graph.tensor(op.inputs[1]), graph.tensor(op.outputs[0])
         _int8_activation(self, op, x, "input")
         _int8_activation(self, op, y, "output")
-        _check_common_options(self, op, with_padding=False)
+        _check_common_options(self, op, y, with_padding=False)
         fmt = op.options.get("weights_format", "DEFAULT")
         if fmt != "DEFAULT":
             raise self.unsupported(op, f"weights_format {fmt}", "DEFAULT")

@@ -18,7 +18,6 @@ from . import EmitContext, OpKernel, fused_activation_range, register
 
 # TFLM's broadcast kernels (BroadcastBinaryFunction6DSlow / BroadcastMul6DSlow) stop at 6.
 MAX_BROADCAST_DIMS = 6
-FUSED_ACTIVATIONS = ("NONE", "RELU", "RELU6", "RELU_N1_TO_1")
 ADD_LEFT_SHIFT = 20  # TFLM's left_shift for int8 ADD
 
 
@@ -76,9 +75,7 @@ class _BinaryInt8(OpKernel):
         a, b = graph.op_inputs(op)
         (out,) = graph.op_outputs(op)
         self.require_int8_per_tensor(op, (a, b, out))
-        act = op.options.get("fused_activation_function", "NONE")
-        if act not in FUSED_ACTIVATIONS:
-            raise self.unsupported(op, f"fused activation {act}", ", ".join(FUSED_ACTIVATIONS))
+        self.check_fused_activation(op, out)
         if op.options.get("pot_scale_int16", False) not in (False, True):
             raise self.unsupported(op, "unknown pot_scale_int16 option")
         try:

@@ -16,7 +16,7 @@ from ..ir import Graph, Operator
 from ..quant import multiply_by_quantized_multiplier, quantize_multiplier
 from . import EmitContext, OpKernel, register
 from . import fused_activation_range
-from .conv import ACTIVATIONS, PADDINGS, out_size_and_padding
+from .conv import PADDINGS, out_size_and_padding
 
 AVG_POOL_OPT_MAX_WINDOW = 256  # MT_AVG_POOL_OPT_MAX_WINDOW in mt_pool_opt.h
 
@@ -38,9 +38,7 @@ class _Pool2D(OpKernel):
     def check(self, op: Operator, graph: Graph) -> None:
         check_int8_same_quant(self, op, graph)
         o = op.options
-        act = o.get("fused_activation_function", "NONE")
-        if act not in ACTIVATIONS:
-            raise self.unsupported(op, f"fused activation {act}", ", ".join(ACTIVATIONS))
+        self.check_fused_activation(op, graph.tensor(op.outputs[0]))
         if o.get("padding") not in PADDINGS:
             raise self.unsupported(op, f"padding {o.get('padding')}", "SAME, VALID")
         for key in ("stride_h", "stride_w", "filter_height", "filter_width"):
