@@ -572,20 +572,22 @@ class Fuzzer:
 
     def native_part(self, jobs: list[_NativeJob]) -> None:
         """Run the jobs' C kernels under ASan + UBSan, a batch per subprocess."""
+        from pathlib import Path
+
         from .native import build_case_runner
 
-        try:
-            exe = build_case_runner([j.compiled for j in jobs])
-        except MicrotileError as exc:
-            if len(jobs) == 1:
-                self._fail(jobs[0].op, jobs[0].case, "fault", f"native build ({jobs[0].compiled.kernels}): "
-                           f"{str(exc)[-1500:]}", jobs[0].params)
-                return
-            for j in jobs:  # find the case(s) that do not build
-                self.native_part([j])
-            return
-        first = 0
         with tempfile.TemporaryDirectory(prefix="mt_fuzz_") as tmp:
+            try:
+                exe = build_case_runner([j.compiled for j in jobs], Path(tmp))
+            except MicrotileError as exc:
+                if len(jobs) == 1:
+                    self._fail(jobs[0].op, jobs[0].case, "fault", f"native build ({jobs[0].compiled.kernels}): "
+                               f"{str(exc)[-1500:]}", jobs[0].params)
+                    return
+                for j in jobs:  # find the case(s) that do not build
+                    self.native_part([j])
+                return
+            first = 0
             while first < len(jobs):
                 in_path, out_path = os.path.join(tmp, "in.bin"), os.path.join(tmp, "out.bin")
                 with open(in_path, "wb") as f:
@@ -616,7 +618,11 @@ class Fuzzer:
                             self._fail(j.op, j.case, "mismatch", f"C kernel ({j.compiled.kernels}) vs numpy: {problem}",
                                        j.params)
                 first += len(done)
-                if status == 0 and first == len(jobs):
+                if first == len(jobs):
+                    if status != 0:  # every case done, then a failure (at exit): the last case's
+                        j = jobs[-1]
+                        self._fail(j.op, j.case, "fault", f"C kernel runner exit {status} after the last case: "
+                                   + "\n".join(stderr.strip().splitlines()[:12]), j.params)
                     break
                 if first < len(jobs):  # the case in flight crashed, hung or tripped a sanitizer
                     j = jobs[first]

@@ -119,8 +119,9 @@ class NativeModel:
 _MODEL_NAMES = re.compile(r"\b(l\d+_\w+|run_layer|model_inputs|model_outputs|mt_model_def)\b")
 
 
-def build_case_runner(models: list[CompiledModel], sanitize: str = "asan") -> Path:
-    """One executable running every model (firmware/native/mt_fuzz_main.c), cached by content."""
+def build_case_runner(models: list[CompiledModel], out: Path, sanitize: str = "asan") -> Path:
+    """One executable running every model (firmware/native/mt_fuzz_main.c), built in
+    ``out`` (the fuzzer's temporary directory: a full run makes a thousand of them)."""
     parts = ['#include <stdint.h>\n#include <string.h>\n#include "mt_model.h"\n']
     for i, compiled in enumerate(models):
         body = compiled.model_c.replace('#include "model.h"\n', "")
@@ -131,14 +132,9 @@ def build_case_runner(models: list[CompiledModel], sanitize: str = "asan") -> Pa
                  f"const uint32_t mt_fuzz_num_cases = {len(models)}u;\n")
     source = "\n".join(parts)
     archive = kernels_archive(sanitize)
-    main = FIRMWARE / "native" / "mt_fuzz_main.c"
-    key = hashlib.sha256((source + str(archive) + main.read_text()).encode()).hexdigest()[:16]
-    out = CACHE / "cases" / key
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cases.c").write_text(source)
     exe = out / "mt_fuzz"
-    if not exe.exists():
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "cases.c").write_text(source)
-        _run([_gcc(), *BASE_CFLAGS, *SANITIZERS[sanitize], "-I", str(FIRMWARE / "include"),
-              str(out / "cases.c"), str(main), str(archive), "-o", str(out / "mt_fuzz.tmp")])
-        (out / "mt_fuzz.tmp").rename(exe)
+    _run([_gcc(), *BASE_CFLAGS, *SANITIZERS[sanitize], "-I", str(FIRMWARE / "include"),
+          str(out / "cases.c"), str(FIRMWARE / "native" / "mt_fuzz_main.c"), str(archive), "-o", str(exe)])
     return exe
