@@ -30,7 +30,10 @@ def test_every_registered_operator_has_a_generator():
 def test_sample_of_every_operator_both_kernel_sets():
     """~15 cases per operator (330 in all), C kernels under ASan + UBSan, TFLM on every 4th."""
     fuzzer = Fuzzer(seed=7, kernel_sets=("reference", "optimized"), tflm_every=4, log=lambda m: None)
-    fuzzer.run(sorted(GENERATORS), 15)
+    try:
+        fuzzer.run(sorted(GENERATORS), 15)
+    finally:
+        fuzzer.tflm.close()
     assert not fuzzer.failures, "\n".join(f"{f.what}\n  {f.reproducer()}" for f in fuzzer.failures)
     for op, s in fuzzer.stats.items():
         assert s.cases == 15 and s.tflm >= 3, op
@@ -57,7 +60,10 @@ def test_parameter_space_reaches_the_issue_variants():
 
 def _jobs(fuzzer: Fuzzer, op: str, cases: range):
     fuzzer.stats.clear()
-    return [j for case in cases for j in fuzzer.host_part(op, case)]
+    try:
+        return [j for case in cases for j in fuzzer.host_part(op, case)]
+    finally:
+        fuzzer.tflm.close()
 
 
 def test_a_crash_or_sanitizer_report_is_a_failed_case_not_a_dead_fuzzer():
@@ -172,3 +178,23 @@ def test_micro_speech_depthwise_layer_alone_on_qemu(tmp_path):
     graph.name = "micro_speech_depthwise"
     assert kernel_label(graph.operators[0], graph, "optimized") == "opt"
     _run_on_qemu(tmp_path, graph)
+
+
+def test_a_tflm_abort_is_reported_and_the_oracle_restarts():
+    """TFLM aborts (TFLITE_CHECK) on an int8 SOFTMAX row of 600 equal values: in the
+    oracle's subprocess that is a reported crash, and the next model still runs."""
+    from microtile.fuzz_ops import TflmProcess, one_op_graph, quant, tflm_can_run
+    from microtile.ir import Tensor
+
+    graph = one_op_graph("SOFTMAX", [Tensor(0, "x", (1, 600), "int8", quant(0.1, 0)),
+                                     Tensor(1, "y", (1, 600), "int8", quant(1 / 256, -128))], [0], [1], {"beta": 1.0})
+    assert not tflm_can_run(graph)  # the fuzzer does not send it (README: a deliberate difference)
+    tflm = TflmProcess()
+    try:
+        status, what = tflm(write_tflite(graph), [np.full((1, 600), 7, np.int8)])
+        assert status == "crash" and "TFLM crashed" in what
+        relu, inputs, _ = make_case("RELU", 0, 2)
+        status, outs = tflm(write_tflite(relu), inputs)
+        assert status == "ok" and outs[0].shape == relu.tensor(relu.outputs[0]).shape
+    finally:
+        tflm.close()
