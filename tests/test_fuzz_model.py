@@ -141,3 +141,48 @@ def test_fully_connected_per_tensor_multiplier_matches_tflm():
     x = [np.zeros((1, 1), np.int8)]
     expected = TflmOracle(data)(x)[0]
     assert np.array_equal(run_reference(load_tflite(data), x)[0], expected), expected
+
+
+@pytest.mark.shared
+def test_scales_without_zero_points_are_refused_as_tflm_refuses_them(shared_dir):
+    """ResNet-8 mutant 262 of seed 1: a weight tensor's zero-point vector emptied. TFLM
+    then reads the weights as unquantised and its CONV_2D Prepare fails; microtile used
+    to accept the file. Now the import refuses it, and the oracle's own failure is one
+    MicrotileError line too (exit 2 in `run`), not a RuntimeError traceback."""
+    from microtile.errors import ModelFormatError
+    from microtile.oracle import TflmRefusedError
+
+    data = (shared_dir / "models" / "mlperf_tiny" / "pretrainedResnet_quant.tflite").read_bytes()
+    layout, rng = model_layout(data), np.random.default_rng(1)
+    for _ in range(263):
+        mutant, change = make_mutant(data, layout, rng, KINDS[int(rng.integers(len(KINDS)))])
+    with pytest.raises(ModelFormatError, match="32 quantisation scales but 0 zero points"):
+        load_tflite(mutant)
+    with pytest.raises(TflmRefusedError) as err:
+        TflmOracle(mutant)
+    assert "TFLM cannot load this model" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_fully_connected_bias_scale_far_from_input_times_weight_is_refused():
+    """Found on AD and DS-CNN mutants: TFLM's FULLY_CONNECTED Prepare refuses a bias
+    scale that is not input x weight scale (within 2% of the output scale); microtile
+    compiled it. Now both refuse it."""
+    from microtile.errors import UnsupportedOperatorError
+    from microtile.oracle import TflmRefusedError
+
+    def q(scale, zp=0):
+        return Quant(np.array([scale], np.float32), np.array([zp], np.int64))
+
+    tensors = [Tensor(0, "x", (1, 4), "int8", q(0.1)),
+               Tensor(1, "w", (2, 4), "int8", q(0.05), np.ones((2, 4), np.int8)),
+               Tensor(2, "b", (2,), "int32", q(0.5), np.zeros(2, np.int32)),  # should be 0.005
+               Tensor(3, "y", (1, 2), "int8", q(0.2))]
+    graph = Graph("fc", tensors, [Operator(0, "FULLY_CONNECTED", [0, 1, 2], [3],
+                                           {"fused_activation_function": "NONE"})], [0], [3])
+    data = write_tflite(graph)
+    with pytest.raises(UnsupportedOperatorError, match="#0 FULLY_CONNECTED: bias scale 0.5"):
+        compile_model(load_tflite(data))
+    with pytest.raises(TflmRefusedError):
+        TflmOracle(data)
+    tensors[2].quant = q(np.float32(0.1) * np.float32(0.05))
+    compile_model(load_tflite(write_tflite(graph)))  # the right scale compiles

@@ -134,7 +134,7 @@ def test_negative_graph_input_index_does_not_wrap_to_a_weight_tensor():
 @pytest.mark.parametrize("what, value, words", [
     ("graph output", 4, ("graph output index 4",)),
     ("operator 0 input", 99, ("operator #0 CONV_2D input index 99",)),
-    ("operator 0 input", -1, ("operator #0 CONV_2D: input 0 is absent (-1)",)),
+    ("operator 0 input", -1, ("operator #0 CONV_2D: input 0 is absent (-1), which CONV_2D does not accept",)),
     ("operator 0 output", -1, ("operator #0 CONV_2D output index -1",)),
     ("tensor 1 buffer", 77, ("tensor #1 'w'", "buffer index 77")),
 ])
@@ -155,6 +155,22 @@ def test_optional_bias_may_be_absent():
     g = _conv_graph()
     g.operators[0].inputs[2] = -1
     assert load_tflite(write_tflite(g)).operators[0].inputs == [0, 1, -1]
+
+
+def test_depthwise_bias_marked_absent_is_refused():
+    """TFLM segfaults on a DEPTHWISE_CONV_2D whose bias is -1 (it may only be left out)."""
+    g = _conv_graph(opcode="DEPTHWISE_CONV_2D")
+    g.operators[0].inputs[2] = -1
+    _refused(write_tflite(g), "operator #0 DEPTHWISE_CONV_2D: input 2 is absent (-1)")
+    g.operators[0].inputs = [0, 1]
+    assert load_tflite(write_tflite(g)).operators[0].inputs == [0, 1]
+
+
+def test_operator_input_count_is_checked():
+    g = _conv_graph(opcode="FULLY_CONNECTED")
+    g.operators[0].options = {"fused_activation_function": "NONE"}
+    g.operators[0].inputs = [0]
+    _refused(write_tflite(g), "operator #0 FULLY_CONNECTED has 1 inputs", "takes 2 to 3 inputs")
 
 
 @pytest.mark.parametrize("dim, words", [

@@ -78,8 +78,9 @@ QUANTISE_HINT = ("quantise it to int8 with the TFLite converter's full-integer p
 
 
 def refuse_float_model(graph: Graph) -> None:
-    """A model with no int8 activation at all is a float model: say how to quantise it."""
-    if not any(t.dtype == "int8" and not t.is_constant for t in graph.tensors):
+    """A model whose activations are all float is a float model: say how to quantise it."""
+    activations = [t for t in graph.tensors if not t.is_constant]
+    if activations and all(t.dtype in ("float32", "float16") for t in activations):
         raise MicrotileError(f"model {graph.name} is a float32 model; microtile runs int8 models: "
                              + QUANTISE_HINT)
 

@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     def report(n, kind, change, outcome, detail):
-        if args.verbose or outcome in FAILURES:
+        if args.verbose or outcome in FAILURES or outcome == "tflm_error":
             print(f"#{n} {change}: {outcome}: {detail.splitlines()[-1] if detail else ''}", flush=True)
 
     start = time.monotonic()

@@ -6,6 +6,20 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ModelFormatError
+
+
+class TflmRefusedError(ModelFormatError, RuntimeError):
+    """TFLM itself cannot run the model (its Prepare or Invoke failed): nothing can be
+    checked against it, so the run stops here with one line (exit 2). Still the
+    RuntimeError the tflite_micro runtime raised, for callers that catch that."""
+
+
+def _refused(exc: Exception, when: str) -> TflmRefusedError:
+    detail = " ".join(str(exc).split())
+    return TflmRefusedError(f"TFLM cannot {when} this model ({detail}; TFLM's reason is printed above), so "
+                            "nothing can be checked against it: re-convert the model with the TFLite converter")
+
 
 class TflmOracle:
     """One TFLM interpreter for a model, reused across inputs."""
@@ -23,13 +37,19 @@ class TflmOracle:
         for i in range(subgraph.TensorsLength()):
             t = subgraph.Tensors(i)
             activations += int(np.prod(t.ShapeAsNumpy())) * 4 if t.ShapeLength() else 4
-        self.interpreter = runtime.Interpreter.from_bytes(
-            data, arena_size=len(data) * 10 + activations + 16384)
+        try:
+            self.interpreter = runtime.Interpreter.from_bytes(
+                data, arena_size=len(data) * 10 + activations + 16384)
+        except (RuntimeError, ValueError) as exc:
+            raise _refused(exc, "load") from None
 
     def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         for i, x in enumerate(inputs):
             self.interpreter.set_input(np.asarray(x, order="C"), i)  # keeps 0-d inputs 0-d
-        self.interpreter.invoke()
+        try:
+            self.interpreter.invoke()
+        except RuntimeError as exc:
+            raise _refused(exc, "run") from None
         return [np.array(self.interpreter.get_output(i)) for i in range(self.num_outputs)]
 
 

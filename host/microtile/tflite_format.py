@@ -145,14 +145,18 @@ _INT_RANGES = {d: (int(np.iinfo(d).min), int(np.iinfo(d).max)) for d in ("int8",
 # TFLite's flatbuffers hold less than 2 GiB; a larger tensor is a corrupted shape.
 MAX_TENSOR_BYTES = (1 << 31) - 1
 
-# Inputs a model may leave out (index -1), for the operators microtile implements
-# (TFLM's GetOptionalInputTensor sites). Operators outside this table are refused at
-# compile time as not implemented, so their -1 inputs are left to that message.
-OPTIONAL_INPUTS: dict[str, set[int]] = {
-    "CONV_2D": {2}, "DEPTHWISE_CONV_2D": {2}, "FULLY_CONNECTED": {2}, "RESHAPE": {1}, "PADV2": {2},
-    **{op: set() for op in ("AVERAGE_POOL_2D", "MAX_POOL_2D", "ADD", "MUL", "SOFTMAX", "LOG_SOFTMAX", "PAD",
-                            "MEAN", "CONCATENATION", "TRANSPOSE", "RESIZE_NEAREST_NEIGHBOR", "RELU", "RELU6",
-                            "LOGISTIC", "HARD_SWISH", "QUANTIZE", "DEQUANTIZE")},
+# For each operator microtile implements: how many inputs it takes (min, max; max None:
+# any number) and which may be absent (index -1), as TFLM's Prepare functions check
+# them; every one has one output. Operators outside this table are refused at compile
+# time as not implemented, so their inputs are left to that message.
+ARITY: dict[str, tuple[int, int | None, set[int]]] = {
+    # DEPTHWISE_CONV_2D may omit its bias, but not mark it -1: TFLM then reads tensor -1
+    # and segfaults (found by microtile.fuzz_model on the MLPerf KWS model).
+    "CONV_2D": (2, 3, {2}), "DEPTHWISE_CONV_2D": (2, 3, set()), "FULLY_CONNECTED": (2, 3, {2}),
+    "RESHAPE": (1, 2, {1}), "PADV2": (2, 3, {2}), "CONCATENATION": (1, None, set()),
+    **{op: (2, 2, set()) for op in ("ADD", "MUL", "PAD", "MEAN", "TRANSPOSE", "RESIZE_NEAREST_NEIGHBOR")},
+    **{op: (1, 1, set()) for op in ("AVERAGE_POOL_2D", "MAX_POOL_2D", "SOFTMAX", "LOG_SOFTMAX", "RELU", "RELU6",
+                                    "LOGISTIC", "HARD_SWISH", "QUANTIZE", "DEQUANTIZE")},
 }
 
 
@@ -194,9 +198,9 @@ def _read_tensor(data: bytes, model, t, i: int, num_buffers: int, name: str) -> 
     q = t.Quantization()
     if q is not None and q.ScaleLength() > 0:
         scales = q.ScaleAsNumpy().astype(np.float32)
-        if q.ZeroPointLength() not in (0, scales.size):
+        if q.ZeroPointLength() != scales.size:  # TFLite's rule; TFLM would read the tensor as unquantised
             raise ModelFormatError(f"{where} has {scales.size} quantisation scales but {q.ZeroPointLength()} zero points")
-        zp = q.ZeroPointAsNumpy() if q.ZeroPointLength() else np.zeros(scales.size)
+        zp = q.ZeroPointAsNumpy()
         axis = int(q.QuantizedDimension())
         if scales.size > 1 and not (0 <= axis < len(shape) and shape[axis] == scales.size):
             raise ModelFormatError(f"{where} has {scales.size} per-channel scales on dimension {axis} of shape "
@@ -268,19 +272,26 @@ def _parse(data: bytes, name: str) -> Graph:
             raise UnsupportedOperatorError(i, f"CUSTOM({custom})", "custom operators are not supported")
         opcode = BUILTIN_OPCODE2NAME.get(code, f"BUILTIN_{code}")
         where = f"{name}: operator #{i} {opcode}"
+        if op_fb.CustomOptionsLength() > 0:  # TFLM refuses a builtin operator with custom options
+            raise ModelFormatError(f"{where} carries custom options, which a builtin operator cannot have")
         table = OPTIONS_TABLE.get(opcode)
         options_type = op_fb.BuiltinOptionsType()
         if table and options_type not in (0, getattr(tflite.BuiltinOptions, table)):
             raise ModelFormatError(f"{where} carries options of type {options_type}, not {table}")
         options = _read_options(op_fb, table) if table else {}
-        optional = OPTIONAL_INPUTS.get(opcode)
         inputs = _index_list(op_fb.InputsAsNumpy() if _count(data, "inputs", op_fb.InputsLength(), name) else [],
                              f"operator #{i} {opcode} input", num_tensors, name, allow_absent=True)
-        for k, x in enumerate(inputs):
-            if x == -1 and optional is not None and k not in optional:
-                raise ModelFormatError(f"{where}: input {k} is absent (-1), but {opcode} requires it")
         outputs = _index_list(op_fb.OutputsAsNumpy() if _count(data, "outputs", op_fb.OutputsLength(), name) else [],
                               f"operator #{i} {opcode} output", num_tensors, name)
+        if opcode in ARITY:
+            lo, hi, optional = ARITY[opcode]
+            if not lo <= len(inputs) <= (hi or len(inputs)) or len(outputs) != 1:
+                takes = f"{lo}" if lo == hi else f"{lo} to {hi}" if hi else f"{lo} or more"
+                raise ModelFormatError(f"{where} has {len(inputs)} inputs and {len(outputs)} outputs; "
+                                       f"{opcode} takes {takes} inputs and 1 output")
+            for k, x in enumerate(inputs):
+                if x == -1 and k not in optional:
+                    raise ModelFormatError(f"{where}: input {k} is absent (-1), which {opcode} does not accept")
         operators.append(Operator(i, opcode, inputs, outputs, options))
 
     graph_inputs = _index_list(sub.InputsAsNumpy() if _count(data, "inputs", sub.InputsLength(), name) else [],

@@ -460,6 +460,15 @@ class FullyConnected(OpKernel):
                                    "per-channel weights with a 2-D output (keep_num_dims=False)")
         if int(np.prod(y.shape)) != size // depth * out_c or y.shape[-1] != out_c:
             raise self.unsupported(op, f"output shape {tuple(y.shape)} does not match {size // depth} x {out_c}")
+        b = graph.op_inputs(op)[2] if len(op.inputs) > 2 else None
+        if b is not None and not f.quant.per_channel:
+            # TFLM's GetQuantizedConvolutionMultipler refuses a bias scale far from input x weight
+            # scale (an unquantised bias has scale 0 there).
+            b_scale = float(np.float32(b.quant.scale[0])) if b.quant is not None else 0.0
+            diff = abs(float(np.float32(x.scale)) * float(np.float32(f.scale)) - b_scale)
+            if diff / float(np.float32(y.scale)) > 0.02:
+                raise self.unsupported(op, f"bias scale {b_scale:.3g} is not input x weight scale",
+                                       "bias scale = input scale x weight scale (TFLite's quantisation spec)")
 
     def params(self, op: Operator, graph: Graph) -> dict:
         x, f, y = graph.tensor(op.inputs[0]), graph.tensor(op.inputs[1]), graph.tensor(op.outputs[0])
