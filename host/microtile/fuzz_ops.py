@@ -753,10 +753,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no fuzz generator for {', '.join(missing)} (add one in microtile/fuzz_ops.py)", file=sys.stderr)
         return 2
     kernel_sets = ("reference", "optimized") if args.kernels == "both" else (args.kernels,)
-    fuzzer = Fuzzer(args.seed, kernel_sets, args.tflm_every, log=lambda m: print(m, flush=True))
+    tflm_every = 1 if args.case is not None else args.tflm_every  # a reproducer checks TFLM too
+    fuzzer = Fuzzer(args.seed, kernel_sets, tflm_every, log=lambda m: print(m, flush=True))
     t0 = time.monotonic()
     print(f"fuzzing {len(ops)} operator(s), {1 if args.case is not None else args.cases} case(s) each, seed {args.seed}, "
-          f"kernels {args.kernels}, TFLM on every {args.tflm_every}th case; C kernels under ASan + UBSan", flush=True)
+          f"kernels {args.kernels}, TFLM on every {tflm_every}th case; C kernels under ASan + UBSan", flush=True)
     try:
         fuzzer.run(ops, args.cases, args.case)
     finally:
