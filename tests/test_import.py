@@ -272,3 +272,11 @@ def test_errors_are_microtile_errors_with_exit_2(tmp_path):
     assert "Traceback" not in proc.stdout + proc.stderr
     assert proc.stdout.strip().count("\n") == 0 and "graph input index -2" in proc.stdout
     assert issubclass(ModelFormatError, MicrotileError)
+
+
+def test_unknown_enum_option_value_is_refused():
+    """A FULLY_CONNECTED quantized_bias_type of 40 (found by the fuzzer): TFLM stops on
+    'Unsupported data type 40'; the import names the option."""
+    g = _conv_graph()
+    g.operators[0].options["fused_activation_function"] = 9  # ActivationFunctionType ends at 5
+    _refused(write_tflite(g), "operator #0 CONV_2D: option fused_activation_function has the unknown value 9")

@@ -279,6 +279,9 @@ def _parse(data: bytes, name: str) -> Graph:
         if table and options_type not in (0, getattr(tflite.BuiltinOptions, table)):
             raise ModelFormatError(f"{where} carries options of type {options_type}, not {table}")
         options = _read_options(op_fb, table) if table else {}
+        for field in map(_snake, _ENUM_FIELDS):
+            if isinstance(options.get(field), int):  # not a name of the schema's enum
+                raise ModelFormatError(f"{where}: option {field} has the unknown value {options[field]}")
         inputs = _index_list(op_fb.InputsAsNumpy() if _count(data, "inputs", op_fb.InputsLength(), name) else [],
                              f"operator #{i} {opcode} input", num_tensors, name, allow_absent=True)
         outputs = _index_list(op_fb.OutputsAsNumpy() if _count(data, "outputs", op_fb.OutputsLength(), name) else [],
