@@ -15,6 +15,7 @@ from pathlib import Path
 from .boards import Board, firmware_configure_command
 from .codegen import CompiledModel
 from .errors import BuildError, DoesNotFitError, ToolMissingError
+from .export import write_export
 
 REPO = Path(__file__).resolve().parents[2]
 # MICROTILE_BUILD_DIR moves the build cache (e.g. when the checkout is read-only).
@@ -23,6 +24,9 @@ BUILD_ROOT = Path(os.environ.get("MICROTILE_BUILD_DIR") or REPO / "build" / "fir
 # port + app + kernels code, and the app's stack and buffers (checked exactly after linking).
 CODE_BUDGET = 48 * 1024
 RAM_BUDGET = 12 * 1024
+# Library name of the exported model inside microtile's own firmware (its app calls
+# mt_model_def.run_layer directly, to count each layer).
+FIRMWARE_LIBRARY = "microtile_model"
 
 
 @dataclass
@@ -40,7 +44,7 @@ class ElfSizes:
 
 
 def _source_files() -> list[Path]:
-    files = [REPO / "CMakeLists.txt"]
+    files = [REPO / "CMakeLists.txt", REPO / "host" / "microtile" / "export.py"]  # export.py writes the model folder
     for sub in ("firmware", "boards"):
         files += sorted(p for p in (REPO / sub).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     return files
@@ -102,7 +106,7 @@ def _build_into(out: Path, compiled: CompiledModel, board: Board, key: str, cmak
         raise BuildError(f"cannot write the build directory {out.parent} ({exc.strerror}); make it writable "
                          "or set MICROTILE_BUILD_DIR to a writable folder") from None
     try:
-        compiled.write(tmp / "model")
+        write_export(compiled, tmp / "model", FIRMWARE_LIBRARY)  # the folder `microtile export` writes
         configure = firmware_configure_command(board, tmp / "model", key, tmp, cmake=cmake)
         for cmd in (configure, [cmake, "--build", str(tmp)]):
             proc = _run_group(cmd)

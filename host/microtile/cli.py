@@ -211,6 +211,26 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from .boards import load_board
+    from .build import check_fits
+    from .codegen import compile_model
+    from .export import check_name, default_name, export_model
+    from .tflite_format import load_tflite
+
+    name = check_name(args.name or default_name(args.model))
+    board = load_board(args.board)
+    compiled = compile_model(load_tflite(args.model), args.kernels, board)
+    check_fits(compiled, board)
+    result = export_model(compiled, Path(args.out), name, board)
+    console.print(f"wrote {len(result.files)} files to {args.out}: add_subdirectory({args.out}) and link "
+                  f"microtile::{name}, or include {name}.mk; API in include/{name}.h")
+    console.print(result.summary(), soft_wrap=True)
+    return 0
+
+
 def _explain(args, compiled) -> int:
     """Per layer: the kernel it runs ("opt", or "ref: <reason>" when the optimised set
     falls back), the schedule the cost model chose, its predicted and the measured
@@ -366,6 +386,14 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("--explain", action="store_true",
                       help="print each layer's schedule with predicted and measured counts per MAC")
     comp.set_defaults(func=cmd_compile)
+
+    exp = sub.add_parser("export", help="write the model as a self-contained C library folder (CMake, Make, Zephyr)")
+    exp.add_argument("model", help="int8 .tflite model")
+    exp.add_argument("--board", default="qemu", help="board it must fit and whose compiler flags size the report")
+    exp.add_argument("--out", required=True, help="folder to write (created)")
+    exp.add_argument("--name", help="library and C prefix (default: the model file's stem as a C identifier)")
+    exp.add_argument("--kernels", choices=("reference", "optimized"), default="optimized")
+    exp.set_defaults(func=cmd_export)
 
     bench = sub.add_parser("bench", help="reference vs optimised kernels, per layer, bit-exact checked")
     bench.add_argument("model", nargs="+", help="int8 .tflite models")
