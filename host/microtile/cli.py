@@ -35,13 +35,24 @@ def _print_run(result) -> None:
     table.add_column(f"{label}/MAC", justify="right")
     if timed:
         table.add_column("time µs", justify="right")
+    est_timed = "est_time_us" in data["total"]
+    table.add_column("est. cycles", justify="right")
+    table.add_column("est. cycles/MAC", justify="right")
+    if est_timed:
+        table.add_column("est. µs", justify="right")
 
     def cells(entry: dict) -> list[str]:
         count = entry.get(unit)
         if count is None:  # no counter, or no sample measured
-            return ["n/a", "-", *(["n/a"] if timed else [])]
-        per_mac = f"{count / entry['macs']:.2f}" if entry["macs"] else "-"
-        return [f"{count:,}", per_mac, *([f"{entry['time_us']:,.1f}"] if timed else [])]
+            out = ["n/a", "-", *(["n/a"] if timed else [])]
+        else:
+            per_mac = f"{count / entry['macs']:.2f}" if entry["macs"] else "-"
+            out = [f"{count:,}", per_mac, *([f"{entry['time_us']:,.1f}"] if timed else [])]
+        est = entry["est_cycles"]
+        out += [_count(est), f"{est / entry['macs']:.2f}" if est is not None and entry["macs"] else "-"]
+        if est_timed:
+            out.append("n/a" if est is None else f"{entry['est_time_us']:,.1f}")
+        return out
 
     for layer in data["layers"]:
         table.add_row(str(layer["index"]), layer["op"], f"{layer['macs']:,}", *cells(layer))
@@ -57,7 +68,10 @@ def _print_run(result) -> None:
     console.print(f"Samples {data['samples']}: {_verdict(data)}")
     if data["top1"] is not None:
         console.print(f"Top-1 {100 * data['top1']:.1f}% (TFLM reference kernels: {100 * data['tflm_top1']:.1f}%)")
-    if unit == "instructions":
+    console.print(_timing_note(data))
+    if data["timing_model"]["target"]:
+        console.print("[dim]Emulated on the timing model (unicorn): counts are executed instructions.[/dim]")
+    elif unit == "instructions":
         console.print("[dim]Emulated run: counts are executed instructions (QEMU -icount), not cycles.[/dim]")
     elif timed:
         console.print(f"[dim]Counts are core clock cycles (DWT CYCCNT) on the board; time = cycles / "
@@ -65,6 +79,16 @@ def _print_run(result) -> None:
     elif not counted:
         console.print("[dim]This target has no cycle counter (a board image on QEMU: no DWT); "
                       "counts are unavailable, not zero.[/dim]")
+
+
+def _timing_note(run: dict) -> str:
+    """What the estimated cycles are: the timing model, its board and clock (docs/timing.md)."""
+    tm = run["timing_model"]
+    if tm["error"]:
+        return f"[yellow]estimated cycles n/a: {tm['error']}[/yellow]"
+    return (f"[dim]Estimated cycles: {tm['name']} {tm['version']} ({tm['core']}, {tm['board']} memory map, "
+            f"{tm['flash_wait_states']} flash wait states at {tm['clock_hz'] / 1e6:g} MHz), "
+            f"{'every sample' if tm['target'] else 'first sample'}; docs/timing.md.[/dim]")
 
 
 def _verdict(run: dict) -> str:
@@ -92,10 +116,7 @@ def _resolve_board(args) -> str:
     if getattr(args, "emulate", False):
         from .boards import load_board
 
-        board = load_board(args.board)
-        if board.emulator is None:
-            raise MicrotileError(f"board {board.name} has no emulator: drop --emulate, or use --board qemu")
-        return board.name
+        return load_board(args.board).name  # no QEMU machine: the timing model runs it (runner)
     name, device = resolve_board(args.board, args.probe)
     if device is not None:
         args.probe = device.unique_id

@@ -24,6 +24,7 @@ from .inputs import DEFAULT_SEED, Sample, load_samples
 from .oracle import TflmOracle
 from .provenance import file_sha256, provenance
 from .tflite_format import load_tflite
+from .timing import TimingTarget, estimate, timing_model_info
 
 # Exit codes of `microtile run` and `bench` (README, "The command line").
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT, EXIT_TARGET_FAILED = 0, 1, 2, 3
@@ -82,6 +83,12 @@ class RunResult:
     clock_hz: int | None = None  # the clock the target reports (a board may fall back to its reset clock)
     port_status: str = "ok"  # the board port's own report (clock fallback, missing counter, ...)
     provenance: dict = field(default_factory=dict)  # what made the result (provenance.provenance)
+    # the timing model (timing.py): estimated cycles per layer, summed over est_samples
+    est_sums: list[int] = field(default_factory=list)
+    est_samples: int = 0
+    timing_model: dict | None = None  # name, version, board, core, clock_hz, flash_wait_states
+    timing_error: str | None = None  # why there is no estimate (the run itself may be fine)
+    timing_target: bool = False  # the timing model ran every sample (a board without a QEMU machine)
 
     @property
     def top1(self) -> float | None:
@@ -101,6 +108,21 @@ class RunResult:
             self.count_sums = [0] * len(layers)
         for i, c in enumerate(layers):
             self.count_sums[i] += c
+
+    def add_estimate(self, timing) -> None:
+        """One sample's estimated cycles from the timing model (timing.TimingResult)."""
+        if not self.est_sums:
+            self.est_sums = [0] * len(timing.layers)
+        for i, t in enumerate(timing.layers):
+            self.est_sums[i] += t.cycles
+        self.est_samples += 1
+        self.timing_model = timing_model_info(self.board)
+
+    def mean_estimates(self) -> list[int | None]:
+        """Mean estimated cycles per layer; None for each layer without an estimate."""
+        if not self.est_samples:
+            return [None] * len(self.compiled.device_ops)
+        return [int(round(s / self.est_samples)) for s in self.est_sums]
 
     def mean_counts(self) -> list[int | None]:
         """Mean count per layer; None (not 0) for each layer when nothing was measured."""
@@ -128,11 +150,12 @@ class RunResult:
 
     def to_json(self) -> dict:
         counts = self.mean_counts()
+        estimates = self.mean_estimates()
         macs = self.compiled.macs
         unit = self.counter_unit
         layers = [
-            {"index": op.index, "op": op.opcode, "macs": m, unit: c}
-            for op, m, c in zip(self.compiled.device_ops, macs, counts)
+            {"index": op.index, "op": op.opcode, "macs": m, unit: c, "est_cycles": e}
+            for op, m, c, e in zip(self.compiled.device_ops, macs, counts, estimates)
         ]
         measured = self.samples > 0
         arena = self.compiled.plan.arena_size
@@ -150,7 +173,8 @@ class RunResult:
             "tflm_top1": self.tflm_top1,
             "counter_unit": unit,
             "layers": layers,
-            "total": {"macs": sum(macs), unit: sum(counts) if None not in counts else None},
+            "total": {"macs": sum(macs), unit: sum(counts) if None not in counts else None,
+                      "est_cycles": sum(estimates) if None not in estimates else None},
             "ram": {
                 "arena_bytes": arena,
                 "stack_bytes": self.stack_bytes if measured else None,
@@ -162,6 +186,8 @@ class RunResult:
             "rom": {"total_bytes": self.firmware.sizes.rom_bytes},
             "error": self.error,
             "port_status": self.port_status,
+            "timing_model": {**(self.timing_model or timing_model_info(self.board)), "samples": self.est_samples,
+                             "target": self.timing_target, "error": self.timing_error},
             "provenance": self.provenance,
         }
         if unit == "cycles":  # also as time, at the clock the firmware reported
@@ -170,6 +196,11 @@ class RunResult:
             for entry in (*layers, data["total"]):
                 c = entry["cycles"]
                 entry["time_us"] = None if c is None else round(c * 1e6 / clock, 3)
+        if self.board.clock.source != "none":  # estimated time at the board's clock (not QEMU's)
+            clock = data["timing_model"]["clock_hz"]
+            for entry in (*layers, data["total"]):
+                e = entry["est_cycles"]
+                entry["est_time_us"] = None if e is None else round(e * 1e6 / clock, 3)
         return data
 
 
@@ -214,7 +245,11 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
     if samples is None:
         samples = load_samples(graph, inputs, random, labels, limit,
                                seed=DEFAULT_SEED if seed is None else seed)
-    check_target_tools(board, **(target_options or {}))  # before a build that could not run
+    options = dict(target_options or {})
+    # a board no QEMU machine models runs, emulated, on the timing model alone
+    on_timing_model = bool(options.get("emulate")) and board.emulator is None
+    if not on_timing_model:
+        check_target_tools(board, **options)  # before a build that could not run
     if os_name == "zephyr":
         from .zephyr import build_zephyr
 
@@ -225,12 +260,14 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
         raise MicrotileError(f"unknown --os {os_name!r}: baremetal or zephyr")
     oracle = TflmOracle(model_path)
 
-    result = RunResult(graph.name, board, board.counter_unit, compiled, firmware)
+    result = RunResult(graph.name, board, board.counter_unit, compiled, firmware, timing_target=on_timing_model)
     result.provenance = provenance(board=board.name, build_id=firmware.build_id,
                                    model_sha256=file_sha256(model_path),
                                    seed=seed if not (inputs or labels) else None, kernels=kernels)
     try:
-        with open_target(board, firmware, probe=probe, **(target_options or {})) as target:
+        opened = TimingTarget(board, firmware) if on_timing_model else \
+            open_target(board, firmware, probe=probe, **options)
+        with opened as target:
             link = target.link
             info = link.info()
             if info.model_hash != int(compiled.hash[:8], 16):
@@ -254,6 +291,8 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
 
                 result.samples += 1
                 result.add_counts(counters.layers)
+                if on_timing_model:
+                    result.add_estimate(link.last)
                 result.stack_bytes = max(result.stack_bytes, counters.stack_bytes)
                 if any(not np.array_equal(a, b) for a, b in zip(outputs, expected)):
                     result.mismatch_count += 1
@@ -267,7 +306,21 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
                     progress(k + 1, len(samples))
     except (MicrotileError, KeyboardInterrupt) as exc:  # link failures included: keep what was measured
         result.fail(exc, len(samples))
+    if not on_timing_model and result.samples:
+        estimate_first_sample(result, samples[0])
     return result
+
+
+def estimate_first_sample(result: RunResult, sample: Sample) -> None:
+    """Estimated cycles of the first sample on the timing model (the kernels' control
+    flow does not depend on the data, so one sample stands for all; docs/timing.md).
+    A failure to estimate is recorded, never the run's failure."""
+    compiled = result.compiled
+    try:
+        inputs = [np.ascontiguousarray(a).tobytes() for a in compiled.to_device(sample.arrays)]
+        result.add_estimate(estimate(result.firmware.elf, result.board, inputs))
+    except MicrotileError as exc:
+        result.timing_error = str(exc)
 
 
 def check_writable(path: str | Path) -> None:
