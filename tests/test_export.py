@@ -137,11 +137,9 @@ def _models():
     yield pytest.param("mlperf_kws", id="mlperf_kws", marks=pytest.mark.shared)
 
 
-@pytest.fixture(scope="module", params=list(_models()))
-def exported(request, tmp_path_factory):
-    """(model path, export folder, compiled model) for each KWS model, exported as `kws`."""
-    tmp = tmp_path_factory.mktemp(request.param)
-    if request.param == "mlperf_kws":
+def _export(which: str, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(which)
+    if which == "mlperf_kws":
         if not MLPERF_KWS.is_file():
             pytest.skip(f"MLPerf Tiny KWS model not at {MLPERF_KWS} (set MICROTILE_SHARED)")
         model = MLPERF_KWS
@@ -153,6 +151,18 @@ def exported(request, tmp_path_factory):
     out = tmp / "export" / "kws"
     export_model(compiled, out, "kws", board)
     return model, out, compiled
+
+
+@pytest.fixture(scope="module", params=list(_models()))
+def exported(request, tmp_path_factory):
+    """(model path, export folder, compiled model) for each KWS model, exported as `kws`."""
+    return _export(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def zoo_exported(tmp_path_factory):
+    """The DS-CNN zoo model only: for what is the same C for every model."""
+    return _export("ds_cnn_kws", tmp_path_factory)
 
 
 def _inputs(compiled, n=N_INPUTS) -> list[np.ndarray]:
@@ -244,10 +254,8 @@ def test_user_cmake_project_on_cortex_m4_qemu_bit_exact_with_tflm(exported, tmp_
 
 
 @pytest.mark.parametrize("scale,zp", [(0.1, 3), (0.0078125, -128), (0.37, 127)])
-def test_c_quantise_helpers_bit_exact_with_the_host(exported, tmp_path, scale, zp):
-    _, out, _ = exported
-    if exported[0].name != "ds_cnn_kws.tflite":
-        pytest.skip("the helpers are the same C for every model; checked once")
+def test_c_quantise_helpers_bit_exact_with_the_host(zoo_exported, tmp_path, scale, zp):
+    _, out, _ = zoo_exported
     app = tmp_path / "app"
     app.mkdir()
     (app / "CMakeLists.txt").write_text(USER_CMAKE.format(lib=out, extra="", link=""))
@@ -268,10 +276,8 @@ def test_c_quantise_helpers_bit_exact_with_the_host(exported, tmp_path, scale, z
     np.testing.assert_array_equal(np.frombuffer(raw[x.size:], np.float32), dequantize_array(q, s, zp))
 
 
-def test_makefile_fragment_builds_the_same_library(exported, tmp_path):
-    model, out, compiled = exported
-    if model.name != "ds_cnn_kws.tflite":
-        pytest.skip("the fragment is generated the same way for every model; checked once")
+def test_makefile_fragment_builds_the_same_library(zoo_exported, tmp_path):
+    model, out, compiled = zoo_exported
     (tmp_path / "main.c").write_text(HOST_MAIN)
     (tmp_path / "Makefile").write_text(f"include {out}/kws.mk\napp: main.c $(KWS_SRCS)\n"
                                        "\tgcc $(KWS_CFLAGS) -O2 -Wall -Werror -o $@ $^\n")
@@ -285,6 +291,19 @@ def test_makefile_fragment_builds_the_same_library(exported, tmp_path):
     want = TflmOracle(model)([x])[0]
     np.testing.assert_array_equal(np.frombuffer((tmp_path / "out.bin").read_bytes(), want.dtype).reshape(want.shape),
                                   want)
+
+
+def test_zephyr_module_form_names_the_same_sources(zoo_exported):
+    import yaml
+
+    _, out, _ = zoo_exported
+    module = yaml.safe_load((out / "zephyr" / "module.yml").read_text())
+    assert module["build"] == {"cmake": "zephyr", "kconfig": "zephyr/Kconfig"}
+    zephyr_cmake = (out / "zephyr" / "CMakeLists.txt").read_text()
+    listed = sorted(line.split("/../src/")[1].rstrip(")") for line in zephyr_cmake.splitlines() if "/../src/" in line)
+    assert listed == sorted(p.name for p in (out / "src").glob("*.c"))
+    assert "config MICROTILE_MODEL_KWS\n" in (out / "zephyr" / "Kconfig").read_text()
+    assert "if(CONFIG_MICROTILE_MODEL_KWS)" in zephyr_cmake
 
 
 def test_firmware_builds_the_exported_folder(tmp_path, monkeypatch):

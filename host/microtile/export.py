@@ -456,9 +456,18 @@ def _stack_depth(tmpd: Path, name: str) -> int | None:
     return depth(invoke, frozenset())
 
 
+def caller_side_ops(compiled: CompiledModel) -> list[str]:
+    """The model's float edge ops other than QUANTIZE / DEQUANTIZE (a float SOFTMAX after
+    the last DEQUANTIZE...): microtile's host runs them; the library does not."""
+    return [f"#{op.index} {op.opcode}" for op in compiled.host_pre + compiled.host_post
+            if op.opcode not in ("QUANTIZE", "DEQUANTIZE")]
+
+
 def report_markdown(name: str, compiled: CompiledModel, cost: dict) -> str:
     lines = [f"# {name}: what the export costs", "",
              f"Model {compiled.graph.name}, {compiled.kernels} kernels, {len(compiled.device_ops)} layers."]
+    if cost.get("caller_side_ops"):
+        lines.append(f"Float edge ops left to the caller (not in the library): {', '.join(cost['caller_side_ops'])}.")
     if not cost.get("measured"):
         return "\n".join(lines + ["", f"Not measured: {cost['reason']}.", ""])
     rom, ram = cost["rom"], cost["ram"]
@@ -490,15 +499,18 @@ class ExportResult:
             return f"cost not measured: {c['reason']}"
         rom, ram = c["rom"], c["ram"]
         stack = "n/a" if ram["stack_bytes"] is None else f"{ram['stack_bytes']:,}"
+        edge = f"; float edge ops left to your code: {', '.join(c['caller_side_ops'])}" if c.get("caller_side_ops") \
+            else ""
         return (f"ROM {rom['total_bytes']:,} B (weights {rom['weights_bytes']:,} B, code {rom['code_bytes']:,} B)   "
                 f"RAM arena {ram['arena_bytes']:,} B + statics {ram['static_bytes']:,} B + stack {stack} B "
-                f"on {c['board']}; report.md, report.json in {self.out}")
+                f"on {c['board']}; report.md, report.json in {self.out}{edge}")
 
 
 def export_model(compiled: CompiledModel, out: Path, name: str, board) -> ExportResult:
     """``microtile export``: the folder, then its cost measured and written beside it."""
     files = write_export(compiled, out, name)
     cost = measure_cost(out, name, compiled, board)
+    cost["caller_side_ops"] = caller_side_ops(compiled)
     (out / "report.json").write_text(json.dumps({"name": name, "model": compiled.graph.name,
                                                  "kernels": compiled.kernels, **cost}, indent=2) + "\n")
     (out / "report.md").write_text(report_markdown(name, compiled, cost))
