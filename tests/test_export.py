@@ -67,8 +67,13 @@ int main(int argc, char **argv) {
     void *outputs[KWS_NUM_OUTPUTS] = {out};
     kws_set_layer_hook(hook, NULL);
     int rc = kws_invoke(arena, inputs, outputs);
+    unsigned before = calls[0], after = calls[1];
+    int misaligned = kws_invoke(arena + 1, inputs, outputs);
+    memset(out, 0, sizeof out);
+    int null_arena = kws_invoke(NULL, inputs, outputs); /* the static arena, when built with it */
+    if (null_arena != 0) rc |= kws_invoke(arena, inputs, outputs);
     FILE *f = fopen(argv[2], "wb"); fwrite(out, 1, sizeof out, f); fclose(f);
-    printf("rc %d hook %u %u misaligned %d\n", rc, calls[0], calls[1], kws_invoke(arena + 1, inputs, outputs));
+    printf("rc %d hook %u %u misaligned %d null %d\n", rc, before, after, misaligned, null_arena);
     return rc;
 }
 """
@@ -215,7 +220,8 @@ def test_user_cmake_project_on_host_bit_exact_with_tflm(exported, tmp_path):
                               capture_output=True, text=True, timeout=60)
         layers = len(compiled.device_ops)
         assert proc.returncode == 0 and proc.stdout.split() == ["rc", "0", "hook", str(layers), str(layers),
-                                                                "misaligned", "2"], proc.stdout + proc.stderr
+                                                                "misaligned", "2", "null", "1"], \
+            proc.stdout + proc.stderr
         want = oracle([x])[0]
         got = np.frombuffer((tmp_path / f"out{k}.bin").read_bytes(), dtype=want.dtype).reshape(want.shape)
         np.testing.assert_array_equal(got, want)
@@ -274,6 +280,35 @@ def test_c_quantise_helpers_bit_exact_with_the_host(zoo_exported, tmp_path, scal
     q = np.frombuffer(raw[:x.size], np.int8)
     np.testing.assert_array_equal(q, quantize_array(x, s, zp))
     np.testing.assert_array_equal(np.frombuffer(raw[x.size:], np.float32), dequantize_array(q, s, zp))
+
+
+def test_static_arena_option_lets_invoke_take_null(zoo_exported, tmp_path):
+    model, out, compiled = zoo_exported
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "CMakeLists.txt").write_text(USER_CMAKE.format(lib=out, extra="", link=""))
+    (app / "main.c").write_text(HOST_MAIN)
+    _cmake_build(app, tmp_path / "build", "-DCMAKE_C_COMPILER=gcc", "-Dkws_STATIC_ARENA=ON")
+    x = _inputs(compiled, 1)[0]
+    (tmp_path / "in.bin").write_bytes(x.tobytes())
+    proc = subprocess.run([str(tmp_path / "build" / "app"), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and proc.stdout.split()[-2:] == ["null", "0"], proc.stdout
+    want = TflmOracle(model)([x])[0]  # out.bin holds what the NULL-arena call wrote
+    np.testing.assert_array_equal(np.frombuffer((tmp_path / "out.bin").read_bytes(), want.dtype).reshape(want.shape),
+                                  want)
+
+
+def test_export_again_leaves_exactly_the_new_models_kernels(tmp_path):
+    board = load_board("qemu")
+    big = compile_model(load_tflite(zoo_model_bytes("ds_cnn_kws")), "optimized", board)
+    small = compile_model(load_tflite(zoo_model_bytes("op_conv_3x3_same_relu")), "optimized", board)
+    from microtile.export import write_export
+
+    write_export(big, tmp_path / "m", "m")
+    write_export(small, tmp_path / "m", "m")
+    assert sorted(p.name for p in (tmp_path / "m" / "src").glob("mt_*.c")) == [p.name for p in used_files(small)[1]]
+    assert len(used_files(small)[1]) < len(used_files(big)[1])
 
 
 def test_makefile_fragment_builds_the_same_library(zoo_exported, tmp_path):

@@ -352,6 +352,11 @@ def write_export(compiled: CompiledModel, out: Path, name: str) -> list[str]:
     files = export_files(compiled, name)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        # Kernels an earlier export into this folder used and this model does not: the folder
+        # holds exactly the kernels the model uses.
+        for stale in [*out.glob("src/mt_*.c"), *out.glob("include/mt_*.h")]:
+            if stale.relative_to(out).as_posix() not in files:
+                stale.unlink()
         for rel, text in files.items():
             path = out / rel
             path.parent.mkdir(parents=True, exist_ok=True)
