@@ -361,6 +361,32 @@ def test_firmware_builds_the_exported_folder(tmp_path, monkeypatch):
     assert "firmware/kernels/" not in ninja
 
 
+def test_per_layer_counts_unchanged_by_building_the_export(tmp_path, monkeypatch):
+    """The firmware built from the export folder counts every layer exactly as the one
+    built the old way (model.c beside all the kernels, compiled into the executable)."""
+    import microtile.build as build
+    from microtile.boards import firmware_configure_command
+    from microtile.targets.qemu import QemuTarget
+
+    monkeypatch.setattr(build, "BUILD_ROOT", tmp_path / "cache")
+    board = load_board("qemu")
+    compiled = compile_model(load_tflite(zoo_model_bytes("ds_cnn_kws")), "optimized", board)
+    exported_elf = build.build_firmware(compiled, board).elf
+    plain = compiled.write(tmp_path / "plain")  # model.c + model.h only: every kernel, as before
+    for cmd in (firmware_configure_command(board, plain, "0", tmp_path / "old"),
+                ["cmake", "--build", str(tmp_path / "old")]):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    x = _inputs(compiled, 1)[0].tobytes()
+    counts = []
+    for elf in (exported_elf, tmp_path / "old" / "microtile.elf"):
+        with QemuTarget("qemu", elf, timeout=20.0) as t:
+            t.link.write_input(0, x)
+            t.link.invoke(1)
+            counts.append((t.link.read_counters().layers, t.link.read_output(0)))
+    assert counts[0] == counts[1] and all(c > 0 for c in counts[0][0])
+
+
 def _dense(n_in: int, n_out: int) -> Graph:
     q = Quant(np.array([0.05], np.float32), np.array([0], np.int64))
     w = np.ones((n_out, n_in), np.int8)
