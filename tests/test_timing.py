@@ -180,3 +180,14 @@ def test_run_emulate_on_a_board_without_qemu(tmp_path):
     assert total["est_cycles"] == sum(layer["est_cycles"] for layer in data["layers"]) > total["instructions"] > 0
     assert total["est_time_us"] == pytest.approx(total["est_cycles"] / 120, rel=1e-6)
     assert data["ram"]["stack_bytes"] > 0
+
+
+def test_docs_render_the_one_table():
+    """docs/timing.md shows TIMING as `python -m microtile.timing --table` renders it."""
+    from pathlib import Path
+
+    from microtile.timing import table_markdown
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "timing.md").read_text()
+    begin, end = "<!-- timing-table:begin -->\n", "<!-- timing-table:end -->"
+    assert doc[doc.index(begin) + len(begin):doc.index(end)] == table_markdown()

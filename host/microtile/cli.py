@@ -165,26 +165,65 @@ def _print_bench(data: dict, inputs: int) -> None:
         table.add_column(f"{short[k]}/MAC", justify="right")
     if len(kernels) == 2:
         table.add_column("speed-up", justify="right")
+    for k in kernels:
+        table.add_column(f"{short[k]} est. cycles", justify="right")
+        table.add_column(f"{short[k]} est./MAC", justify="right")
 
-    def row(label, op, shape, macs, counts, speedup, style=None):
+    def row(label, op, shape, macs, counts, speedup, estimates, style=None):
         cells = [label, op, shape, f"{macs:,}"]
         for k in kernels:
             c = counts[k]
             cells += [_count(c), f"{c / macs:.2f}" if macs and c is not None else "-"]
         if len(kernels) == 2:
             cells.append(f"{speedup:.2f}x" if speedup else "-")
+        for k in kernels:
+            e = estimates[k]
+            cells += [_count(e), f"{e / macs:.2f}" if macs and e is not None else "-"]
         table.add_row(*cells, style=style)
 
     for layer in data["layers"]:
         row(str(layer["index"]), layer["op"], "x".join(map(str, layer["shape"][1:])), layer["macs"],
-            layer[unit], layer.get("speedup"))
+            layer[unit], layer.get("speedup"), layer["est_cycles"])
     total = data["total"]
-    row("", "total", "", total["macs"], total[unit], total.get("speedup"), style="bold")
+    row("", "total", "", total["macs"], total[unit], total.get("speedup"), total["est_cycles"], style="bold")
     console.print(table)
+    console.print(_timing_note(next(iter(data["runs"].values()))))
+    if data["x_cube_ai"]:
+        x = data["x_cube_ai"]
+        for k in kernels:
+            e, r = total["est_cycles"][k], x["est_cycles_ratio"][k]
+            if e is not None:
+                console.print(f"{k}: {e / 1e6:.2f} M estimated cycles ({e / 120e3:.1f} ms at 120 MHz) vs "
+                              f"X-CUBE-AI 10.2 {x['cycles'] / 1e6:.3g} M measured: {r:.2f}x "
+                              f"({'slower' if r > 1 else 'faster'})")
     for k, run in data["runs"].items():
         console.print(f"{k}: {_verdict(run)}")
-    if unit == "instructions":
+    if unit == "instructions" and data["timing_model"]["target"]:
+        console.print("[dim]Emulated on the timing model (unicorn): counts are executed instructions.[/dim]")
+    elif unit == "instructions":
         console.print("[dim]Emulated: executed instructions (QEMU -icount), not cycles.[/dim]")
+
+
+def _print_bench_summary(results: list[dict]) -> None:
+    """One line per model: instructions and estimated cycles of each kernel set, and
+    the ratio to X-CUBE-AI where the board is its NUCLEO-L4R5ZI."""
+    first = results[0]
+    tm = first["timing_model"]
+    table = Table(title=f"summary: estimated cycles on {tm['board']} ({tm['flash_wait_states']} flash wait states "
+                        f"at {tm['clock_hz'] / 1e6:g} MHz)")
+    kernels = first["kernels"]
+    for col in ("model", "MACs", *[f"{k} {c}" for k in kernels for c in ("instructions", "est. cycles")],
+                "X-CUBE-AI cycles", *[f"{k} / X-CUBE-AI" for k in kernels]):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for data in results:
+        total, unit, x = data["total"], data["counter_unit"], data["x_cube_ai"]
+        cells = [data["file"], f"{total['macs']:,}"]
+        for k in kernels:
+            cells += [_count(total[unit].get(k)), _count(total["est_cycles"].get(k))]
+        cells.append(f"{x['cycles']:,}" if x else "-")
+        cells += [f"{x['est_cycles_ratio'][k]:.2f}x" if x and x["est_cycles_ratio"].get(k) else "-" for k in kernels]
+        table.add_row(*cells)
+    console.print(table)
 
 
 def cmd_bench(args) -> int:
@@ -196,7 +235,8 @@ def cmd_bench(args) -> int:
     results, codes = [], []
     try:
         for model in args.model:
-            data = bench_model(model, args.board, kernels, random=args.random, seed=args.seed)
+            data = bench_model(model, args.board, kernels, random=args.random, seed=args.seed,
+                               target_options=_target_options(args))
             results.append(data)
             codes.append(data["exit_code"])
             _print_bench(data, args.random)
@@ -205,6 +245,8 @@ def cmd_bench(args) -> int:
     except KeyboardInterrupt as exc:  # between runs (a build): the models done so far still count
         console.print("[red]interrupted[/red]")
         codes.append(exit_code(exc))
+    if len(results) > 1:
+        _print_bench_summary(results)
     if args.json and results:
         write_bench_json(results, args.json)
         console.print(f"wrote {args.json}")
@@ -264,6 +306,7 @@ def _explain(args, compiled) -> int:
     from .schedule import explain
 
     error, code, counts, unit = None, 0, [None] * len(compiled.device_ops), "instructions"
+    estimates = list(counts)
     try:
         result = run_model(args.model, args.board, random=1, kernels=args.kernels,
                            target_options={"emulate": getattr(args, "emulate", False)})
@@ -275,24 +318,26 @@ def _explain(args, compiled) -> int:
             error, code = result.error, exit_code(result)
         else:
             counts = result.mean_counts()
+            estimates = result.mean_estimates()
             code = exit_code(result)
     table = Table(title=f"{compiled.graph.name}: schedules ({args.kernels} kernels), {unit} per MAC "
                         "(per output element for layers without MACs)")
     for col in ("#", "op", "shape", "kernel", "M x N x K", "tile", "weights", "loop order", "k unroll",
-                "predicted", "measured"):
-        table.add_column(col, justify="right" if col in ("#", "predicted", "measured") else "left")
-    for row, count, macs in zip(explain(compiled), counts, compiled.macs):
+                "predicted", "measured", "est. cycles/MAC"):
+        table.add_column(col, justify="right" if col in ("#", "predicted", "measured", "est. cycles/MAC") else "left")
+    for row, count, macs, est in zip(explain(compiled), counts, compiled.macs, estimates):
         mnk = f"{row['M']} x {row['N']} x {row['K']}" if "M" in row else "-"
         tile = str(row.get("tile", "-"))
         predicted = f"{row['predicted_ipm']:.2f}" if "predicted_ipm" in row else "-"
         per = macs or int(np.prod(row["shape"]))  # data movement: per output element
-        if count is None:
-            measured = "n/a"
-        else:
-            measured = f"{count / per:.2f}" if "predicted_ipm" in row or macs else "-"
+        def per_unit(value) -> str:
+            if value is None:
+                return "n/a"
+            return f"{value / per:.2f}" if "predicted_ipm" in row or macs else "-"
+
         table.add_row(str(row["index"]), row["op"], "x".join(map(str, row["shape"][1:])), row["kernel"], mnk,
                       tile, row.get("weights", "-"), row.get("loop_order", "-").split(":")[0],
-                      str(row.get("k_unroll", "-")), predicted, measured)
+                      str(row.get("k_unroll", "-")), predicted, per_unit(count), per_unit(est))
     console.print(table)
     if error is not None:
         console.print(f"[red]error:[/red] --explain could not measure: {error}", soft_wrap=True)
@@ -420,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("model", nargs="+", help="int8 .tflite models")
     bench.add_argument("--board", default="qemu")
     bench.add_argument("--kernels", choices=("reference", "optimized", "both"), default="both")
+    bench.add_argument("--emulate", action="store_true",
+                       help="run the board's image emulated: on QEMU, or on the timing model where no QEMU "
+                            "machine models the board (nucleo_l4r5zi: the X-CUBE-AI comparison)")
     bench.add_argument("--random", type=int, default=2, metavar="N", help="seeded random inputs per model")
     _seed_option(bench)
     bench.add_argument("--json", metavar="OUT.json", help="also write the results as JSON")

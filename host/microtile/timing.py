@@ -449,35 +449,49 @@ class TimingEngine:
     def _cost(self, seq: list[int], reads: list[int]) -> LayerTiming:
         blocks = self.blocks
         mem = self.memory
-        # execution counts per (block, next block): static cost x count, + refills
+        # execution counts per block, and how often it branched away (not to its fall-through)
         arr = np.asarray(seq, dtype=np.int64)
+        keys, first, inverse, counts = np.unique(arr, return_index=True, return_inverse=True, return_counts=True)
+        for key in keys.tolist():
+            if key not in blocks:
+                self._block(key)
+        ends = np.array([blocks[k].end for k in keys.tolist()], dtype=np.int64)
         nxt = np.empty_like(arr)
         nxt[:-1] = arr[1:] >> 16
         nxt[-1] = MAGIC_RETURN
-        pairs, counts = np.unique(np.stack([arr, nxt]), axis=1, return_counts=True)
+        taken = np.bincount(inverse, weights=nxt != ends[inverse], minlength=len(keys)).astype(np.int64)
         instructions = cycles = 0
-        for key, dest, n in zip(pairs[0].tolist(), pairs[1].tolist(), counts.tolist()):
-            b = blocks.get(key) or self._block(key)
+        for key, n, t in zip(keys.tolist(), counts.tolist(), taken.tolist()):
+            b = blocks[key]
             instructions += b.instructions * n
-            cycles += (b.cycles + (b.taken_penalty if dest != b.end else 0)) * n
+            cycles += b.cycles * n + b.taken_penalty * t
         stall = 0
         if mem.wait_states:
-            # instruction side: each executed block's flash lines through the I-cache, in order
+            # instruction side: each executed block's flash lines through the I-cache, in order;
+            # a block run again at once finds its lines cached (they are the most recent)
             miss = mem.miss_cycles
-            last_line, hidden = -2, 0
+            last_line, hidden, prev = -2, 0, -1
             access = self.icache.access
+            small = self.icache.size
             for key in seq:
                 b = blocks[key]
+                if key == prev and len(b.lines) <= small:
+                    continue
+                prev = key
                 for line in b.lines:
                     if not access(line):
                         stall += miss - hidden if line == last_line + 1 else miss
                     last_line, hidden = line, b.prefetch_hidden
-            # data side: loads from flash through the data cache
-            lb = mem.line_bytes
-            daccess = self.dcache.access
-            for addr in reads:
-                if not daccess(addr // lb):
-                    stall += miss
+            # data side: loads from flash through the data cache (a read of the line read
+            # just before is a hit and leaves the LRU order as it is)
+            if reads:
+                lines = np.asarray(reads, dtype=np.int64) // mem.line_bytes
+                keep = np.ones(len(lines), dtype=bool)
+                keep[1:] = lines[1:] != lines[:-1]
+                daccess = self.dcache.access
+                for line in lines[keep].tolist():
+                    if not daccess(line):
+                        stall += miss
         return LayerTiming(instructions, cycles + stall, len(reads), stall)
 
 
@@ -611,3 +625,40 @@ def timing_model_info(board) -> dict:
     return {"name": TIMING_MODEL, "version": TIMING_MODEL_VERSION, "board": board.name,
             "core": "cortex-m7" if board.core == "cortex-m7" else "cortex-m4", "clock_hz": board.clock_hz,
             "flash_wait_states": memory.wait_states}
+
+
+def table_markdown() -> str:
+    """``TIMING`` as the Markdown tables of docs/timing.md (a test keeps them equal)."""
+    m4, m7, mem = TIMING["cortex-m4"], TIMING["cortex-m7"], TIMING["memory"]
+    out = ["| class | Cortex-M4 cycles | Cortex-M7 cycles (approximation) |", "|---|---:|---:|"]
+    for cls, cyc in m4["cycles"].items():
+        out.append(f"| {cls} | {cyc} | {m7['cycles'][cls]} |")
+    out.append(f"| P (pipeline refill) | {m4['P']} | {m7['P']} |")
+    out += ["", f"Cortex-M4: {m4['source']}.", f"Cortex-M7: {m7['source']}. Dual issue: {m7['dual_issue']}.", "",
+            "Assumptions:", ""]
+    out += [f"- {a}" for a in m4["assumptions"] + m7["assumptions"]]
+    out += ["", "| memory system | line bytes | I-cache lines | D-cache lines |", "|---|---:|---:|---:|"]
+    for fam, art in mem["art"].items():
+        out.append(f"| {fam} ART | {art['line_bytes']} | {art['icache_lines']} | {art['dcache_lines']} |")
+    h7 = mem["stm32h7"]
+    out.append(f"| stm32h7 L1 ({h7['ways']}-way, modelled fully associative) | {h7['line_bytes']} | "
+               f"{h7['icache_bytes'] // h7['line_bytes']} | {h7['dcache_bytes'] // h7['line_bytes']} |")
+    out += ["", f"- SRAM, CCM and TCM: {mem['sram_wait_states']} wait states.",
+            f"- ART miss: {mem['art_miss']}.", f"- Prefetch: {mem['prefetch']}.",
+            f"- Data reads: {mem['data_reads']}.", f"- H7 line fill: {h7['miss_cycles']}.",
+            f"- {mem['qemu_board']}.", f"- Sources: {mem['source']}."]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m microtile.timing",
+                                     description="print the timing model's table (docs/timing.md)")
+    parser.add_argument("--table", action="store_true", help="the table of timings and assumptions, as Markdown")
+    args = parser.parse_args(argv)
+    if args.table:
+        sys.stdout.write(table_markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
