@@ -203,6 +203,9 @@ def test_folder_holds_exactly_the_kernels_the_model_uses(exported):
     assert report["ram"]["arena_bytes"] == compiled.plan.arena_size
     assert 64 < report["ram"]["stack_bytes"] < 8192
     assert sum(layer["weight_bytes"] for layer in report["layers"]) == report["rom"]["weights_bytes"]
+    assert len(report["layers"]) == len(compiled.device_ops)
+    assert max(layer["stack_bytes"] for layer in report["layers"]) == report["ram"]["stack_bytes"]
+    assert all(0 < layer["stack_bytes"] for layer in report["layers"])
 
 
 def test_user_cmake_project_on_host_bit_exact_with_tflm(exported, tmp_path):

@@ -418,8 +418,8 @@ def measure_cost(out: Path, name: str, compiled: CompiledModel, board) -> dict:
                 if m and sym["st_info"]["type"] == "STT_OBJECT":
                     per_layer[int(m.group(1))] = per_layer.get(int(m.group(1)), 0) + sym["st_size"]
         weights = sum(per_layer.values())
-        stack = _stack_depth(tmpd, name)
-    layers = [{"index": i, "op": op.opcode, "weight_bytes": per_layer.get(i, 0)}
+        stack, layer_stack = _stack_depth(tmpd, name, compiled.model_c)
+    layers = [{"index": i, "op": op.opcode, "weight_bytes": per_layer.get(i, 0), "stack_bytes": layer_stack[i]}
               for i, op in enumerate(compiled.device_ops)]
     return {"measured": True, "board": board.name, "cpu_flags": list(board.cpu_flags),
             "rom": {"weights_bytes": weights, "code_bytes": code, "other_const_bytes": consts - weights,
@@ -433,9 +433,10 @@ _CI_NODE = re.compile(r'node: \{ title: "([^"]+)" label: "[^"\\]*(?:\\n[^"\\]*)*
 _CI_EDGE = re.compile(r'edge: \{ sourcename: "([^"]+)" targetname: "([^"]+)"')
 
 
-def _stack_depth(tmpd: Path, name: str) -> int | None:
+def _stack_depth(tmpd: Path, name: str, model_c: str) -> tuple[int | None, list[int | None]]:
     """Deepest static stack from NAME_invoke, with model.c's run_layer (called through the
-    model table's pointer, an edge gcc cannot see) added as its callee."""
+    model table's pointer, an edge gcc cannot see) added as its callee; and the same per
+    layer, through the kernels that layer's case of run_layer calls."""
     frames: dict[str, int] = {}
     calls: dict[str, set[str]] = {}
     for ci in tmpd.glob("*.ci"):
@@ -446,8 +447,9 @@ def _stack_depth(tmpd: Path, name: str) -> int | None:
             calls.setdefault(a, set()).add(b)
     invoke = f"{name}_invoke"
     run_layer = next((f for f in frames if f == "run_layer" or f.endswith(":run_layer")), None)
+    cases = re.split(r"\n    case \d+:", model_c.split("static void run_layer", 1)[-1])[1:]
     if invoke not in frames or run_layer is None:
-        return None
+        return None, [None] * len(cases)
     calls.setdefault(invoke, set()).add(run_layer)
     seen: dict[str, int] = {}
 
@@ -458,7 +460,11 @@ def _stack_depth(tmpd: Path, name: str) -> int | None:
         seen[fn] = frames.get(fn, 0) + best
         return seen[fn]
 
-    return depth(invoke, frozenset())
+    total = depth(invoke, frozenset())
+    base = frames[invoke] + frames[run_layer]
+    per_layer = [base + max((depth(fn, frozenset()) for fn in set(re.findall(r"\b(mt_\w+)\(", case))), default=0)
+                 for case in cases]
+    return total, per_layer
 
 
 def caller_side_ops(compiled: CompiledModel) -> list[str]:
@@ -486,8 +492,10 @@ def report_markdown(name: str, compiled: CompiledModel, cost: dict) -> str:
               f"| RAM: library statics | {ram['static_bytes']:,} |",
               f"| RAM: stack, deepest static chain from {name}_invoke | "
               f"{'n/a' if ram['stack_bytes'] is None else format(ram['stack_bytes'], ',')} |",
-              "", "| layer | op | weights and parameters, bytes |", "|---:|---|---:|"]
-    lines += [f"| {layer['index']} | {layer['op']} | {layer['weight_bytes']:,} |" for layer in cost["layers"]]
+              "", "| layer | op | weights and parameters, bytes | stack, bytes |", "|---:|---|---:|---:|"]
+    lines += [f"| {layer['index']} | {layer['op']} | {layer['weight_bytes']:,} | "
+              f"{'n/a' if layer['stack_bytes'] is None else format(layer['stack_bytes'], ',')} |"
+              for layer in cost["layers"]]
     return "\n".join(lines) + "\n"
 
 
