@@ -423,3 +423,5 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
             proc.stdout
     assert not (tmp_path / "o").exists()
     assert default_name(model) == "op_model_1"
+    assert [default_name(f"{n}.tflite") for n in ("model", "MT_net", "3x", "int")] == ["m_model", "m_mt_net", "m_3x",
+                                                                                    "m_int"]

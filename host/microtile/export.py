@@ -39,9 +39,10 @@ _RESERVED = {"auto", "break", "case", "char", "const", "continue", "default", "d
 def default_name(model_path: str | Path) -> str:
     """The model file's stem made a C identifier: ``kws-ref model.tflite`` -> ``kws_ref_model``."""
     name = re.sub(r"[^0-9A-Za-z_]", "_", Path(model_path).stem).strip("_") or "model"
-    if name[0].isdigit():
-        name = "m_" + name
-    return name.lower()
+    name = name.lower()[:38]
+    if name[0].isdigit() or name in _RESERVED or keyword.iskeyword(name) or name.startswith("mt_"):
+        name = "m_" + name  # model.tflite -> m_model: NAME must not clash with model.c or mt_*
+    return name
 
 
 def check_name(name: str) -> str:
