@@ -62,6 +62,17 @@ int main(int argc, char **argv) {
         return 0;
     }
     static int8_t in[KWS_INPUT0_BYTES], out[KWS_OUTPUT0_BYTES];
+    if (argc == 4 && strcmp(argv[1], "float") == 0) { /* a float model: the helpers at both ends */
+        static float x[KWS_INPUT0_ELEMENTS], y[KWS_OUTPUT0_ELEMENTS];
+        if (slurp(argv[2], x, sizeof x) != sizeof x) return 10;
+        kws_quantize(x, in, KWS_INPUT0_ELEMENTS, KWS_INPUT0_SCALE, KWS_INPUT0_ZERO_POINT);
+        const void *inputs[KWS_NUM_INPUTS] = {in};
+        void *outputs[KWS_NUM_OUTPUTS] = {out};
+        int rc = kws_invoke(arena, inputs, outputs);
+        kws_dequantize(out, y, KWS_OUTPUT0_ELEMENTS, KWS_OUTPUT0_SCALE, KWS_OUTPUT0_ZERO_POINT);
+        FILE *f = fopen(argv[3], "wb"); fwrite(y, sizeof(float), KWS_OUTPUT0_ELEMENTS, f); fclose(f);
+        return rc;
+    }
     if (slurp(argv[1], in, sizeof in) != sizeof in) return 10;
     const void *inputs[KWS_NUM_INPUTS] = {in};
     void *outputs[KWS_NUM_OUTPUTS] = {out};
@@ -283,6 +294,33 @@ def test_c_quantise_helpers_bit_exact_with_the_host(zoo_exported, tmp_path, scal
     q = np.frombuffer(raw[:x.size], np.int8)
     np.testing.assert_array_equal(q, quantize_array(x, s, zp))
     np.testing.assert_array_equal(np.frombuffer(raw[x.size:], np.float32), dequantize_array(q, s, zp))
+
+
+def test_float_model_through_the_c_helpers_bit_exact_with_tflm(tmp_path):
+    """A float-in, float-out model: the caller quantises with KWS_INPUT0_SCALE/_ZERO_POINT,
+    invokes, dequantises, and gets TFLM's float outputs bit for bit."""
+    model = tmp_path / "ds_cnn_kws_float.tflite"
+    model.write_bytes(zoo_model_bytes("ds_cnn_kws", float_io=True))
+    board = load_board("qemu")
+    compiled = compile_model(load_tflite(model), "optimized", board)
+    assert compiled.graph.tensor(compiled.graph.inputs[0]).dtype == "float32"
+    export_model(compiled, tmp_path / "kws", "kws", board)
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "CMakeLists.txt").write_text(USER_CMAKE.format(lib=tmp_path / "kws", extra="", link=""))
+    (app / "main.c").write_text(HOST_MAIN)
+    _cmake_build(app, tmp_path / "build", "-DCMAKE_C_COMPILER=gcc")
+    oracle = TflmOracle(model)
+    shape = compiled.graph.tensor(compiled.graph.inputs[0]).shape
+    for k, x in enumerate(np.random.default_rng(5).normal(0, 3, size=(2, *shape)).astype(np.float32)):
+        (tmp_path / f"x{k}.bin").write_bytes(x.tobytes())
+        proc = subprocess.run([str(tmp_path / "build" / "app"), "float", str(tmp_path / f"x{k}.bin"),
+                               str(tmp_path / f"y{k}.bin")], capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        want = oracle([x])[0]
+        assert want.dtype == np.float32
+        got = np.frombuffer((tmp_path / f"y{k}.bin").read_bytes(), np.float32).reshape(want.shape)
+        assert got.tobytes() == want.tobytes()
 
 
 def test_static_arena_option_lets_invoke_take_null(zoo_exported, tmp_path):
