@@ -116,7 +116,7 @@ STACK_GUARD = 256  # bytes below the stack top left free (the app's frame)
 class LayerTiming:
     instructions: int
     cycles: int
-    flash_data_reads: int = 0
+    flash_data_reads: int = 0  # loads from flash (recorded behind wait states only)
     stall_cycles: int = 0
 
 
@@ -361,6 +361,12 @@ def _elf_info(elf_path: Path) -> tuple[list[tuple[int, bytes, int]], dict[str, i
     return segments, symbols
 
 
+def _raw_hook(uc, kind: int, fptr, begin: int, end: int) -> int:
+    """uc.hook_add with a ctypes function pointer called directly (unicorn 2.1's own
+    hook registration, without its per-call Python wrapper)."""
+    return uc._Uc__do_hook_add(kind, fptr, begin, end)
+
+
 class TimingEngine:
     """Runs functions of an ELF on unicorn, with the board's memory map, and estimates
     their cycles. ``call`` times one call; the caches persist between calls."""
@@ -414,20 +420,21 @@ class TimingEngine:
         executed instructions and estimated cycles."""
         from unicorn import UC_HOOK_BLOCK, UC_HOOK_MEM_READ, UcError
         from unicorn import arm_const as U
+        from unicorn.unicorn_py3.unicorn import HOOK_CODE_CFUNC, HOOK_MEM_ACCESS_CFUNC
 
         uc = self.uc
         seq: list[int] = []
         reads: list[int] = []
         append, rappend = seq.append, reads.append
 
-        def on_block(uc_, address, size, _):
-            append(address << 16 | size)
-
-        def on_read(uc_, access, address, size, value, _):
-            rappend(address)
-
-        h1 = uc.hook_add(UC_HOOK_BLOCK, on_block)
-        h2 = uc.hook_add(UC_HOOK_MEM_READ, on_read, begin=self.flash.origin, end=self.flash.end - 1)
+        # Raw ctypes callbacks: unicorn's Python wrapper around each callback doubles the
+        # cost of the (millions of) block and flash-read events.
+        on_block = HOOK_CODE_CFUNC(lambda handle, address, size, _: append(address << 16 | size))
+        on_read = HOOK_MEM_ACCESS_CFUNC(lambda handle, access, address, size, value, _: rappend(address))
+        h1 = _raw_hook(uc, UC_HOOK_BLOCK, on_block, 1, 0)
+        # flash data reads only cost something behind wait states; at zero none is recorded
+        h2 = _raw_hook(uc, UC_HOOK_MEM_READ, on_read, self.flash.origin, self.flash.end - 1) \
+            if self.memory.wait_states else None
         uc.reg_write(U.UC_ARM_REG_SP, self.stack_top & ~7)
         uc.reg_write(U.UC_ARM_REG_R0, r0)
         uc.reg_write(U.UC_ARM_REG_R1, r1)
@@ -440,7 +447,8 @@ class TimingEngine:
                 from None
         finally:
             uc.hook_del(h1)
-            uc.hook_del(h2)
+            if h2 is not None:
+                uc.hook_del(h2)
         if uc.reg_read(U.UC_ARM_REG_PC) & ~1 != MAGIC_RETURN:
             raise MicrotileError(f"timing model: the call of 0x{address:08x} ran past {MAX_INSTRUCTIONS:,} "
                                  "instructions without returning")
