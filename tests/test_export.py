@@ -292,7 +292,8 @@ def test_c_quantise_helpers_bit_exact_with_the_host(zoo_exported, tmp_path, scal
     assert proc.returncode == 0, proc.stderr
     raw = (tmp_path / "q.bin").read_bytes()
     q = np.frombuffer(raw[:x.size], np.int8)
-    np.testing.assert_array_equal(q, quantize_array(x, s, zp))
+    with np.errstate(over="ignore", invalid="ignore"):  # 3e38 / scale overflows, as in C
+        np.testing.assert_array_equal(q, quantize_array(x, s, zp))
     np.testing.assert_array_equal(np.frombuffer(raw[x.size:], np.float32), dequantize_array(q, s, zp))
 
 
