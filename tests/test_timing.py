@@ -191,3 +191,26 @@ def test_docs_render_the_one_table():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "timing.md").read_text()
     begin, end = "<!-- timing-table:begin -->\n", "<!-- timing-table:end -->"
     assert doc[doc.index(begin) + len(begin):doc.index(end)] == table_markdown()
+
+
+def test_cortex_m7_dual_issue_approximation(tmp_path):
+    """On the H7 model two independent ALU instructions issue together; a dependent
+    pair does not (memory stalls aside)."""
+    h7 = load_board("nucleo_h743zi")
+
+    def core_cycles(body: str) -> int:
+        engine = TimingEngine(assemble(tmp_path, body), h7)
+        t = engine.call(engine.symbols["f"], 0, SRAM)
+        return t.cycles - t.stall_cycles
+
+    base = core_cycles("")
+    assert core_cycles("add r0, r0, #1\n add r2, r2, #1") - base == 1
+    assert core_cycles("add r0, r0, #1\n add r0, r0, #1") - base == 2
+    assert core_cycles("ldr r2, [r1]\n ldr r3, [r1, #4]") - base == 2  # one load/store per cycle
+
+
+def test_not_a_firmware_elf_is_one_line_error(tmp_path):
+    from microtile.errors import MicrotileError
+
+    with pytest.raises(MicrotileError, match="not a microtile firmware ELF"):
+        FirmwareTiming(assemble(tmp_path, "nop"), QEMU_BOARD)
