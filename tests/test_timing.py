@@ -214,3 +214,10 @@ def test_not_a_firmware_elf_is_one_line_error(tmp_path):
 
     with pytest.raises(MicrotileError, match="not a microtile firmware ELF"):
         FirmwareTiming(assemble(tmp_path, "nop"), QEMU_BOARD)
+    with pytest.raises(MicrotileError, match="cannot read"):
+        FirmwareTiming(tmp_path / "missing.elf", QEMU_BOARD)
+    elsewhere = tmp_path / "high.elf"
+    subprocess.run(["arm-none-eabi-gcc", "-mcpu=cortex-m4", "-mthumb", "-nostdlib", "-Wl,-Ttext=0x30000000",
+                    "-Wl,-e,f", str(tmp_path / "f.S"), "-o", str(elsewhere)], check=True)
+    with pytest.raises(MicrotileError, match="outside the memories of netduinoplus2"):
+        TimingEngine(elsewhere, QEMU_BOARD)

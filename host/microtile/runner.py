@@ -321,6 +321,9 @@ def estimate_first_sample(result: RunResult, sample: Sample) -> None:
         result.add_estimate(estimate(result.firmware.elf, result.board, inputs))
     except MicrotileError as exc:
         result.timing_error = str(exc)
+    except KeyboardInterrupt as exc:  # Ctrl-C / SIGTERM while estimating: what was measured stays
+        result.timing_error = "interrupted"
+        result.fail(exc, result.samples)
 
 
 def check_writable(path: str | Path) -> None:

@@ -344,6 +344,15 @@ class LineCache:
 # ---- the engine ----
 
 def _elf_info(elf_path: Path) -> tuple[list[tuple[int, bytes, int]], dict[str, int]]:
+    from elftools.common.exceptions import ELFError
+
+    try:
+        return _read_elf(elf_path)
+    except (OSError, ELFError) as exc:
+        raise MicrotileError(f"timing model: cannot read {elf_path} ({exc})") from None
+
+
+def _read_elf(elf_path: Path) -> tuple[list[tuple[int, bytes, int]], dict[str, int]]:
     from elftools.elf.elffile import ELFFile
     from elftools.elf.sections import SymbolTableSection
 
@@ -389,6 +398,9 @@ class TimingEngine:
             uc.mem_map(region.origin, (region.size + 0xFFF) & ~0xFFF)
         uc.mem_map(MAGIC_RETURN, 0x1000)
         for paddr, data, vaddr in segments:
+            if board.region_of(paddr) is None or board.region_of(paddr + len(data) - 1) is None:
+                raise MicrotileError(f"timing model: {elf} loads 0x{paddr:08x}..0x{paddr + len(data):08x}, "
+                                     f"outside the memories of {board.name}; build it for that board")
             uc.mem_write(paddr, data)
         self.flash = board.flash
         self.cs = Cs(CS_ARCH_ARM, CS_MODE_THUMB | CS_MODE_MCLASS)
