@@ -50,6 +50,7 @@ TRM_CASES = {
     "ldr": ("ldr r0, [r1]", 2),
     "ldr pipelined": ("ldr r0, [r1]\n ldr r2, [r1, #4]\n ldr r3, [r1, #8]", 2 + 1 + 1),
     "str imm": ("str r0, [r1]", 1),
+    "ldr after str": ("str r0, [r1]\n ldr r2, [r1, #4]", 1 + 2),  # nothing pipelines after a store
     "ldrd": ("ldrd r2, r3, [r1]", 3),
     "ldm 4": ("ldm r1, {r2, r3, r4, r5}", 1 + 4),
     "push pop": ("push {r4, r5, r6}\n pop {r4, r5, r6}", (1 + 3) + (1 + 3)),

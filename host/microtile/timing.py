@@ -31,7 +31,7 @@ import numpy as np
 from .errors import MicrotileError
 
 TIMING_MODEL = "microtile-timing"
-TIMING_MODEL_VERSION = "1"
+TIMING_MODEL_VERSION = "2"
 
 # Every timing and assumption of the model, in one place. Cycles are core clock
 # cycles at zero wait states unless a "memory" entry says otherwise. P = pipeline
@@ -46,7 +46,7 @@ TIMING = {
             "mul": 1,           # MUL, MLA, MLS, SMULL, UMULL, SMLAL, UMLAL, SMMUL, SMLABB, ...
             "div": 7,           # SDIV/UDIV take 2..12 (early termination on the operands); the midpoint
             "load": 2,          # LDR/LDRB/LDRH/LDRSB/LDRSH: address + data phase
-            "load_pipelined": 1,  # a load right after another load or store pipelines its address phase
+            "load_pipelined": 1,  # a load right after another load pipelines its address phase (not after a store)
             "load_pc": 3,       # LDR Rx,[PC,#imm]: one more cycle for contention with the fetch unit
             "store": 1,         # STR Rx,[Ry,#imm]: always one cycle (the write buffer)
             "store_regoffset": 2,  # STR with a register offset is not pipelined
@@ -65,7 +65,8 @@ TIMING = {
             "fp_multiple": "1+N",  # VLDM, VSTM, VPUSH, VPOP
         },
         "assumptions": [
-            "a load pipelines only after a load/store in the same basic block (the first load of a block costs 2)",
+            "a load pipelines only after a load in the same basic block (the first load of a block costs 2); "
+            "nothing pipelines after a store (TRM)",
             "a conditional instruction skipped inside an IT block costs its full time (the TRM: 1 cycle or more)",
             "no stall for register dependencies: the M4 forwards results in one cycle (loads excepted, above)",
             "unaligned accesses cost as aligned ones",
@@ -217,16 +218,15 @@ def cost_block(insns: list, core: str) -> tuple[int, int]:
     m7 = core == "cortex-m7"
     total = 0
     taken = 0
-    prev_mem = False  # the previous instruction was a load/store single (pipelining)
+    prev_load = False  # the previous instruction was a load single (pipelining)
     prev = None
     paired = False  # M7: the previous instruction already issued as the second of a pair
     for k, insn in enumerate(insns):
         cls = insn_class(insn)
-        last = k == len(insns) - 1
         writes_pc = _pc_written(insn, A.ARM_REG_PC)
         if cls == "load":
             pc_rel = any(op.type == A.ARM_OP_MEM and op.mem.base == A.ARM_REG_PC for op in insn.operands)
-            cyc = c["load_pc"] if pc_rel else c["load_pipelined"] if prev_mem else c["load"]
+            cyc = c["load_pc"] if pc_rel else c["load_pipelined"] if prev_load else c["load"]
             if writes_pc:
                 cyc += refill
         elif cls == "store":
@@ -261,9 +261,8 @@ def cost_block(insns: list, core: str) -> tuple[int, int]:
         else:
             paired = False
         total += cyc
-        prev_mem = cls in ("load", "store")
+        prev_load = cls == "load"
         prev = (insn, cls)
-        del last
     return total, taken
 
 
