@@ -204,6 +204,8 @@ def test_boards_command_lists_every_board(capsys: pytest.CaptureFixture[str],
     for name in ALL_BOARDS:
         assert name in out
     assert "180 MHz" in out and "stm32f446retx" in out and "LPUART1" in out
+    l4 = next(line for line in out.splitlines() if "nucleo_l4r5zi" in line)
+    assert "timing model" in l4  # no QEMU machine: --emulate runs on the timing model
 
 
 # ---- firmware for every board ----

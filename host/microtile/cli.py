@@ -385,7 +385,7 @@ def cmd_boards(args) -> int:
         else:
             pyocd = b.pyocd.target + (" (pack)" if b.pyocd.pack else "")
         if b.emulator is None:
-            emulator = "none"
+            emulator = "timing model"  # --emulate runs the image on it (docs/timing.md)
         elif b.emulator.board is None:
             emulator = f"qemu {b.emulator.machine}"
         else:
