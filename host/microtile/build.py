@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -144,7 +145,11 @@ def _run_group(cmd: list[str]) -> subprocess.CompletedProcess:
 def build_failure(proc: subprocess.CompletedProcess, what: str, compiled: CompiledModel,
                   board: Board) -> Exception:
     """The error for a failed build: DoesNotFitError when the linker ran out of a memory
-    region (naming it), BuildError with the end of the log otherwise."""
+    region (naming it), a one-line BuildError for a stack frame over the bound
+    (CMakeLists.txt), BuildError with the end of the log otherwise."""
+    frame = stack_frame_error(proc.stdout + proc.stderr)
+    if frame:
+        return BuildError(f"{what}: {frame}")
     log = proc.stdout[-3000:] + proc.stderr[-3000:]
     if "overflowed" in log or "will not fit in region" in log:
         return DoesNotFitError(
@@ -152,6 +157,27 @@ def build_failure(proc: subprocess.CompletedProcess, what: str, compiled: Compil
             + "\n".join(line for line in log.splitlines() if "overflow" in line or "fit in region" in line)
         )
     return BuildError(f"{what}:\n{log}")
+
+
+_FUNCTION_LINE = re.compile(r"In function '([^']+)'")
+_STACK_USAGE_LINE = re.compile(r"^(\S+?):\d+:\d+: error: stack usage (is|might be) (\d+) bytes|"
+                               r"^(\S+?):\d+:\d+: error: stack usage (might be unbounded)", re.M)
+
+
+def stack_frame_error(log: str) -> str | None:
+    """The first `-Werror=stack-usage` error of a compiler log as one sentence (which
+    function, how many bytes, where to put the memory), or None."""
+    match = _STACK_USAGE_LINE.search(log)
+    if match is None:
+        return None
+    functions = _FUNCTION_LINE.findall(log[:match.start()])
+    function = functions[-1] if functions else "?"
+    path = match.group(1) or match.group(4)
+    size = f"{match.group(3)} bytes" if match.group(3) else "unbounded"
+    limit = re.search(r"-Werror=stack-usage=(\d+)", log)
+    bound = f" (the bound is {limit.group(1)} bytes, half the board's stack)" if limit else " (over the bound)"
+    return (f"function {function} in {Path(path).name} uses {size} of stack{bound}; move large buffers "
+            "into the arena (or a static buffer) instead of locals")
 
 
 def elf_sizes(elf: Path, board: Board) -> ElfSizes:
