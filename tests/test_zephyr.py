@@ -163,9 +163,12 @@ def test_module_accepted_by_zephyrs_own_module_script():
 
 # ---- the C sources: the module compiles what the bare-metal build compiles ----
 
-def _cmake_eval_zephyr_module(tmp_path: Path, model_dir: Path) -> dict[str, list[str]]:
-    """Evaluate zephyr/CMakeLists.txt with CMake in script mode. The zephyr_* commands
-    come from Zephyr's build system, which is not here; these record their arguments."""
+def _cmake_eval_zephyr_module(tmp_path: Path, model_dir: Path) -> dict:
+    """Evaluate what firmware/zephyr_app/CMakeLists.txt does before and after
+    find_package(Zephyr) with CMake in script mode: model_library.cmake on MT_MODEL_DIR,
+    then the CMakeLists.txt of every module it adds (the export's zephyr/) and of
+    zephyr/, with the Kconfig symbol it turned on. The zephyr_* commands come from
+    Zephyr's build system, which is not here; these record their arguments."""
     script = tmp_path / "eval_module.cmake"
     out = tmp_path / "module.json"
     script.write_text(f"""
@@ -174,13 +177,18 @@ set(CONFIG_MICROTILE_APP y)
 set(MT_MODEL_DIR "{model_dir}")
 set(MT_BUILD_ID 1a2b)
 set(BOARD nucleo_f446re)
-set(MT_LIBRARIES 0)
+set(MT_LIBRARIES "")
 set(MT_SOURCES "")
 set(MT_GLOBAL_INCLUDES "")
 set(MT_LIB_INCLUDES "")
 set(MT_DEFINES "")
+set(ZEPHYR_EXTRA_MODULES "")
+set(EXTRA_CONF_FILE "")
 macro(zephyr_library)
-  math(EXPR MT_LIBRARIES "${{MT_LIBRARIES}} + 1")
+  list(APPEND MT_LIBRARIES microtile)
+endmacro()
+macro(zephyr_library_named name)
+  list(APPEND MT_LIBRARIES ${{name}})
 endmacro()
 macro(zephyr_library_sources)
   list(APPEND MT_SOURCES ${{ARGN}})
@@ -194,15 +202,24 @@ endmacro()
 macro(zephyr_library_compile_definitions)
   list(APPEND MT_DEFINES ${{ARGN}})
 endmacro()
+include("{zephyr.APP_DIR / 'model_library.cmake'}")
+file(READ "${{EXTRA_CONF_FILE}}" conf)
+string(STRIP "${{conf}}" conf)
+set(CONFIG_${{MT_MODEL_KCONFIG}} y)
+foreach(module IN LISTS ZEPHYR_EXTRA_MODULES)
+  include("${{module}}/zephyr/CMakeLists.txt")
+endforeach()
 include("{MODULE / 'CMakeLists.txt'}")
+string(REPLACE ";" "\\",\\"" m "${{ZEPHYR_EXTRA_MODULES}}")
+string(REPLACE ";" "\\",\\"" n "${{MT_LIBRARIES}}")
 string(REPLACE ";" "\\",\\"" s "${{MT_SOURCES}}")
 string(REPLACE ";" "\\",\\"" g "${{MT_GLOBAL_INCLUDES}}")
 string(REPLACE ";" "\\",\\"" l "${{MT_LIB_INCLUDES}}")
 string(REPLACE "\\"" "\\\\\\"" d "${{MT_DEFINES}}")
 string(REPLACE ";" "|" d "${{d}}")
-file(WRITE "{out}" "{{\\"libraries\\": ${{MT_LIBRARIES}}, \\"sources\\": [\\"${{s}}\\"], \\"global_includes\\": [\\"${{g}}\\"], \\"lib_includes\\": [\\"${{l}}\\"], \\"defines\\": \\"${{d}}\\"}}")
+file(WRITE "{out}" "{{\\"extra_modules\\": [\\"${{m}}\\"], \\"conf\\": \\"${{conf}}\\", \\"libraries\\": [\\"${{n}}\\"], \\"sources\\": [\\"${{s}}\\"], \\"global_includes\\": [\\"${{g}}\\"], \\"lib_includes\\": [\\"${{l}}\\"], \\"defines\\": \\"${{d}}\\"}}")
 """)
-    proc = subprocess.run(["cmake", "-P", str(script)], capture_output=True, text=True)
+    proc = subprocess.run(["cmake", "-P", str(script)], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(out.read_text())
 
@@ -220,21 +237,28 @@ def _bare_metal_compiled_sources(tmp_path: Path, model_dir: Path) -> tuple[set[P
 
 
 @pytest.fixture()
-def model_dir(tmp_path) -> Path:
+def model_dir(tmp_path, small_model) -> Path:
+    """The folder `microtile export` writes, as build_zephyr and build.py write it."""
+    from microtile.build import FIRMWARE_LIBRARY
+    from microtile.export import write_export
+
     d = tmp_path / "model"
-    d.mkdir()
-    (d / "model.c").write_text("/* placeholder: configure only */\n")
-    (d / "model.h").write_text("#define MT_ARENA_SIZE 16\n")
+    write_export(small_model, d, FIRMWARE_LIBRARY)
     return d
 
 
 def test_module_compiles_the_same_sources_as_bare_metal(tmp_path, model_dir):
+    """The app builds the exported folder through its Zephyr module, and the result is
+    what the bare-metal build compiles from the same folder, port aside."""
     module = _cmake_eval_zephyr_module(tmp_path, model_dir)
-    assert module["libraries"] == 1
+    assert module["extra_modules"] == [str(model_dir.resolve())]
+    assert module["conf"] == "CONFIG_MICROTILE_MODEL_MICROTILE_MODEL=y"
+    assert "config MICROTILE_MODEL_MICROTILE_MODEL" in (model_dir / "zephyr" / "Kconfig").read_text()
+    assert sorted(module["libraries"]) == ["microtile", "microtile_model"]
     module_sources = [Path(s).resolve() for s in module["sources"]]
     assert len(module_sources) == len(set(module_sources)), "a source listed twice"
     for s in module_sources:
-        assert s.is_file(), f"zephyr/CMakeLists.txt names {s}, which does not exist"
+        assert s.is_file(), f"a zephyr/CMakeLists.txt names {s}, which does not exist"
     zephyr_port = {s for s in module_sources if s.parent == FIRMWARE / "ports" / "zephyr"}
     assert zephyr_port == {FIRMWARE / "ports" / "zephyr" / "mt_port_zephyr.c"}
     shared_by_module = set(module_sources) - zephyr_port
@@ -242,15 +266,20 @@ def test_module_compiles_the_same_sources_as_bare_metal(tmp_path, model_dir):
     bare, _ = _bare_metal_compiled_sources(tmp_path, model_dir)
     bare_port_dirs = {s.parent for s in bare if (FIRMWARE / "ports") in s.parents}
     assert FIRMWARE / "ports" / "zephyr" not in bare_port_dirs
-    shared_by_bare = {s for s in bare if (FIRMWARE / "ports") not in s.parents and model_dir.resolve() not in s.parents}
+    shared_by_bare = {s for s in bare if (FIRMWARE / "ports") not in s.parents}
 
     assert shared_by_module == shared_by_bare
-    # and that set is every kernel and the whole device app
-    assert set((FIRMWARE / "kernels").glob("*.c")) <= shared_by_module
+    # that set is the exported library (model, API, exactly its kernels) and the device app;
+    # no kernel from firmware/kernels/ a second time
+    exported = set((model_dir / "src").resolve().glob("*.c"))
+    assert (model_dir / "src" / "model.c").resolve() in exported
+    assert any(p.name.startswith("mt_") for p in exported)
+    assert exported <= shared_by_module
+    assert not set((FIRMWARE / "kernels").glob("*.c")) & shared_by_module
     assert {FIRMWARE / "app" / "main.c", FIRMWARE / "app" / "mt_link.c", FIRMWARE / "app" / "mt_calib.S"} <= shared_by_module
 
     assert str(FIRMWARE / "include") in module["global_includes"]
-    assert str(model_dir) in module["lib_includes"]
+    assert str(model_dir.resolve() / "include") in [str(Path(p).resolve()) for p in module["global_includes"]]
     assert 'MT_BUILD_ID="1a2b"' in module["defines"].replace('\\"', '"')
     assert 'MT_BOARD_NAME="nucleo_f446re"' in module["defines"].replace('\\"', '"')
 
@@ -258,6 +287,17 @@ def test_module_compiles_the_same_sources_as_bare_metal(tmp_path, model_dir):
 def test_module_refuses_a_missing_model_dir(tmp_path):
     with pytest.raises(AssertionError, match="MT_MODEL_DIR"):
         _cmake_eval_zephyr_module(tmp_path, tmp_path / "nowhere")
+
+
+def test_app_refuses_a_plain_model_folder(tmp_path):
+    """A folder with only model.c and model.h (what the app took before) is not an
+    export: the app says which command writes one."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "model.c").write_text("/* configure only */\n")
+    (plain / "model.h").write_text("#define MT_ARENA_SIZE 16\n")
+    with pytest.raises(AssertionError, match=r"(?s)must be a `microtile export` folder.*`microtile export MODEL.tflite"):
+        _cmake_eval_zephyr_module(tmp_path, plain)
 
 
 def test_sources_list_is_the_one_file_both_builds_read():

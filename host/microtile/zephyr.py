@@ -1,5 +1,6 @@
-"""Zephyr builds: the generated model + the microtile Zephyr module (zephyr/, the same
-kernels and device app as the bare-metal firmware, with the Zephyr port
+"""Zephyr builds: the exported model library (the `microtile export` folder the
+bare-metal build adds, as a Zephyr module) + the microtile Zephyr module (zephyr/,
+the same device app as the bare-metal firmware, with the Zephyr port
 firmware/ports/zephyr/) + the application firmware/zephyr_app, built with
 ``west build`` in the user's west workspace. The ELF talks the same link protocol,
 so flashing and running are the bare-metal paths (pyOCD, the VCP UART).
@@ -17,9 +18,10 @@ import sys
 from pathlib import Path
 
 from .boards import Board, BoardError, list_boards
-from .build import BUILD_ROOT, Firmware, build_failure, build_key, check_fits, elf_sizes
+from .build import BUILD_ROOT, FIRMWARE_LIBRARY, Firmware, build_failure, build_key, check_fits, elf_sizes
 from .codegen import CompiledModel
 from .errors import BuildError, ToolMissingError
+from .export import write_export
 
 REPO = Path(__file__).resolve().parents[2]
 APP_DIR = REPO / "firmware" / "zephyr_app"
@@ -153,7 +155,8 @@ def build_zephyr(compiled: CompiledModel, board: Board, build_dir: Path | None =
     elf = west_dir / "zephyr" / "zephyr.elf"
     stamp = out / "build_id"
     if not (elf.is_file() and stamp.is_file() and stamp.read_text().strip() == key):
-        model_dir = compiled.write(out / "model")
+        model_dir = out / "model"
+        write_export(compiled, model_dir, FIRMWARE_LIBRARY)  # the folder the bare-metal build adds too
         cmd = zephyr_build_command(west, zboard, west_dir, model_dir.resolve(), key, board.name)
         env = dict(os.environ, ZEPHYR_BASE=str(zephyr_base))
         proc = subprocess.run(cmd, cwd=topdir, env=env, capture_output=True, text=True)
