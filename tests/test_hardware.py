@@ -17,6 +17,7 @@ from microtile.build import build_firmware
 from microtile.codegen import compile_model
 from microtile.discovery import list_attached
 from microtile.runner import RunResult
+from microtile.timing_check import compare_estimate
 from microtile.tflite_format import load_tflite
 from microtile_models.build import zoo_model_bytes
 
@@ -101,6 +102,71 @@ def test_cycles_are_also_reported_as_time_at_the_board_clock(tmp_path_factory):
     assert result.to_json()["total"]["time_us"] == pytest.approx(180_001 / 16)
 
 
+def _board_run_json(tmp_path_factory, cycles: list[int], est: list[int] | None, samples: int = 2) -> dict:
+    """The JSON of a RunResult as a board run makes it: DWT cycles summed over `samples`,
+    the timing model's estimate of one sample (runner.estimate_first_sample)."""
+    board = load_board("nucleo_f446re")
+    compiled = compile_model(load_tflite(_model(tmp_path_factory)))
+    result = RunResult(compiled.graph.name, board, "cycles", compiled, build_firmware(compiled, board),
+                       count_sums=[c * samples for c in cycles], samples=samples)
+    if est is not None:
+        result.est_sums, result.est_samples = list(est), 1
+    else:
+        result.timing_error = "the timing model stopped: unmapped read at 0x0"
+    return result.to_json()
+
+
+def test_board_run_json_carries_cycles_and_estimate_per_layer(tmp_path_factory):
+    data = _board_run_json(tmp_path_factory, [180_001], [171_000])
+    layer = data["layers"][0]
+    assert layer["cycles"] == 180_001 and layer["est_cycles"] == 171_000
+    assert data["total"]["cycles"] == 180_001 and data["total"]["est_cycles"] == 171_000
+    check = compare_estimate(data)
+    assert check.board == "nucleo_f446re" and [e.index for e in check.layers] == [layer["index"]]
+    assert check.error == pytest.approx((171_000 - 180_001) / 180_001)
+
+
+def test_estimate_error_per_layer_and_in_total():
+    """Recorded-shape per-layer figures: the error is (estimate - measured) / measured per
+    layer, and the total is the summed figures' error (not the mean of the layers')."""
+    run = {"board": "nucleo_l4r5zi", "model": "kws", "counter_unit": "cycles",
+           "layers": [{"index": 0, "op": "CONV_2D", "cycles": 1_000_000, "est_cycles": 900_000},
+                      {"index": 1, "op": "DEPTHWISE_CONV_2D", "cycles": 200_000, "est_cycles": 260_000},
+                      {"index": 2, "op": "SOFTMAX", "cycles": 4_000, "est_cycles": 4_000}]}
+    check = compare_estimate(run)
+    assert [round(e.error, 4) for e in check.layers] == [-0.1, 0.3, 0.0]
+    assert (check.cycles, check.est_cycles) == (1_204_000, 1_164_000)
+    assert check.error == pytest.approx(-40_000 / 1_204_000)
+    assert check.worst_layer.index == 1
+    lines = check.lines()
+    assert len(lines) == 5 and "-10.0%" in lines[1] and "+30.0%" in lines[2] and "-3.3%" in lines[4]
+
+
+def test_estimate_check_refuses_what_it_cannot_compare(tmp_path_factory, tmp_path):
+    from microtile.errors import MicrotileError
+
+    qemu = {"counter_unit": "instructions", "layers": [{"index": 0, "op": "ADD", "instructions": 9,
+                                                        "est_cycles": 9}]}
+    with pytest.raises(MicrotileError, match="not board cycles"):
+        compare_estimate(qemu)
+    no_estimate = _board_run_json(tmp_path_factory, [180_001], None)
+    with pytest.raises(MicrotileError, match="no est_cycles.*unmapped read"):
+        compare_estimate(no_estimate)
+    # the command: a board run's JSON prints the comparison; others exit 2 in one line
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(_board_run_json(tmp_path_factory, [180_001], [171_000])))
+    bad.write_text(json.dumps(no_estimate))
+    for path, code in ((good, 0), (bad, 2), (tmp_path / "missing.json", 2)):
+        proc = subprocess.run([sys.executable, "-m", "microtile.timing_check", str(path)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == code, proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr
+        if code == 0:
+            assert "total" in proc.stdout and "-5.0%" in proc.stdout
+        else:
+            assert len(proc.stdout.strip().splitlines()) == 1 and proc.stdout.startswith("error:")
+
+
 # ---- with a board (pytest --board nucleo) ----
 
 @pytest.mark.hardware
@@ -180,6 +246,31 @@ def test_cli_run_on_the_board(board, attached_probe, tmp_path_factory, tmp_path)
     data = json.loads(out.read_text())
     assert data["counter_unit"] == "cycles" and data["clock_hz"] > 0
     assert data["total"]["time_us"] == pytest.approx(data["total"]["cycles"] * 1e6 / data["clock_hz"], rel=1e-3)
+    # both figures per layer: what `python -m microtile.timing_check` compares (docs/timing.md)
+    assert all(layer["cycles"] > 0 and layer["est_cycles"] > 0 for layer in data["layers"]), data["layers"]
+
+
+# A loose sanity bound on the total, not an accuracy claim: wrong units (instructions
+# for cycles), a wrong clock or wait-state table would miss it by far more.
+ESTIMATE_TOTAL_BOUND = 0.5
+
+
+@pytest.mark.hardware
+@pytest.mark.parametrize("model_name", ["op_conv_3x3_same_relu", "op_conv_1x1", "op_dwconv_3x3_same_relu", "op_fc_relu"])
+def test_timing_model_against_dwt_cycles(run_on_board, board, record_property, tmp_path_factory, model_name):
+    """issue 8, a check on a real board: the timing model's estimate beside the DWT
+    cycles per layer; the errors go into the JUnit report (est_error_*)."""
+    result = run_on_board(_model(tmp_path_factory, model_name), random=2)
+    assert result.error is None and result.mismatches == [], result.error
+    assert result.timing_error is None, result.timing_error
+    check = compare_estimate(result.to_json())
+    for e in check.layers:
+        record_property(f"est_error_layer{e.index}_{e.op}", round(e.error, 4))
+    record_property("est_error_total", round(check.error, 4))
+    record_property("est_error_worst_layer", f"{check.worst_layer.index} {check.worst_layer.error:+.4f}")
+    print("\n".join(check.lines()))
+    assert len(check.layers) == len(result.compiled.device_ops)
+    assert abs(check.error) < ESTIMATE_TOTAL_BOUND, "\n".join(check.lines())
 
 
 def test_target_args_select_the_same_target(target_args, board, attached_probe):
