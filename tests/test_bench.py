@@ -73,3 +73,18 @@ def test_bench_on_the_l4r5_timing_model_compares_with_x_cube_ai(tmp_path):
     assert data["x_cube_ai"]["cycles"] == X_CUBE_AI["ad01_int8"][1] == 575_000
     assert data["x_cube_ai"]["est_cycles_ratio"]["optimized"] == pytest.approx(est / 575_000, abs=1e-3)
     assert data["timing_model"]["flash_wait_states"] == 5 and data["timing_model"]["target"] is True
+
+
+def test_bench_keeps_the_models_measured_before_a_bad_one(tmp_path):
+    """A bad model later in the list is one line and exit 2, and the JSON still holds
+    the models measured before it."""
+    model = tmp_path / "softmax.tflite"
+    model.write_bytes(zoo_model_bytes("op_softmax"))
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "microtile.cli", "bench", str(model), str(tmp_path / "missing.tflite"),
+                           "--kernels", "optimized", "--random", "1", "--json", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr and "missing.tflite" in proc.stdout
+    (data,) = json.loads(out.read_text())["models"]
+    assert data["exit_code"] == 0 and data["runs"]["optimized"]["samples"] == 1

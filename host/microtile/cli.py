@@ -245,6 +245,9 @@ def cmd_bench(args) -> int:
     except KeyboardInterrupt as exc:  # between runs (a build): the models done so far still count
         console.print("[red]interrupted[/red]")
         codes.append(exit_code(exc))
+    except MicrotileError as exc:  # a later model is bad: the models measured so far are still written
+        console.print(f"[red]error:[/red] {exc}")
+        codes.append(exit_code(exc))
     if len(results) > 1:
         _print_bench_summary(results)
     if args.json and results:

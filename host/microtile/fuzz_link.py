@@ -34,6 +34,7 @@ from .errors import BoardNotFoundError, DeviceFaultError, LinkError, LinkTimeout
 from .link import (CMD_CALIBRATE, CMD_ECHO, CMD_INFO, CMD_INVOKE, CMD_READ_COUNTERS, CMD_READ_OUTPUT,
                    CMD_RESET, CMD_WRITE_INPUT, CRC, HEADER, INVOKE_MAX, MAX_PAYLOAD, DeviceInfo, build_frame,
                    cobs_encode, crc32)
+from .runner import EXIT_TARGET_FAILED, exit_code, signals_as_interrupts
 from .targets.qemu import QemuTarget
 
 TINY_MODEL = REPO_ROOT / "tests" / "fixtures" / "tiny_model"
@@ -212,17 +213,19 @@ def main(argv: list[str] | None = None) -> int:
         elf = args.elf if args.elf is not None else build_tiny_firmware(args.board)
         if not elf.is_file():
             raise MicrotileError(f"{elf} is not a file: pass a firmware ELF built by microtile")
-        report = fuzz(elf, args.seconds, args.seed, args.board, out=sys.stdout)
-    except KeyboardInterrupt:
-        return 130
-    except (LinkError, BoardNotFoundError) as exc:  # the target failed: exit 3, as `microtile run`
+        with signals_as_interrupts():  # SIGTERM/SIGHUP too: QEMU is stopped on the way out
+            report = fuzz(elf, args.seconds, args.seed, args.board, out=sys.stdout)
+    except KeyboardInterrupt as exc:
+        print("interrupted", file=sys.stderr)
+        return exit_code(exc)
+    except BoardNotFoundError as exc:  # the fuzzed firmware no longer boots: the target failed
         print(f"error: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_TARGET_FAILED
     except MicrotileError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exit_code(exc)
     print(report.summary())
-    return 3 if report.failures else 0
+    return EXIT_TARGET_FAILED if report.failures else 0
 
 
 if __name__ == "__main__":

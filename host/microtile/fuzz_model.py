@@ -311,7 +311,11 @@ def load_base_model(spec: str) -> tuple[bytes, str]:
 
     path = Path(spec)
     if path.is_file():
-        return path.read_bytes(), path.stem
+        from .tflite_format import load_tflite
+
+        data = path.read_bytes()
+        load_tflite(data)  # the base model must be valid: a bad one is refused here, in one line
+        return data, path.stem
     try:
         from microtile_models.build import zoo_model_bytes
     except ImportError:

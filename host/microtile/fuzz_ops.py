@@ -760,6 +760,8 @@ def main(argv: list[str] | None = None) -> int:
           f"kernels {args.kernels}, TFLM on every {tflm_every}th case; C kernels under ASan + UBSan", flush=True)
     try:
         fuzzer.run(ops, args.cases, args.case)
+    except KeyboardInterrupt:  # report the cases run so far
+        print("interrupted")
     finally:
         fuzzer.tflm.close()
     print(fuzzer.summary())

@@ -36,9 +36,8 @@ def git_commit() -> str | None:
     commit = _first_line(["git", "-C", str(REPO), "rev-parse", "HEAD"])
     if commit is None:
         return None
-    status = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                            capture_output=True, text=True, timeout=10)
-    return commit + ("-dirty" if status.returncode == 0 and status.stdout.strip() else "")
+    dirty = _first_line(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
+    return commit + ("-dirty" if dirty else "")
 
 
 @functools.lru_cache(maxsize=None)

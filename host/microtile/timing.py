@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MicrotileError
+from .errors import MicrotileError, ToolMissingError
 
 TIMING_MODEL = "microtile-timing"
 TIMING_MODEL_VERSION = "2"
@@ -380,9 +380,13 @@ class TimingEngine:
     their cycles. ``call`` times one call; the caches persist between calls."""
 
     def __init__(self, elf: str | Path, board):
-        from capstone import CS_ARCH_ARM, CS_MODE_MCLASS, CS_MODE_THUMB, Cs
-        from unicorn import UC_ARCH_ARM, UC_MODE_MCLASS, UC_MODE_THUMB, Uc
-        from unicorn import arm_const as U
+        try:
+            from capstone import CS_ARCH_ARM, CS_MODE_MCLASS, CS_MODE_THUMB, Cs
+            from unicorn import UC_ARCH_ARM, UC_MODE_MCLASS, UC_MODE_THUMB, Uc
+            from unicorn import arm_const as U
+        except ImportError as exc:
+            raise ToolMissingError(f"the timing model needs {exc.name} (pinned in requirements.txt): "
+                                   "run `make setup`") from None
 
         self.board = board
         self.core = "cortex-m7" if board.core == "cortex-m7" else "cortex-m4"

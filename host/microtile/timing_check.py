@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: cannot read {argv[0]} ({exc.strerror})")
         return EXIT_BAD_INPUT
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         print(f"error: {argv[0]} is not a `microtile run --json` result")
         return EXIT_BAD_INPUT
     except MicrotileError as exc:
