@@ -13,15 +13,15 @@ test: setup
 
 # The long runs; `make test` runs a short sample of each.
 fuzz: setup
-	.venv/bin/python -m microtile.fuzz_ops --cases 2000 --kernels both
-	.venv/bin/python -m microtile.fuzz_model --mutants 1000
-	.venv/bin/python -m microtile.fuzz_link --seconds 180
+	.venv/bin/python -m microtile.check.fuzz_ops --cases 2000 --kernels both
+	.venv/bin/python -m microtile.check.fuzz_model --mutants 1000
+	.venv/bin/python -m microtile.check.fuzz_link --seconds 180
 
 SHARED ?= $(or $(MICROTILE_SHARED),../shared)
 soak: setup
 	@test -f $(SHARED)/models/mlperf_tiny/kws_ref_model.tflite || { echo "soak: needs the MLPerf Tiny data in $(SHARED) (or MICROTILE_SHARED)"; exit 2; }
 	mkdir -p build
-	.venv/bin/python -m microtile.soak $(SHARED)/models/mlperf_tiny/kws_ref_model.tflite --inferences 16000 \
+	.venv/bin/python -m microtile.measure.soak $(SHARED)/models/mlperf_tiny/kws_ref_model.tflite --inferences 16000 \
 		--labels $(SHARED)/datasets/kws01/y_labels.csv --json build/soak.json
 
 clean:

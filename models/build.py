@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from microtile.errors import MicrotileError
-from microtile.tflite_format import write_tflite
+from microtile.importer.tflite_format import write_tflite
 
 from . import zoo
 
@@ -26,7 +26,7 @@ CACHE_DIR = Path(os.environ.get("MICROTILE_ZOO_CACHE", _PKG_DIR.parent / "build"
 
 @lru_cache(maxsize=1)
 def _source_hash() -> str:
-    import microtile.tflite_format as writer
+    import microtile.importer.tflite_format as writer
 
     h = hashlib.sha256()
     for path in sorted(_PKG_DIR.glob("*.py")) + [Path(writer.__file__)]:

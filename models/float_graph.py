@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from microtile.errors import MicrotileError
-from microtile.ir import Graph, Operator, Quant, Tensor
+from microtile.importer.ir import Graph, Operator, Quant, Tensor
 
 # Mean of the per-channel pre-activation shift after normalisation: a positive
 # shift keeps random ReLU stacks out of the chaotic regime, where they would

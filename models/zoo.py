@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from microtile.errors import MicrotileError
-from microtile.ir import Graph
+from microtile.importer.ir import Graph
 
 from .float_graph import FloatNet
 

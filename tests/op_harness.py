@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from microtile.fuzz_ops import log_uniform, one_op_graph, qtensor, quant, random_int8, tensor  # noqa: F401
-from microtile.ir import Graph
-from microtile.native import NativeModel
+from microtile.check.fuzz_ops import log_uniform, one_op_graph, qtensor, quant, random_int8, tensor  # noqa: F401
+from microtile.importer.ir import Graph
+from microtile.build.native import NativeModel
 from microtile.ops import kernel_for
-from microtile.oracle import TflmOracle
-from microtile.reference import run_reference
-from microtile.tflite_format import write_tflite
+from microtile.check.oracle import TflmOracle
+from microtile.check.reference import run_reference
+from microtile.importer.tflite_format import write_tflite
 
 
 def all_int8(shape_prefix: tuple[int, ...] = ()) -> np.ndarray:

@@ -57,7 +57,7 @@ def test_bench_on_the_l4r5_timing_model_compares_with_x_cube_ai(tmp_path):
     """`bench --board nucleo_l4r5zi --emulate` runs on the timing model (no QEMU machine
     models the L4) and sets the estimated cycles beside X-CUBE-AI's measured ones for
     the MLPerf Tiny file names (here the project's own AD-shaped model under that name)."""
-    from microtile.bench import X_CUBE_AI
+    from microtile.measure.bench import X_CUBE_AI
 
     model = tmp_path / "ad01_int8.tflite"
     model.write_bytes(zoo_model_bytes("fc_autoencoder_ad"))

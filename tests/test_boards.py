@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from microtile.boards import (
+from microtile.targets.boards import (
     BoardError,
     firmware_cmake_defines,
     list_boards,
@@ -172,7 +172,7 @@ def _write_board(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **changes) -> 
         node[last] = value
     shutil.copy(REPO / "boards" / "netduinoplus2.yaml", tmp_path / "netduinoplus2.yaml")
     (tmp_path / "nucleo_f446re.yaml").write_text(yaml.safe_dump(data))
-    monkeypatch.setattr("microtile.boards.BOARDS_DIR", tmp_path)
+    monkeypatch.setattr("microtile.targets.boards.BOARDS_DIR", tmp_path)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -218,8 +218,8 @@ def _need_tools() -> None:
 
 @pytest.fixture(scope="module")
 def op_add():
-    from microtile.codegen import compile_model
-    from microtile.tflite_format import load_tflite
+    from microtile.codegen.model_source import compile_model
+    from microtile.importer.tflite_format import load_tflite
     from microtile_models.build import zoo_model_bytes
 
     return compile_model(load_tflite(zoo_model_bytes("op_add")))
@@ -228,7 +228,7 @@ def op_add():
 @pytest.fixture(scope="module")
 def firmwares(op_add) -> dict:
     _need_tools()
-    from microtile.build import build_firmware
+    from microtile.build.firmware import build_firmware
 
     return {name: build_firmware(op_add, load_board(name)) for name in ALL_BOARDS}
 
@@ -281,7 +281,7 @@ def test_each_port_family_builds_warning_free(tmp_path: Path, name: str) -> None
     _need_tools()
     import subprocess
 
-    from microtile.boards import firmware_configure_command
+    from microtile.targets.boards import firmware_configure_command
 
     configure = firmware_configure_command(name, REPO / "tests" / "fixtures" / "tiny_model", "a1", tmp_path)
     for cmd in (configure, ["cmake", "--build", str(tmp_path)]):
@@ -316,7 +316,7 @@ def test_f446re_image_serves_the_protocol_on_qemu(firmwares: dict, op_add) -> No
     the model still computes bit-exactly."""
     if shutil.which("qemu-system-arm") is None:
         pytest.skip("qemu-system-arm not installed (make setup)")
-    from microtile.reference import run_reference
+    from microtile.check.reference import run_reference
     from microtile.targets.qemu import QemuTarget
 
     board = load_board("nucleo_f446re")

@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-import microtile.build as build
-from microtile.boards import load_board
-from microtile.codegen import compile_model
+import microtile.build.firmware as build
+from microtile.targets.boards import load_board
+from microtile.codegen.model_source import compile_model
 from microtile.errors import BuildError
-from microtile.tflite_format import load_tflite
+from microtile.importer.tflite_format import load_tflite
 from microtile_models.build import zoo_model_bytes
 
 

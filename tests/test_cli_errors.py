@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import microtile.build as build
+import microtile.build.firmware as build
 from microtile.cli import main
 from microtile_models.build import zoo_model_bytes
 

@@ -27,9 +27,9 @@ from pyocd.core.memory_interface import MemoryInterface
 from pyocd.core.session import Session
 from pyocd.probe.debug_probe import DebugProbe
 
-from microtile.boards import load_board
-from microtile.discovery import AttachedProbe, pyocd_config
-from microtile.link import (CMD_CALIBRATE, CMD_INFO, CMD_INVOKE, CMD_RESET, FRAME_ERROR, FRAME_LOG, REPLY,
+from microtile.targets.boards import load_board
+from microtile.targets.discovery import AttachedProbe, pyocd_config
+from microtile.link.protocol import (CMD_CALIBRATE, CMD_INFO, CMD_INVOKE, CMD_RESET, FRAME_ERROR, FRAME_LOG, REPLY,
                             Frame, FrameDecoder, build_frame)
 from microtile.targets.nucleo import (ERR_COUNTER, CounterFrozenError, NucleoTarget,
                                       session_options)

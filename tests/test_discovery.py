@@ -23,9 +23,9 @@ from pyocd.probe.stlink.usb import STLinkUSBInterface
 from pyocd.probe.stlink_probe import StlinkProbe
 from serial.tools.list_ports_common import ListPortInfo
 
-import microtile.boards as boards_mod
-from microtile.boards import load_board
-from microtile.discovery import (
+import microtile.targets.boards as boards_mod
+from microtile.targets.boards import load_board
+from microtile.targets.discovery import (
     AmbiguousProbeError,
     AttachedProbe,
     ProbeNotFoundError,
@@ -357,8 +357,8 @@ def test_every_nucleo_yaml_is_found_from_its_stlink_board_id():
     to the same YAML, by id and by the board name alone."""
     from pyocd.board.board_ids import BOARD_ID_TO_INFO
 
-    from microtile.boards import list_boards
-    from microtile.discovery import is_probe_board, yaml_board_id
+    from microtile.targets.boards import list_boards
+    from microtile.targets.discovery import is_probe_board, yaml_board_id
 
     nucleos = [b for b in list_boards() if is_probe_board(b)]
     if not nucleos:

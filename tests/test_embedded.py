@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from microtile.boards import load_board
-from microtile.build import build_firmware
-from microtile.codegen import compile_model
-from microtile.link import CMD_RESET, build_frame
+from microtile.targets.boards import load_board
+from microtile.build.firmware import build_firmware
+from microtile.codegen.model_source import compile_model
+from microtile.link.protocol import CMD_RESET, build_frame
 from microtile.targets.qemu import QemuTarget
-from microtile.tflite_format import load_tflite
+from microtile.importer.tflite_format import load_tflite
 from microtile_models.build import zoo_model_bytes
 
 pytestmark = pytest.mark.qemu

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 import microtile
-from microtile.boards import load_board
-from microtile.build import build_firmware, check_fits
-from microtile.codegen import compile_model
+from microtile.targets.boards import load_board
+from microtile.build.firmware import build_firmware, check_fits
+from microtile.codegen.model_source import compile_model
 from microtile.errors import DoesNotFitError
-from microtile.ir import Graph, Operator, Quant, Tensor
-from microtile.tflite_format import load_tflite, write_tflite
+from microtile.importer.ir import Graph, Operator, Quant, Tensor
+from microtile.importer.tflite_format import load_tflite, write_tflite
 from microtile_models.build import zoo_model_bytes
 from microtile_models.zoo import MLPERF_MODELS, SINGLE_OP_MODELS
 
@@ -114,7 +114,7 @@ def test_model_too_big_for_ram_is_refused(board):
 
 def test_linker_overflow_is_reported_as_does_not_fit(monkeypatch):
     """The pre-build estimate can be fooled; the linker's verdict still becomes a clear error."""
-    import microtile.build as build
+    import microtile.build.firmware as build
 
     monkeypatch.setattr(build, "CODE_BUDGET", 0)
     monkeypatch.setattr(build, "RAM_BUDGET", 0)
@@ -131,7 +131,7 @@ def test_target_that_stops_answering_keeps_what_was_measured(tmp_path_factory, m
     import os
     import signal
 
-    from microtile.runner import run_model
+    from microtile.measure.runner import run_model
     from microtile.targets import qemu
 
     started = []
@@ -159,7 +159,7 @@ def test_target_that_stops_answering_keeps_what_was_measured(tmp_path_factory, m
 def test_ctrl_c_keeps_what_was_measured_and_stops_qemu(tmp_path_factory, monkeypatch):
     import os
 
-    from microtile.runner import run_model
+    from microtile.measure.runner import run_model
     from microtile.targets import qemu
 
     started = []

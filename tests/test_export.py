@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from microtile.boards import load_board
-from microtile.codegen import compile_model
-from microtile.export import default_name, export_model, used_files
-from microtile.ir import Graph, Operator, Quant, Tensor
-from microtile.oracle import TflmOracle
+from microtile.targets.boards import load_board
+from microtile.codegen.model_source import compile_model
+from microtile.codegen.export import default_name, export_model, used_files
+from microtile.importer.ir import Graph, Operator, Quant, Tensor
+from microtile.check.oracle import TflmOracle
 from microtile.ops.quantize import dequantize_array, quantize_array
-from microtile.tflite_format import load_tflite, write_tflite
+from microtile.importer.tflite_format import load_tflite, write_tflite
 from microtile_models.build import zoo_model_bytes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -345,7 +345,7 @@ def test_export_again_leaves_exactly_the_new_models_kernels(tmp_path):
     board = load_board("qemu")
     big = compile_model(load_tflite(zoo_model_bytes("ds_cnn_kws")), "optimized", board)
     small = compile_model(load_tflite(zoo_model_bytes("op_conv_3x3_same_relu")), "optimized", board)
-    from microtile.export import write_export
+    from microtile.codegen.export import write_export
 
     write_export(big, tmp_path / "m", "m")
     write_export(small, tmp_path / "m", "m")
@@ -386,8 +386,8 @@ def test_zephyr_module_form_names_the_same_sources(zoo_exported):
 def test_firmware_builds_the_exported_folder(tmp_path, monkeypatch):
     """One path: microtile's own firmware build compiles the export folder (the same
     files `microtile export` writes), not a copy of the kernels."""
-    import microtile.build as build
-    from microtile.export import export_files
+    import microtile.build.firmware as build
+    from microtile.codegen.export import export_files
 
     monkeypatch.setattr(build, "BUILD_ROOT", tmp_path)
     graph = load_tflite(zoo_model_bytes("op_conv_3x3_same_relu"))
@@ -406,8 +406,8 @@ def test_firmware_builds_the_exported_folder(tmp_path, monkeypatch):
 def test_per_layer_counts_unchanged_by_building_the_export(tmp_path, monkeypatch):
     """The firmware built from the export folder counts every layer exactly as the one
     built the old way (model.c beside all the kernels, compiled into the executable)."""
-    import microtile.build as build
-    from microtile.boards import firmware_configure_command
+    import microtile.build.firmware as build
+    from microtile.targets.boards import firmware_configure_command
     from microtile.targets.qemu import QemuTarget
 
     monkeypatch.setattr(build, "BUILD_ROOT", tmp_path / "cache")

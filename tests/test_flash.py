@@ -17,12 +17,12 @@ import pytest
 import usb.core
 from pyocd.core import exceptions as px
 
-from microtile.boards import load_board
-from microtile.build import build_firmware
-from microtile.codegen import compile_model
-from microtile.discovery import AttachedProbe, PackMissingError, ProbeNotFoundError, ProbePermissionError
+from microtile.targets.boards import load_board
+from microtile.build.firmware import build_firmware
+from microtile.codegen.model_source import compile_model
+from microtile.targets.discovery import AttachedProbe, PackMissingError, ProbeNotFoundError, ProbePermissionError
 from microtile.errors import LinkError, LinkTimeoutError
-from microtile.link import DeviceInfo
+from microtile.link.protocol import DeviceInfo
 from microtile.targets import open_target
 from microtile.targets.nucleo import (
     FLASH_LOG,
@@ -39,7 +39,7 @@ from microtile.targets.nucleo import (
     translate_pyocd_error,
 )
 from microtile.targets.qemu import QemuTarget
-from microtile.tflite_format import load_tflite
+from microtile.importer.tflite_format import load_tflite
 from microtile_models.build import zoo_model_bytes
 
 from test_discovery import board_dir  # noqa: F401  (fixture: boards/ with Nucleo YAMLs)

@@ -9,14 +9,14 @@ import sys
 import numpy as np
 import pytest
 
-from microtile.codegen import compile_model
+from microtile.codegen.model_source import compile_model
 from microtile.errors import MicrotileError
-from microtile.ir import Graph, Operator, Quant, Tensor
-from microtile.native import NativeModel
-from microtile.oracle import TflmOracle
+from microtile.importer.ir import Graph, Operator, Quant, Tensor
+from microtile.build.native import NativeModel
+from microtile.check.oracle import TflmOracle
 from microtile.ops.float_edge import expf
-from microtile.reference import run_reference
-from microtile.tflite_format import load_tflite, write_tflite
+from microtile.check.reference import run_reference
+from microtile.importer.tflite_format import load_tflite, write_tflite
 from microtile_models import zoo
 from microtile_models.build import zoo_model_bytes
 

@@ -1,4 +1,4 @@
-"""The model-mutant fuzzer (python -m microtile.fuzz_model): a short seeded sample, the
+"""The model-mutant fuzzer (python -m microtile.check.fuzz_model): a short seeded sample, the
 harness's own crash / hang detection, the CLI on mutants, and what the full runs found."""
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from microtile.codegen import compile_model
+from microtile.codegen.model_source import compile_model
 from microtile.errors import MicrotileError
-from microtile.fuzz_model import KINDS, Worker, fuzz_one, make_mutant, model_layout, run_fuzz
-from microtile.ir import Graph, Operator, Quant, Tensor
-from microtile.oracle import TflmOracle
-from microtile.reference import run_reference
-from microtile.tflite_format import load_tflite, write_tflite
+from microtile.check.fuzz_model import KINDS, Worker, fuzz_one, make_mutant, model_layout, run_fuzz
+from microtile.importer.ir import Graph, Operator, Quant, Tensor
+from microtile.check.oracle import TflmOracle
+from microtile.check.reference import run_reference
+from microtile.importer.tflite_format import load_tflite, write_tflite
 from microtile_models.build import zoo_model_bytes
 
 
@@ -110,17 +110,17 @@ def test_cli_compile_refuses_mutants_in_one_line(tmp_path, seed):
 
 
 def test_fuzz_command_prints_counts(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "microtile.fuzz_model", "--mutants", "12", "--seed", "2",
+    proc = subprocess.run([sys.executable, "-m", "microtile.check.fuzz_model", "--mutants", "12", "--seed", "2",
                            "--model", "op_conv_3x3_same_relu"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "12 mutants (seed 2)" in proc.stdout and "failures: 0" in proc.stdout
     assert "rejected:" in proc.stdout
-    bad = subprocess.run([sys.executable, "-m", "microtile.fuzz_model", "--model", str(tmp_path / "none")],
+    bad = subprocess.run([sys.executable, "-m", "microtile.check.fuzz_model", "--model", str(tmp_path / "none")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     garbage = tmp_path / "garbage.tflite"  # a base model that is not a model: one line, exit 2
     garbage.write_bytes(b"\x1c\x00\x00\x00TFL3" + b"\xff" * 64)
-    bad = subprocess.run([sys.executable, "-m", "microtile.fuzz_model", "--model", str(garbage)],
+    bad = subprocess.run([sys.executable, "-m", "microtile.check.fuzz_model", "--model", str(garbage)],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
 
@@ -154,7 +154,7 @@ def test_scales_without_zero_points_are_refused_as_tflm_refuses_them(shared_dir)
     to accept the file. Now the import refuses it, and the oracle's own failure is one
     MicrotileError line too (exit 2 in `run`), not a RuntimeError traceback."""
     from microtile.errors import ModelFormatError
-    from microtile.oracle import TflmRefusedError
+    from microtile.check.oracle import TflmRefusedError
 
     data = (shared_dir / "models" / "mlperf_tiny" / "pretrainedResnet_quant.tflite").read_bytes()
     layout, rng = model_layout(data), np.random.default_rng(1)
@@ -172,7 +172,7 @@ def test_fully_connected_bias_scale_far_from_input_times_weight_is_refused():
     scale that is not input x weight scale (within 2% of the output scale); microtile
     compiled it. Now both refuse it."""
     from microtile.errors import UnsupportedOperatorError
-    from microtile.oracle import TflmRefusedError
+    from microtile.check.oracle import TflmRefusedError
 
     def q(scale, zp=0):
         return Quant(np.array([scale], np.float32), np.array([zp], np.int64))

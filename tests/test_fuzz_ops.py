@@ -1,10 +1,10 @@
-"""The differential operator fuzzer (microtile.fuzz_ops): a short sample over every
+"""The differential operator fuzzer (microtile.check.fuzz_ops): a short sample over every
 operator in CI, proof that it turns a crash, a sanitizer report and a layer-sized
 stack array into reported failures, and the micro_speech-shaped depthwise model
 (1 input channel, depth multiplier 8, 10x8 filter, stride 2, SAME over 49x40) on
 QEMU with the default (optimised) kernels, bit-exact with TFLM.
 
-The full run is a command: python -m microtile.fuzz_ops --cases 2000 --kernels both."""
+The full run is a command: python -m microtile.check.fuzz_ops --cases 2000 --kernels both."""
 from __future__ import annotations
 
 import sys
@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from microtile.codegen import compile_model
-from microtile.fuzz_ops import GENERATORS, Fuzzer, make_case
+from microtile.codegen.model_source import compile_model
+from microtile.check.fuzz_ops import GENERATORS, Fuzzer, make_case
 from microtile.ops import REGISTRY, kernel_for, kernel_label, load_families
-from microtile.tflite_format import write_tflite
+from microtile.importer.tflite_format import write_tflite
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 from microtile_models.float_graph import FloatNet  # noqa: E402
@@ -148,7 +148,7 @@ QEMU_CASES = [("DEPTHWISE_CONV_2D", 0, 23), ("DEPTHWISE_CONV_2D", 0, 1), ("FULLY
 
 
 def _run_on_qemu(tmp_path, graph):
-    from microtile.runner import run_model
+    from microtile.measure.runner import run_model
 
     path = tmp_path / f"{graph.name}.tflite"
     path.write_bytes(write_tflite(graph))
@@ -183,8 +183,8 @@ def test_micro_speech_depthwise_layer_alone_on_qemu(tmp_path):
 def test_a_tflm_abort_is_reported_and_the_oracle_restarts():
     """TFLM aborts (TFLITE_CHECK) on an int8 SOFTMAX row of 600 equal values: in the
     oracle's subprocess that is a reported crash, and the next model still runs."""
-    from microtile.fuzz_ops import TflmProcess, one_op_graph, quant, tflm_can_run
-    from microtile.ir import Tensor
+    from microtile.check.fuzz_ops import TflmProcess, one_op_graph, quant, tflm_can_run
+    from microtile.importer.ir import Tensor
 
     graph = one_op_graph("SOFTMAX", [Tensor(0, "x", (1, 600), "int8", quant(0.1, 0)),
                                      Tensor(1, "y", (1, 600), "int8", quant(1 / 256, -128))], [0], [1], {"beta": 1.0})

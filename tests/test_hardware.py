@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from microtile.boards import load_board
-from microtile.build import build_firmware
-from microtile.codegen import compile_model
-from microtile.discovery import list_attached
-from microtile.runner import RunResult
-from microtile.timing_check import compare_estimate
-from microtile.tflite_format import load_tflite
+from microtile.targets.boards import load_board
+from microtile.build.firmware import build_firmware
+from microtile.codegen.model_source import compile_model
+from microtile.targets.discovery import list_attached
+from microtile.measure.runner import RunResult
+from microtile.measure.timing_check import compare_estimate
+from microtile.importer.tflite_format import load_tflite
 from microtile_models.build import zoo_model_bytes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,7 +157,7 @@ def test_estimate_check_refuses_what_it_cannot_compare(tmp_path_factory, tmp_pat
     good.write_text(json.dumps(_board_run_json(tmp_path_factory, [180_001], [171_000])))
     bad.write_text(json.dumps(no_estimate))
     for path, code in ((good, 0), (bad, 2), (tmp_path / "missing.json", 2)):
-        proc = subprocess.run([sys.executable, "-m", "microtile.timing_check", str(path)],
+        proc = subprocess.run([sys.executable, "-m", "microtile.measure.timing_check", str(path)],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == code, proc.stdout + proc.stderr
         assert "Traceback" not in proc.stderr
@@ -202,8 +202,8 @@ def calibration_bounds(core: str, iterations: int) -> tuple[int, int]:
 def test_calibration_bounds_follow_the_core():
     """Every board's core has bounds; a Cortex-M7 at 1 cycle per iteration passes, an M4
     there does not (it cannot run the loop that fast)."""
-    from microtile.boards import list_boards
-    from microtile.discovery import is_probe_board
+    from microtile.targets.boards import list_boards
+    from microtile.targets.discovery import is_probe_board
 
     n = 100_000
     for b in list_boards():
@@ -246,7 +246,7 @@ def test_cli_run_on_the_board(board, attached_probe, tmp_path_factory, tmp_path)
     data = json.loads(out.read_text())
     assert data["counter_unit"] == "cycles" and data["clock_hz"] > 0
     assert data["total"]["time_us"] == pytest.approx(data["total"]["cycles"] * 1e6 / data["clock_hz"], rel=1e-3)
-    # both figures per layer: what `python -m microtile.timing_check` compares (docs/timing.md)
+    # both figures per layer: what `python -m microtile.measure.timing_check` compares (docs/timing.md)
     assert all(layer["cycles"] > 0 and layer["est_cycles"] > 0 for layer in data["layers"]), data["layers"]
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from microtile.codegen import compile_model, validate
+from microtile.codegen.model_source import compile_model, validate
 from microtile.errors import ModelFormatError, UnsupportedOperatorError
-from microtile.ir import Graph, Operator, Quant, Tensor
-from microtile.oracle import run_tflm
-from microtile.tflite_format import load_tflite, write_tflite
+from microtile.importer.ir import Graph, Operator, Quant, Tensor
+from microtile.check.oracle import run_tflm
+from microtile.importer.tflite_format import load_tflite, write_tflite
 
 MLPERF = ["kws_ref_model", "vww_96_int8", "pretrainedResnet_quant", "ad01_int8"]
 
@@ -103,9 +103,9 @@ def test_batch_greater_than_one_is_rejected():
 # Every index, shape and dataflow edge is checked when the file is read, so a corrupted
 # model gets one line naming the tensor or operator and never reaches the compiler or TFLM.
 
-from microtile.boards import load_board  # noqa: E402
+from microtile.targets.boards import load_board  # noqa: E402
 from microtile.errors import DoesNotFitError, MicrotileError  # noqa: E402
-from microtile.fuzz_model import model_layout  # noqa: E402
+from microtile.check.fuzz_model import model_layout  # noqa: E402
 
 
 def _patched(graph: Graph, what: str, value: int, which: int = 0) -> bytes:

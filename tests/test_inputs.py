@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from microtile.errors import MicrotileError
-from microtile.inputs import load_samples
-from microtile.tflite_format import load_tflite
+from microtile.measure.inputs import load_samples
+from microtile.importer.tflite_format import load_tflite
 from microtile_models.build import zoo_model_bytes
 
 

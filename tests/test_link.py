@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from microtile.errors import DeviceFaultError, LinkError, LinkTimeoutError
-from microtile.link import (
+from microtile.link.protocol import (
     CMD_INFO,
     FRAME_ERROR,
     FRAME_LOG,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from microtile.inputs import load_samples
-from microtile.oracle import TflmOracle
-from microtile.reference import run_reference
-from microtile.tflite_format import load_tflite
+from microtile.measure.inputs import load_samples
+from microtile.check.oracle import TflmOracle
+from microtile.check.reference import run_reference
+from microtile.importer.tflite_format import load_tflite
 
 pytestmark = [pytest.mark.shared, pytest.mark.qemu]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from microtile.codegen import compile_model
-from microtile.tflite_format import load_tflite
+from microtile.codegen.model_source import compile_model
+from microtile.importer.tflite_format import load_tflite
 from microtile_models.build import zoo_model_bytes
 
 REPO = Path(__file__).resolve().parents[1]

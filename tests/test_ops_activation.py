@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from op_harness import all_int8, check_against_tflm, one_op_graph, qtensor, random_int8
 
 from microtile.errors import UnsupportedOperatorError
-from microtile.ir import Tensor
+from microtile.importer.ir import Tensor
 from microtile.ops import kernel_for
 
 scales = st.floats(-4.0, 1.0).map(lambda e: float(np.float32(10.0 ** e)))
@@ -140,7 +140,7 @@ def test_rejects_per_channel_and_size_mismatch():
 def test_chain_of_operators():
     """ADD -> RELU -> LOGISTIC -> HARD_SWISH -> RELU6 -> QUANTIZE -> MUL in one
     compiled model (arena reuse between layers), bit-exact with TFLM."""
-    from microtile.ir import Graph, Operator
+    from microtile.importer.ir import Graph, Operator
 
     s = (1, 4, 4, 8)
     ts = [qtensor(0, s, 0.05, 0), qtensor(1, (8,), 0.02, 3), qtensor(2, s, 0.1, -1), qtensor(3, s, 0.1, -128),

@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from microtile.errors import UnsupportedOperatorError
-from microtile.fuzz_ops import fc_graph_of
-from microtile.native import NativeModel
+from microtile.check.fuzz_ops import fc_graph_of
+from microtile.build.native import NativeModel
 from microtile.ops import kernel_for
 from microtile.ops.conv import out_size_and_padding
-from microtile.reference import run_reference
+from microtile.check.reference import run_reference
 
 from op_harness import check_against_tflm, log_uniform, one_op_graph, quant, random_int8, tensor
 
@@ -244,11 +244,11 @@ def test_fully_connected_rejects_float():
 
 @pytest.mark.parametrize("opcode", ["CONV_2D", "DEPTHWISE_CONV_2D"])
 def test_refuses_activation_bounds_tflm_cannot_quantise(opcode):
-    """Found by microtile.fuzz_ops: RELU6 over an output scale of ~1e-9 makes 6 / scale
+    """Found by microtile.check.fuzz_ops: RELU6 over an output scale of ~1e-9 makes 6 / scale
     overflow int32 in TFLM's CalculateActivationRangeQuantized (Prepare fails); the
     kernels must refuse the model as TFLM does, not run it."""
-    from microtile.oracle import TflmOracle
-    from microtile.tflite_format import write_tflite
+    from microtile.check.oracle import TflmOracle
+    from microtile.importer.tflite_format import write_tflite
 
     graph = conv_graph(np.random.default_rng(0), h=4, w=4, c=2, oc=2, kh=3, kw=3, act="RELU6",
                        depthwise=opcode == "DEPTHWISE_CONV_2D")

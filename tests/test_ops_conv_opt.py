@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from microtile import schedule
-from microtile.native import NativeModel
+from microtile.passes import schedule
+from microtile.build.native import NativeModel
 from microtile.ops.conv import folded_bias, pack_weights, requant_table
 
 from op_harness import random_int8, tflm
@@ -137,8 +137,8 @@ def test_qemu_sample_bit_exact_and_predicted():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
     from microtile_models.zoo import single_op
 
-    from microtile.runner import run_model
-    from microtile.tflite_format import write_tflite
+    from microtile.measure.runner import run_model
+    from microtile.importer.tflite_format import write_tflite
 
     cases = [("CONV_2D", dict(shape=(1, 25, 5, 64), kernel=(1, 1), filters=64), 1.39),
              ("CONV_2D", dict(shape=(1, 49, 10, 1), kernel=(10, 4), stride=2, filters=64), 2.33),

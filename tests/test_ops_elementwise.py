@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from op_harness import check_against_tflm, one_op_graph, qtensor, quant, random_int8
 
 from microtile.errors import UnsupportedOperatorError
-from microtile.ir import Tensor
+from microtile.importer.ir import Tensor
 from microtile.ops import kernel_for
 from microtile.ops.elementwise import broadcast_strides
 

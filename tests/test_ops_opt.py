@@ -15,12 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from microtile.ir import Graph
-from microtile.native import NativeModel
+from microtile.importer.ir import Graph
+from microtile.build.native import NativeModel
 from microtile.ops import kernel_for
 from microtile.ops.opt_schedules import explain_op
 from microtile.ops.requant_opt import fast_requant, reference_fast_requant
-from microtile.quant import multiply_by_quantized_multiplier
+from microtile.importer.quant import multiply_by_quantized_multiplier
 
 from op_harness import one_op_graph, qtensor, quant, random_int8, tflm
 from test_ops_conv import conv_graph
@@ -239,7 +239,7 @@ def test_add_opt_broadcast_falls_back():
 # ---------------------------------------------------------------- SOFTMAX
 
 def _softmax_graph(shape, in_scale, in_zp, beta=1.0, out=(1.0 / 256, -128), out_dtype="int8"):
-    from microtile.ir import Tensor
+    from microtile.importer.ir import Tensor
 
     tensors = [Tensor(0, "x", tuple(shape), "int8", quant(in_scale, in_zp)),
                Tensor(1, "y", tuple(shape), out_dtype, quant(*out))]
@@ -317,8 +317,8 @@ QEMU_BAR = {
 def test_optimized_on_qemu(name, tmp_path):
     """Bit-exact with TFLM on QEMU, faster than the reference kernel, and under the
     issue's bar (CMSIS-NN / 1.5) where it states one."""
-    from microtile.runner import run_model
-    from microtile.tflite_format import write_tflite
+    from microtile.measure.runner import run_model
+    from microtile.importer.tflite_format import write_tflite
     from microtile_models.zoo import single_op
 
     opcode, params, bar = QEMU_BAR[name]

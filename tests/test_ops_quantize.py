@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from microtile.codegen import compile_model
+from microtile.codegen.model_source import compile_model
 from microtile.errors import UnsupportedOperatorError
-from microtile.ir import Graph, Operator, Tensor
+from microtile.importer.ir import Graph, Operator, Tensor
 from op_harness import assert_same, check_against_tflm, one_op_graph, qtensor
 
 from microtile.ops import kernel_for

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from microtile.errors import UnsupportedOperatorError
-from microtile.ir import Tensor
+from microtile.importer.ir import Tensor
 from microtile.ops import kernel_for
 from microtile.ops.shape import nearest_neighbor_indices
 

@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from microtile.errors import UnsupportedOperatorError
-from microtile.ir import Tensor
-from microtile.native import CFLAGS, FIRMWARE
+from microtile.importer.ir import Tensor
+from microtile.build.native import CFLAGS, FIRMWARE
 from microtile.ops import kernel_for
 
 from op_harness import check_against_tflm, one_op_graph, quant, random_int8
@@ -170,10 +170,10 @@ def _shared_models():
 def test_mlperf_tiny_softmax_layers():
     """The final SOFTMAX of each MLPerf Tiny model, with its real quantisation, on
     many random logit vectors (the layer every classification result passes)."""
-    from microtile.native import NativeModel
-    from microtile.tflite_format import load_tflite, write_tflite
+    from microtile.build.native import NativeModel
+    from microtile.importer.tflite_format import load_tflite, write_tflite
 
-    from microtile.oracle import TflmOracle
+    from microtile.check.oracle import TflmOracle
 
     models = _shared_models()
     if not models:
@@ -219,7 +219,7 @@ def test_int8_softmax_beyond_tflm_limit():
     """With 600 equal values the int8 sum of exps passes 512, where TFLM aborts
     (TFLITE_CHECK on the output exponent). We return the limit of its formula,
     probability 0 (-128), in numpy and C alike instead of shifting by >= 32 bits."""
-    from microtile.native import NativeModel
+    from microtile.build.native import NativeModel
 
     shape = (1, 600)
     graph = softmax_graph(shape, 0.1, 0)
@@ -235,12 +235,12 @@ def test_int8_softmax_beyond_tflm_limit():
 def test_mlperf_tiny_classifier_tails():
     """RESHAPE -> FULLY_CONNECTED -> SOFTMAX, the tail of each MLPerf Tiny CNN, cut out
     of the real model and run end to end (needs the FULLY_CONNECTED kernel too)."""
-    from microtile.ir import Graph
-    from microtile.native import NativeModel
-    from microtile.reference import run_reference
-    from microtile.tflite_format import load_tflite, write_tflite
+    from microtile.importer.ir import Graph
+    from microtile.build.native import NativeModel
+    from microtile.check.reference import run_reference
+    from microtile.importer.tflite_format import load_tflite, write_tflite
 
-    from microtile.oracle import TflmOracle
+    from microtile.check.oracle import TflmOracle
 
     models = [p for p in _shared_models() if not p.name.startswith("ad01")]
     if not models:

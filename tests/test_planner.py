@@ -4,8 +4,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from microtile.ir import Graph, Operator, Tensor
-from microtile.planner import plan_memory
+from microtile.importer.ir import Graph, Operator, Tensor
+from microtile.passes.planner import plan_memory
 
 
 def _chain_graph(sizes: list[int], skips: list[tuple[int, int]]) -> Graph:

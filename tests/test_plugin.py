@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from microtile.discovery import list_attached
+from microtile.targets.discovery import list_attached
 
 pytest_plugins = ["pytester"]
 
@@ -110,12 +110,12 @@ def test_junit_xml_has_the_run_figures_as_properties(pytester, tmp_path):
 def test_result_properties_without_a_counter(tmp_path):
     """A board image on QEMU has no counter: no count property at all (never 0), no top1
     without labels, and the error of a failed run."""
-    from microtile.boards import load_board
-    from microtile.build import ElfSizes, Firmware
-    from microtile.codegen import compile_model
+    from microtile.targets.boards import load_board
+    from microtile.build.firmware import ElfSizes, Firmware
+    from microtile.codegen.model_source import compile_model
     from microtile.pytest_plugin import result_properties
-    from microtile.runner import RunResult
-    from microtile.tflite_format import load_tflite
+    from microtile.measure.runner import RunResult
+    from microtile.importer.tflite_format import load_tflite
     from microtile_models.build import zoo_model_bytes
 
     compiled = compile_model(load_tflite(zoo_model_bytes("op_softmax")))

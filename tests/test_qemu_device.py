@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from microtile.boards import firmware_configure_command, load_board
+from microtile.targets.boards import firmware_configure_command, load_board
 from microtile.errors import DeviceFaultError, LinkTimeoutError, ToolMissingError
-from microtile.fuzz_link import fuzz
-from microtile.link import (
+from microtile.check.fuzz_link import fuzz
+from microtile.link.protocol import (
     CMD_ECHO,
     CMD_INFO,
     CMD_INVOKE,

@@ -10,14 +10,14 @@ import signal
 import pytest
 
 from microtile import cli
-from microtile.boards import load_board
-from microtile.build import build_firmware
-from microtile.codegen import compile_model
-from microtile.link import FrameDecoder, parse_fault
-from microtile.runner import (EXIT_BAD_INPUT, EXIT_MISMATCH, EXIT_OK, EXIT_TARGET_FAILED, RunResult, exit_code,
+from microtile.targets.boards import load_board
+from microtile.build.firmware import build_firmware
+from microtile.codegen.model_source import compile_model
+from microtile.link.protocol import FrameDecoder, parse_fault
+from microtile.measure.runner import (EXIT_BAD_INPUT, EXIT_MISMATCH, EXIT_OK, EXIT_TARGET_FAILED, RunResult, exit_code,
                               run_model, worst_exit_code)
 from microtile.errors import LinkError, ToolMissingError
-from microtile.tflite_format import load_tflite
+from microtile.importer.tflite_format import load_tflite
 from microtile_models.build import zoo_model_bytes
 
 # A FAULT frame as the firmware sent it on QEMU (BusFault in layer 1; the same

@@ -1,4 +1,4 @@
-"""The schedule model (host/microtile/schedule.py): tile choice follows the formula,
+"""The schedule model (host/microtile/passes/schedule.py): tile choice follows the formula,
 the cost model's counts, the int16-weights flash budget, --explain rows."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from microtile import schedule
-from microtile.codegen import compile_model
+from microtile.passes import schedule
+from microtile.codegen.model_source import compile_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 from microtile_models.zoo import single_op  # noqa: E402
@@ -97,7 +97,7 @@ def test_not_matmul_shaped():
 def test_explain_names_the_kernel_of_every_layer():
     """'opt', or 'ref: <reason>' where the optimised set falls back (here a depthwise
     layer with a depth multiplier of 2 over 3 channels)."""
-    from microtile.fuzz_ops import make_case
+    from microtile.check.fuzz_ops import make_case
     from microtile.ops import kernel_for
 
     graph = next(g for g, _, p in (make_case("DEPTHWISE_CONV_2D", 3, i) for i in range(200))

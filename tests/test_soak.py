@@ -1,4 +1,4 @@
-"""A short sample of the host memory soak (`python -m microtile.soak`, 16,000
+"""A short sample of the host memory soak (`python -m microtile.measure.soak`, 16,000
 inferences in the full run): Python's allocations must not grow with the number of
 inferences. The old per-sample count lists grew ~0.5 KB per KWS inference."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from microtile.soak import NOISE_BYTES, soak
+from microtile.measure.soak import NOISE_BYTES, soak
 from microtile_models.build import zoo_model_bytes
 
 pytestmark = pytest.mark.qemu
@@ -31,7 +31,7 @@ def test_soak_command_prints_a_table_and_writes_json(tmp_path):
     model = tmp_path / "add.tflite"
     model.write_bytes(zoo_model_bytes("op_add"))
     out = tmp_path / "soak.json"
-    proc = subprocess.run([sys.executable, "-m", "microtile.soak", str(model), "--inferences", "40",
+    proc = subprocess.run([sys.executable, "-m", "microtile.measure.soak", str(model), "--inferences", "40",
                            "--every", "20", "--json", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "memory flat" in proc.stdout and "40 inferences, 0 mismatches" in proc.stdout

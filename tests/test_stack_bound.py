@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from microtile.boards import firmware_configure_command, load_board
-from microtile.build import build_failure, stack_frame_error
+from microtile.targets.boards import firmware_configure_command, load_board
+from microtile.build.firmware import build_failure, stack_frame_error
 from microtile.errors import BuildError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The timing model (host/microtile/timing.py): short instruction sequences whose
+"""The timing model (host/microtile/measure/timing.py): short instruction sequences whose
 cycle counts the Cortex-M4 TRM states, assembled with arm-none-eabi-gcc and run on
 the engine; flash wait states and the ART accelerator on loops; and per-layer
 instruction counts equal to QEMU's on a zoo model."""
@@ -10,8 +10,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from microtile.boards import load_board
-from microtile.timing import TIMING, FirmwareTiming, TimingEngine
+from microtile.targets.boards import load_board
+from microtile.measure.timing import TIMING, FirmwareTiming, TimingEngine
 
 pytestmark = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="needs arm-none-eabi-gcc")
 
@@ -131,10 +131,10 @@ def test_layer_instructions_equal_qemu_and_run_json(tmp_path):
     does), and the run JSON carries est_cycles per layer and in the total."""
     from microtile_models import zoo
 
-    from microtile.inputs import load_samples
-    from microtile.runner import run_model
-    from microtile.tflite_format import write_tflite
-    from microtile.timing import estimate
+    from microtile.measure.inputs import load_samples
+    from microtile.measure.runner import run_model
+    from microtile.importer.tflite_format import write_tflite
+    from microtile.measure.timing import estimate
 
     model = tmp_path / "kws.tflite"
     model.write_bytes(write_tflite(zoo.ds_cnn_kws()))
@@ -161,7 +161,7 @@ def test_run_emulate_on_a_board_without_qemu(tmp_path):
 
     from microtile_models import zoo
 
-    from microtile.tflite_format import write_tflite
+    from microtile.importer.tflite_format import write_tflite
 
     model = tmp_path / "fc.tflite"
     model.write_bytes(write_tflite(zoo.fc_autoencoder_ad()))
@@ -183,10 +183,10 @@ def test_run_emulate_on_a_board_without_qemu(tmp_path):
 
 
 def test_docs_render_the_one_table():
-    """docs/timing.md shows TIMING as `python -m microtile.timing --table` renders it."""
+    """docs/timing.md shows TIMING as `python -m microtile.measure.timing --table` renders it."""
     from pathlib import Path
 
-    from microtile.timing import table_markdown
+    from microtile.measure.timing import table_markdown
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "timing.md").read_text()
     begin, end = "<!-- timing-table:begin -->\n", "<!-- timing-table:end -->"

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from microtile import zephyr
-from microtile.boards import BoardError, load_board
-from microtile.codegen import compile_model
+from microtile.build import zephyr
+from microtile.targets.boards import BoardError, load_board
+from microtile.codegen.model_source import compile_model
 from microtile.errors import ToolMissingError
-from microtile.tflite_format import load_tflite
+from microtile.importer.tflite_format import load_tflite
 from microtile_models.build import zoo_model_bytes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,7 +226,7 @@ file(WRITE "{out}" "{{\\"extra_modules\\": [\\"${{m}}\\"], \\"conf\\": \\"${{con
 
 def _bare_metal_compiled_sources(tmp_path: Path, model_dir: Path) -> tuple[set[Path], Path]:
     """Configure the bare-metal firmware (no compile) and read what it would compile."""
-    from microtile.boards import firmware_configure_command
+    from microtile.targets.boards import firmware_configure_command
 
     build = tmp_path / "bare"
     cmd = firmware_configure_command(load_board("netduinoplus2"), model_dir, "1a2b", build)
@@ -239,8 +239,8 @@ def _bare_metal_compiled_sources(tmp_path: Path, model_dir: Path) -> tuple[set[P
 @pytest.fixture()
 def model_dir(tmp_path, small_model) -> Path:
     """The folder `microtile export` writes, as build_zephyr and build.py write it."""
-    from microtile.build import FIRMWARE_LIBRARY
-    from microtile.export import write_export
+    from microtile.build.firmware import FIRMWARE_LIBRARY
+    from microtile.codegen.export import write_export
 
     d = tmp_path / "model"
     write_export(small_model, d, FIRMWARE_LIBRARY)
@@ -394,7 +394,7 @@ def test_trigger_overlay_text():
 def test_committed_overlays_match_the_board_yamls():
     expected = zephyr.expected_overlays()
     committed = set(zephyr.OVERLAY_DIR.glob("*.overlay"))
-    hint = "run `python -m microtile.zephyr overlays` and commit firmware/zephyr_app/boards/"
+    hint = "run `python -m microtile.build.zephyr overlays` and commit firmware/zephyr_app/boards/"
     assert committed == set(expected), hint
     for path, text in expected.items():
         assert path.read_text() == text, hint

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tflite
 
-from microtile.ir import Graph
-from microtile.oracle import TflmOracle
-from microtile.tflite_format import load_tflite
+from microtile.importer.ir import Graph
+from microtile.check.oracle import TflmOracle
+from microtile.importer.tflite_format import load_tflite
 from microtile_models import zoo
 from microtile_models.build import main as build_main
 from microtile_models.build import model_bytes, zoo_model_bytes

@@ -1,4 +1,4 @@
-/* The device link protocol (docs/protocol.md). Mirrored by host/microtile/link.py.
+/* The device link protocol (docs/protocol.md). Mirrored by host/microtile/link/protocol.py.
  *
  * Frame on the wire: COBS(header | payload | crc32) 0x00
  *   header  = type u8, seq u8, length u16 LE (payload bytes)

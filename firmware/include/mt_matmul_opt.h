@@ -2,7 +2,7 @@
  * as implicit GEMM over an int16 im2col panel). Bit-exact with TFLM.
  *
  * Every layer is C[M x N] = A[M x K] * B[N x K]^T, requantised per output channel.
- * The schedule (host/microtile/schedule.py, docs/schedules.md) fixes the register
+ * The schedule (host/microtile/passes/schedule.py, docs/schedules.md) fixes the register
  * tile: mr rows of A (pixels) x nr rows of B (output channels) accumulate in
  * registers while the reduction runs in blocks of 4 (two SMLAD per operand pair).
  *

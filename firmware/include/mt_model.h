@@ -1,5 +1,5 @@
 /* The interface between generated model code (model.c, written by
- * host/microtile/codegen.py) and the device app. The app owns the activation
+ * host/microtile/codegen/model_source.py) and the device app. The app owns the activation
  * arena (MT_ARENA_SIZE bytes from the generated model.h) and runs the model one
  * layer at a time, so it can read the counter around each layer. */
 #ifndef MT_MODEL_H

@@ -1,5 +1,5 @@
 /* TFLite's integer requantisation arithmetic (double rounding), bit-exact with
- * TFLM's reference kernels. Mirrors host/microtile/quant.py. */
+ * TFLM's reference kernels. Mirrors host/microtile/importer/quant.py. */
 #ifndef MT_QUANT_H
 #define MT_QUANT_H
 

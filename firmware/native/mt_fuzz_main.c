@@ -1,4 +1,4 @@
-/* Host-native case runner of the differential fuzzer (host/microtile/fuzz_ops.py):
+/* Host-native case runner of the differential fuzzer (host/microtile/check/fuzz_ops.py):
  * many generated models linked into one executable (native.build_case_runner), run
  * under ASan + UBSan in a subprocess.
  *

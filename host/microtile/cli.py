@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import MicrotileError
+from microtile.errors import MicrotileError
 
 # Piped output (logs, CI) gets room for the full tables instead of rich's 80 columns.
 console = Console() if sys.stdout.isatty() else Console(width=160)
@@ -111,10 +111,10 @@ def _target_options(args) -> dict:
 
 def _resolve_board(args) -> str:
     """--board nucleo -> the attached Nucleo's board name (and its probe into args.probe)."""
-    from .discovery import resolve_board
+    from microtile.targets.discovery import resolve_board
 
     if getattr(args, "emulate", False):
-        from .boards import load_board
+        from microtile.targets.boards import load_board
 
         return load_board(args.board).name  # no QEMU machine: the timing model runs it (runner)
     name, device = resolve_board(args.board, args.probe)
@@ -127,14 +127,14 @@ def _resolve_board(args) -> str:
 
 def _check_outputs(args) -> None:
     """Fail before any build or run on what would only fail at the end."""
-    from .runner import check_writable
+    from microtile.measure.runner import check_writable
 
     if args.json:
         check_writable(args.json)
 
 
 def cmd_run(args) -> int:
-    from .runner import exit_code, run_model, write_json
+    from microtile.measure.runner import exit_code, run_model, write_json
 
     _check_outputs(args)
     args.board = _resolve_board(args)
@@ -227,8 +227,8 @@ def _print_bench_summary(results: list[dict]) -> None:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench_model, write_bench_json
-    from .runner import exit_code, worst_exit_code
+    from microtile.measure.bench import bench_model, write_bench_json
+    from microtile.measure.runner import exit_code, worst_exit_code
 
     _check_outputs(args)
     kernels = ("reference", "optimized") if args.kernels == "both" else (args.kernels,)
@@ -259,10 +259,10 @@ def cmd_bench(args) -> int:
 def cmd_compile(args) -> int:
     from pathlib import Path
 
-    from .boards import load_board
-    from .build import build_firmware
-    from .codegen import compile_model
-    from .tflite_format import load_tflite
+    from microtile.targets.boards import load_board
+    from microtile.build.firmware import build_firmware
+    from microtile.codegen.model_source import compile_model
+    from microtile.importer.tflite_format import load_tflite
 
     board = load_board(args.board)
     compiled = compile_model(load_tflite(args.model), args.kernels, board)
@@ -280,11 +280,11 @@ def cmd_compile(args) -> int:
 def cmd_export(args) -> int:
     from pathlib import Path
 
-    from .boards import load_board
-    from .build import check_fits
-    from .codegen import compile_model
-    from .export import check_name, default_name, export_model
-    from .tflite_format import load_tflite
+    from microtile.targets.boards import load_board
+    from microtile.build.firmware import check_fits
+    from microtile.codegen.model_source import compile_model
+    from microtile.codegen.export import check_name, default_name, export_model
+    from microtile.importer.tflite_format import load_tflite
 
     name = check_name(args.name or default_name(args.model))
     board = load_board(args.board)
@@ -305,8 +305,8 @@ def _explain(args, compiled) -> int:
     run's (3 when the target failed)."""
     import numpy as np
 
-    from .runner import exit_code, run_model
-    from .schedule import explain
+    from microtile.measure.runner import exit_code, run_model
+    from microtile.passes.schedule import explain
 
     error, code, counts, unit = None, 0, [None] * len(compiled.device_ops), "instructions"
     estimates = list(counts)
@@ -350,11 +350,11 @@ def _explain(args, compiled) -> int:
 
 
 def cmd_probes(args) -> int:
-    from .discovery import list_attached
+    from microtile.targets.discovery import list_attached
 
     attached = list_attached()
     if not attached:
-        from .discovery import select_attached
+        from microtile.targets.discovery import select_attached
 
         select_attached("nucleo", attached=[])  # raises with the reason (cable, udev rules)
     table = Table(title="attached debug probes")
@@ -368,14 +368,14 @@ def cmd_probes(args) -> int:
 
 
 def cmd_udev_rules(args) -> int:
-    from .discovery import udev_rules
+    from microtile.targets.discovery import udev_rules
 
     sys.stdout.write(udev_rules())
     return 0
 
 
 def cmd_boards(args) -> int:
-    from .boards import list_boards
+    from microtile.targets.boards import list_boards
 
     table = Table(title="boards (boards/*.yaml)")
     for col in ("name", "MCU", "core", "clock", "flash", "RAM", "VCP UART", "counts", "pyOCD target", "emulator"):
@@ -406,14 +406,14 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from .provenance import version_text
+        from microtile.measure.provenance import version_text
 
         print(version_text())
         parser.exit()
 
 
 def _seed_option(parser) -> None:
-    from .inputs import DEFAULT_SEED
+    from microtile.measure.inputs import DEFAULT_SEED
 
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help=f"seed of the random inputs (default: {DEFAULT_SEED}, so runs repeat exactly)")
@@ -486,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     udev.set_defaults(func=cmd_udev_rules)
 
     args = parser.parse_args(argv)
-    from .runner import exit_code, signals_as_interrupts
+    from microtile.measure.runner import exit_code, signals_as_interrupts
 
     try:
         with signals_as_interrupts():  # SIGTERM / SIGHUP clean up like Ctrl-C

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from microtile.paths import REPO_ROOT
 
 SHARED_ENV = "MICROTILE_SHARED"
 NEEDS_BOARD = ("needs a Nucleo board attached over its ST-LINK USB connector (pytest --board nucleo "
@@ -80,9 +81,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _wants_hardware(config: pytest.Config) -> bool:
-    from .boards import load_board
-    from .discovery import GENERIC_BOARD, is_probe_board
-    from .errors import MicrotileError
+    from microtile.targets.boards import load_board
+    from microtile.targets.discovery import GENERIC_BOARD, is_probe_board
+    from microtile.errors import MicrotileError
 
     name = config.getoption("--board")
     if config.getoption("--emulate"):
@@ -99,9 +100,9 @@ def select_target(config: pytest.Config) -> tuple[Any, Any, str | None]:
     """(Board, AttachedProbe or None, reason to skip or None), once per session."""
     if _selection_key in config.stash:
         return config.stash[_selection_key]
-    from .boards import load_board
-    from .discovery import AmbiguousProbeError, ProbeNotFoundError, resolve_board
-    from .errors import MicrotileError
+    from microtile.targets.boards import load_board
+    from microtile.targets.discovery import AmbiguousProbeError, ProbeNotFoundError, resolve_board
+    from microtile.errors import MicrotileError
 
     name = config.getoption("--board")
     probe = config.getoption("--probe")
@@ -205,7 +206,7 @@ def run_on_board(board, attached_probe, pytestconfig: pytest.Config, record_prop
     """Run a model on the selected target: ``run_on_board(path, random=3, kernels=..., labels=...,
     limit=...)`` takes ``microtile run``'s options and returns a RunResult; its figures go
     into the JUnit report as properties (``result_properties``)."""
-    from .runner import run_model
+    from microtile.measure.runner import run_model
 
     probe = attached_probe.unique_id if attached_probe is not None else pytestconfig.getoption("--probe")
 
@@ -243,7 +244,7 @@ def find_shared() -> Path | None:
     """The shared MLPerf Tiny data: $MICROTILE_SHARED, else ../shared beside the repo."""
     env = os.environ.get(SHARED_ENV)
     candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[2].parent / "shared")
+    candidates.append(REPO_ROOT.parent / "shared")
     for path in candidates:
         if (path / "models").is_dir():
             return path

@@ -4,7 +4,7 @@
  * clock tree, GPIO, UART registers), which calls back mt_port_rx_push() from its UART
  * interrupt.
  *
- * Board numbers arrive as macros from the board YAML (microtile.boards.port_defines):
+ * Board numbers arrive as macros from the board YAML (microtile.targets.boards.port_defines):
  *   MT_CLK_SOURCE_NONE | MT_CLK_SOURCE_HSI | MT_CLK_SOURCE_HSE_BYPASS
  *   MT_CLK_{HSE,HSI,RESET}_HZ, MT_CLK_PLL_{IN_HZ,N,DIV,Q}, MT_CLK_FLASH_WS,
  *   MT_CLK_{AHB,APB1,APB2}_DIV, MT_CLK_VOS, MT_CLK_OVERDRIVE, MT_CLK_BOOST, MT_CLK_CACHES

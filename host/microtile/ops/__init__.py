@@ -14,9 +14,9 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import UnsupportedOperatorError
-from ..ir import Graph, Operator, Tensor
-from ..quant import activation_range
+from microtile.errors import UnsupportedOperatorError
+from microtile.importer.ir import Graph, Operator, Tensor
+from microtile.importer.quant import activation_range
 
 
 class EmitContext(Protocol):

@@ -15,9 +15,9 @@ import math
 
 import numpy as np
 
-from .. import quant as q
-from ..ir import Graph, Operator, Tensor
-from . import EmitContext, OpKernel, register
+from microtile.importer import quant as q
+from microtile.importer.ir import Graph, Operator, Tensor
+from microtile.ops import EmitContext, OpKernel, register
 
 INT32_MAX = q.INT32_MAX
 INT32_MIN = q.INT32_MIN

@@ -16,9 +16,9 @@ import functools
 
 import numpy as np
 
-from ..ir import Graph, Operator, Tensor
-from ..quant import multiply_by_quantized_multiplier, quantize_multiplier, wrap_int32
-from . import EmitContext, OpKernel, fused_activation_range, register
+from microtile.importer.ir import Graph, Operator, Tensor
+from microtile.importer.quant import multiply_by_quantized_multiplier, quantize_multiplier, wrap_int32
+from microtile.ops import EmitContext, OpKernel, fused_activation_range, register
 
 PADDINGS = ("SAME", "VALID")
 
@@ -235,7 +235,7 @@ def requant_table(w: np.ndarray, bias: np.ndarray | None, mult: np.ndarray, shif
     """Per channel 3 words for the optimised kernels and whether they are the fast
     form: (mult, k, right) for mt_requant_fast when every channel qualifies for every
     input (|acc| bounded from the weights and bias), else (mult, shift, 0)."""
-    from .requant_opt import fast_requant, max_abs_input
+    from microtile.ops.requant_opt import fast_requant, max_abs_input
 
     n = w.shape[0]
     b = np.zeros(n, dtype=np.int64) if bias is None else np.asarray(bias, dtype=np.int64).reshape(-1)
@@ -254,7 +254,7 @@ def requant_table(w: np.ndarray, bias: np.ndarray | None, mult: np.ndarray, shif
 def _emit_gemm(ctx: EmitContext, op: Operator, graph: Graph, w2d: np.ndarray, mult: np.ndarray,
                shift: np.ndarray, in_zp: int, out_zp: int, act: tuple[int, int]) -> tuple[str, object]:
     """The mt_gemm_opt initializer of a layer (weights packed by its schedule)."""
-    from ..schedule import schedule_for
+    from microtile.passes.schedule import schedule_for
 
     s = schedule_for(op, graph, ctx.board)
     n = w2d.shape[0]
@@ -414,7 +414,7 @@ class DepthwiseConv2D(OpKernel):
         return g["n"] * g["oh"] * g["ow"] * oc * g["kh"] * g["kw"]
 
     def opt_fallback(self, op: Operator, graph: Graph) -> str | None:
-        from .depthwise_opt import depthwise_fallback
+        from microtile.ops.depthwise_opt import depthwise_fallback
 
         return depthwise_fallback(op, graph, self.params(op, graph))
 
@@ -425,7 +425,7 @@ class DepthwiseConv2D(OpKernel):
                 # filter [1, KH, KW, M] -> conv weights [M, KH * KW * 1]
                 w = np.asarray(graph.tensor(op.inputs[1]).data, dtype=np.int8).reshape(p["kh"] * p["kw"], p["oc"])
                 return _emit_conv_opt(op, graph, ctx, p, np.ascontiguousarray(w.T))
-            from .depthwise_opt import emit_depthwise_opt
+            from microtile.ops.depthwise_opt import emit_depthwise_opt
 
             return emit_depthwise_opt(op, graph, ctx, p)
         return _emit_window_ref(op, ctx, p, "depthwise_conv", p["dm"])

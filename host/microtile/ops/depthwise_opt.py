@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, Operator
-from . import EmitContext
-from .requant_opt import fast_requant, fast_requant_problem, max_abs_input, pack16
+from microtile.importer.ir import Graph, Operator
+from microtile.ops import EmitContext
+from microtile.ops.requant_opt import fast_requant, fast_requant_problem, max_abs_input, pack16
 
 
 def depthwise_stream(weights: np.ndarray, bias: np.ndarray, mult: np.ndarray, k: np.ndarray,

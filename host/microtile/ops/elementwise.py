@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import quant as q
-from ..ir import Graph, Operator
-from . import EmitContext, OpKernel, fused_activation_range, register
+from microtile.importer import quant as q
+from microtile.importer.ir import Graph, Operator
+from microtile.ops import EmitContext, OpKernel, fused_activation_range, register
 
 # TFLM's broadcast kernels (BroadcastBinaryFunction6DSlow / BroadcastMul6DSlow) stop at 6.
 MAX_BROADCAST_DIMS = 6
@@ -166,7 +166,7 @@ class Add(_BinaryInt8):
 
     def _fast(self, p: dict[str, int]) -> tuple[str | None, tuple]:
         """(why mt_requant_fast cannot take the output, the input tables and fast constants)."""
-        from .requant_opt import fast_requant, fast_requant_problem
+        from microtile.ops.requant_opt import fast_requant, fast_requant_problem
 
         t1, t2 = self.input_tables(p)
         bound = np.array([int(np.abs(t1).max() + np.abs(t2).max())])

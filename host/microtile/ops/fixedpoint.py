@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..quant import (
+from microtile.importer.quant import (
     INT32_MAX,
     INT32_MIN,
     rounding_divide_by_pot,

@@ -19,8 +19,8 @@ import math
 
 import numpy as np
 
-from ..ir import Graph, Operator
-from . import OpKernel, kernel_for
+from microtile.importer.ir import Graph, Operator
+from microtile.ops import OpKernel, kernel_for
 
 _libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
 for _name in ("expf", "logf"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, Operator
+from microtile.importer.ir import Graph, Operator
 
 # Depthwise, per group of 4 channels of one output pixel:
 DW_TAP = 8          # LDR input word, LDRD weight pair, 2 SXTAB16, 4 SMLABB/SMLATT
@@ -44,11 +44,11 @@ def _clamp_sides(act: tuple[int, int]) -> int:
 
 
 def explain_op(op: Operator, graph: Graph) -> dict | None:
-    from . import kernel_for
+    from microtile.ops import kernel_for
 
     kernel = kernel_for(op)
     if op.opcode == "DEPTHWISE_CONV_2D":
-        from .depthwise_opt import depthwise_fast_path
+        from microtile.ops.depthwise_opt import depthwise_fast_path
 
         p = kernel.params(op, graph)
         if depthwise_fast_path(op, graph, p) is None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, Operator
-from . import EmitContext, OpKernel, register
-from .pool import check_int8_same_quant
+from microtile.importer.ir import Graph, Operator
+from microtile.ops import EmitContext, OpKernel, register
+from microtile.ops.pool import check_int8_same_quant
 
 MAX_PAD_RANK = 4
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, Operator
-from ..quant import multiply_by_quantized_multiplier, quantize_multiplier
-from . import EmitContext, OpKernel, register
-from . import fused_activation_range
-from .conv import PADDINGS, out_size_and_padding
+from microtile.importer.ir import Graph, Operator
+from microtile.importer.quant import multiply_by_quantized_multiplier, quantize_multiplier
+from microtile.ops import EmitContext, OpKernel, register
+from microtile.ops import fused_activation_range
+from microtile.ops.conv import PADDINGS, out_size_and_padding
 
 AVG_POOL_OPT_MAX_WINDOW = 256  # MT_AVG_POOL_OPT_MAX_WINDOW in mt_pool_opt.h
 

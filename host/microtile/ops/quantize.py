@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import quant as q
-from ..ir import Graph, Operator, Tensor
-from . import EmitContext, OpKernel, register
+from microtile.importer import quant as q
+from microtile.importer.ir import Graph, Operator, Tensor
+from microtile.ops import EmitContext, OpKernel, register
 
 _INT_RANGES = {"int8": (-128, 127), "int16": (-32768, 32767), "uint8": (0, 255)}
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, Operator
-from . import OpKernel, register
+from microtile.importer.ir import Graph, Operator
+from microtile.ops import OpKernel, register
 
 # Element types the byte-moving kernels handle on device.
 _DEVICE_TYPES = ("int8", "int16", "int32")

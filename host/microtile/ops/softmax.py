@@ -12,10 +12,10 @@ import math
 
 import numpy as np
 
-from ..ir import Graph, Operator
-from ..quant import INT32_MIN, multiply_by_quantized_multiplier, quantize_multiplier, wrap_int32
-from . import fixedpoint as fp
-from . import OpKernel, register
+from microtile.importer.ir import Graph, Operator
+from microtile.importer.quant import INT32_MIN, multiply_by_quantized_multiplier, quantize_multiplier, wrap_int32
+from microtile.ops import fixedpoint as fp
+from microtile.ops import OpKernel, register
 
 SCALED_DIFF_INTEGER_BITS = 5
 ACCUMULATION_INTEGER_BITS = 12
@@ -145,7 +145,7 @@ class Softmax(OpKernel):
         multiplier, left_shift, diff_min = softmax_params(op, graph)
         outer, depth = _outer_depth(graph.tensor(op.inputs[0]).shape)
         if ctx.kernels == "optimized" and self.opt_fallback(op, graph) is None:
-            from .softmax_opt import emit_softmax_opt
+            from microtile.ops.softmax_opt import emit_softmax_opt
 
             call = emit_softmax_opt(op, graph, ctx, multiplier, left_shift, diff_min, outer, depth)
             if call is not None:

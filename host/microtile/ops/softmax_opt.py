@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, Operator
-from ..quant import wrap_int32
-from . import EmitContext
-from . import fixedpoint as fp
+from microtile.importer.ir import Graph, Operator
+from microtile.importer.quant import wrap_int32
+from microtile.ops import EmitContext
+from microtile.ops import fixedpoint as fp
 
 SCALED_DIFF_INTEGER_BITS = 5
 ACCUMULATION_INTEGER_BITS = 12

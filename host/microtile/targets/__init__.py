@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..boards import Board, load_board
-from ..errors import BoardNotFoundError
+from microtile.targets.boards import Board, load_board
+from microtile.errors import BoardNotFoundError
 
 def _emulated(board: Board, emulate: bool) -> bool:
-    from ..discovery import is_probe_board
+    from microtile.targets.discovery import is_probe_board
 
     return not is_probe_board(board) or emulate
 
@@ -18,7 +18,7 @@ def check_target_tools(board: Board, *, emulate: bool = False, **_: Any) -> None
     """Raise ToolMissingError (exit 2) when the program that runs the board is missing,
     so the run stops before a firmware build it could not use."""
     if _emulated(board, emulate) and board.emulator is not None:
-        from .qemu import find_qemu
+        from microtile.targets.qemu import find_qemu
 
         find_qemu(board.emulator.program)
 
@@ -38,11 +38,11 @@ def open_target(board: Board | str, firmware: Any, probe: str | None = None, *,
         if board.emulator is None:
             raise BoardNotFoundError(f"board {board.name} has neither a pyOCD target nor an emulator in "
                                      f"{board.path}; it cannot be run")
-        from .qemu import QemuTarget
+        from microtile.targets.qemu import QemuTarget
 
         qemu_kwargs = {k: v for k, v in kwargs.items() if k not in ("port", "baudrate", "force_flash")}  # hardware only
         return QemuTarget(board, elf, **qemu_kwargs)
-    from .nucleo import NucleoTarget
+    from microtile.targets.nucleo import NucleoTarget
 
     options = {k: v for k, v in kwargs.items() if v is not None}
     return NucleoTarget(board, elf, build_id=getattr(firmware, "build_id", None), probe=probe, **options)

@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..boards import Board, load_board
-from ..discovery import (AttachedProbe, DIALOUT_HELP, PackMissingError, ProbeNotFoundError,
+from microtile.targets.boards import Board, load_board
+from microtile.targets.discovery import (AttachedProbe, DIALOUT_HELP, PackMissingError, ProbeNotFoundError,
                          ProbePermissionError, UDEV_HELP, is_permission_error, pyocd_config,
                          select_attached)
-from ..errors import BoardNotFoundError, LinkError, LinkTimeoutError, MicrotileError
-from ..link import DeviceError, DeviceInfo, DeviceLink
+from microtile.errors import BoardNotFoundError, LinkError, LinkTimeoutError, MicrotileError
+from microtile.link.protocol import DeviceError, DeviceInfo, DeviceLink
 
 CONNECT_MODES = ("halt", "under-reset")  # the second is the retry
 SWD_FREQUENCY_HZ = 4_000_000  # ST-LINK/V2-1 and V3 both run SWD at 4 MHz

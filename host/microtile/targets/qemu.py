@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..boards import Board, load_board
-from ..errors import BoardNotFoundError, LinkError, ToolMissingError
-from ..link import DeviceLink
+from microtile.targets.boards import Board, load_board
+from microtile.errors import BoardNotFoundError, LinkError, ToolMissingError
+from microtile.link.protocol import DeviceLink
 
 # Strong references: a target dropped without stop() is still ended at exit.
 _LIVE: "set[QemuTarget]" = set()

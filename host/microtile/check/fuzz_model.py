@@ -1,6 +1,6 @@
 """Model-mutant fuzzer: corrupted copies of a model must be refused cleanly or run right.
 
-    python -m microtile.fuzz_model [--mutants N] [--seed S] [--model PATH|ZOO_NAME] [--native-every K]
+    python -m microtile.check.fuzz_model [--mutants N] [--seed S] [--model PATH|ZOO_NAME] [--native-every K]
 
 Each mutant is the model's bytes with one seeded change: a truncation, bit flips
 inside the weight buffers, bit flips elsewhere (tables, shapes, quantisation), or one
@@ -150,11 +150,11 @@ def _inputs_for(graph, seed: int) -> list[np.ndarray]:
 
 def _microtile_job(job: dict) -> dict:
     """Import + compile the mutant; if accepted, run the reference (and native) build."""
-    from .boards import load_board
-    from .codegen import compile_model
-    from .errors import MicrotileError
-    from .reference import run_reference
-    from .tflite_format import load_tflite
+    from microtile.targets.boards import load_board
+    from microtile.codegen.model_source import compile_model
+    from microtile.errors import MicrotileError
+    from microtile.check.reference import run_reference
+    from microtile.importer.tflite_format import load_tflite
 
     try:
         graph = load_tflite(job["model"])
@@ -164,7 +164,7 @@ def _microtile_job(job: dict) -> dict:
     inputs = _inputs_for(graph, job["seed"])
     outputs = {"reference": run_reference(graph, inputs)}
     if job["native"]:
-        from .native import NativeModel
+        from microtile.build.native import NativeModel
 
         outputs["native"] = NativeModel.build(graph, "optimized").run(inputs)
     arrays = {f"in{k}": x for k, x in enumerate(inputs)}
@@ -175,7 +175,7 @@ def _microtile_job(job: dict) -> dict:
 
 
 def _tflm_job(job: dict) -> dict:
-    from .oracle import TflmOracle
+    from microtile.check.oracle import TflmOracle
 
     with np.load(job["arrays"]) as f:
         inputs = [f[f"in{k}"] for k in range(job["inputs"])]
@@ -214,7 +214,7 @@ class Worker:
 
     def _start(self) -> None:
         self.log_file = open(self.log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "microtile.fuzz_model", "--worker", self.kind],
+        self.proc = subprocess.Popen([sys.executable, "-m", "microtile.check.fuzz_model", "--worker", self.kind],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log_file,
                                      start_new_session=True, text=True)
 
@@ -307,11 +307,11 @@ def fuzz_one(mutant: bytes, workdir: Path, workers: dict[str, Worker], seed: int
 
 def load_base_model(spec: str) -> tuple[bytes, str]:
     """A .tflite path, or the name of a zoo model."""
-    from .errors import MicrotileError
+    from microtile.errors import MicrotileError
 
     path = Path(spec)
     if path.is_file():
-        from .tflite_format import load_tflite
+        from microtile.importer.tflite_format import load_tflite
 
         data = path.read_bytes()
         load_tflite(data)  # the base model must be valid: a bad one is refused here, in one line
@@ -354,7 +354,7 @@ def run_fuzz(data: bytes, mutants: int, seed: int, native_every: int = 0, timeou
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m microtile.fuzz_model", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m microtile.check.fuzz_model", description=__doc__.split("\n\n")[0])
     ap.add_argument("--mutants", type=int, default=500, help="number of mutants (default 500)")
     ap.add_argument("--seed", type=int, default=0, help="mutation seed (default 0)")
     ap.add_argument("--model", default="ds_cnn_kws", help="a .tflite file or a zoo model name (default ds_cnn_kws)")
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mutants < 1 or args.native_every < 0 or args.timeout <= 0:
         print("error: --mutants must be >= 1, --native-every >= 0 and --timeout > 0", file=sys.stderr)
         return 2
-    from .errors import MicrotileError
+    from microtile.errors import MicrotileError
 
     try:
         data, name = load_base_model(args.model)

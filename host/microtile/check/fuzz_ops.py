@@ -1,6 +1,6 @@
 """Differential fuzzer of every operator in the registry, for both kernel sets.
 
-    python -m microtile.fuzz_ops [--cases N] [--seed S] [--op NAME ...] [--kernels both|reference|optimized]
+    python -m microtile.check.fuzz_ops [--cases N] [--seed S] [--op NAME ...] [--kernels both|reference|optimized]
                                  [--tflm-every K]
 
 Per operator, N seeded one-operator models drawn from the operator's legal TFLite
@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import MicrotileError, UnsupportedOperatorError
-from .ir import Graph, Operator, Quant, Tensor
-from .ops import FUSED_ACTIVATIONS, REGISTRY, kernel_for, kernel_label, load_families
-from .ops.conv import out_size_and_padding
+from microtile.errors import MicrotileError, UnsupportedOperatorError
+from microtile.importer.ir import Graph, Operator, Quant, Tensor
+from microtile.ops import FUSED_ACTIVATIONS, REGISTRY, kernel_for, kernel_label, load_families
+from microtile.ops.conv import out_size_and_padding
 
 MAX_MACS = 400_000          # keeps one case (numpy, TFLM, ASan) in milliseconds
 BATCH = 48                  # cases per native executable
@@ -484,7 +484,7 @@ class Failure:
     params: dict
 
     def reproducer(self) -> str:
-        return f"python -m microtile.fuzz_ops --op {self.op} --seed {self.seed} --case {self.case}  # {self.params}"
+        return f"python -m microtile.check.fuzz_ops --op {self.op} --seed {self.seed} --case {self.case}  # {self.params}"
 
 
 @dataclass
@@ -514,7 +514,7 @@ def _differs(expected: np.ndarray, got: np.ndarray) -> str | None:
 def _tflm_worker(conn) -> None:
     """The TFLM oracle in its own process: (model bytes, inputs) -> ("ok", outputs) or
     ("error", message) when TFLM refuses the model."""
-    from .oracle import TflmOracle
+    from microtile.check.oracle import TflmOracle
 
     while True:
         msg = conn.recv()
@@ -597,9 +597,9 @@ class Fuzzer:
 
     def host_part(self, op: str, case: int) -> list[_NativeJob]:
         """Generate, check, run numpy (and TFLM on the sample); return the native jobs."""
-        from .codegen import compile_model
-        from .reference import run_reference
-        from .tflite_format import write_tflite
+        from microtile.codegen.model_source import compile_model
+        from microtile.check.reference import run_reference
+        from microtile.importer.tflite_format import write_tflite
 
         stats = self.stats.setdefault(op, OpStats())
         stats.cases += 1
@@ -643,7 +643,7 @@ class Fuzzer:
         """Run the jobs' C kernels under ASan + UBSan, a batch per subprocess."""
         from pathlib import Path
 
-        from .native import build_case_runner
+        from microtile.build.native import build_case_runner
 
         with tempfile.TemporaryDirectory(prefix="mt_fuzz_") as tmp:
             try:
@@ -732,7 +732,7 @@ class Fuzzer:
 
 def main(argv: list[str] | None = None) -> int:
     load_families()
-    parser = argparse.ArgumentParser(prog="python -m microtile.fuzz_ops", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m microtile.check.fuzz_ops", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=2000, help="cases per operator (default 2000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--op", action="append", help="operator(s) to fuzz (default: every registered one)")

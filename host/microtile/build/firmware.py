@@ -13,14 +13,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .boards import Board, firmware_configure_command
-from .codegen import CompiledModel
-from .errors import BuildError, DoesNotFitError, ToolMissingError
-from .export import write_export
+from microtile.targets.boards import Board, firmware_configure_command
+from microtile.codegen.model_source import CompiledModel
+from microtile.errors import BuildError, DoesNotFitError, ToolMissingError
+from microtile.codegen.export import write_export
+from microtile.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[2]
 # MICROTILE_BUILD_DIR moves the build cache (e.g. when the checkout is read-only).
-BUILD_ROOT = Path(os.environ.get("MICROTILE_BUILD_DIR") or REPO / "build" / "firmware")
+BUILD_ROOT = Path(os.environ.get("MICROTILE_BUILD_DIR") or REPO_ROOT / "build" / "firmware")
 # Budget for what is not the model, used by the fit check before building: the
 # port + app + kernels code, and the app's stack and buffers (checked exactly after linking).
 CODE_BUDGET = 48 * 1024
@@ -45,16 +45,16 @@ class ElfSizes:
 
 
 def _source_files() -> list[Path]:
-    files = [REPO / "CMakeLists.txt", REPO / "host" / "microtile" / "export.py"]  # export.py writes the model folder
+    files = [REPO_ROOT / "CMakeLists.txt", REPO_ROOT / "host" / "microtile" / "codegen" / "export.py"]  # export.py writes the model folder
     for sub in ("firmware", "boards"):
-        files += sorted(p for p in (REPO / sub).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        files += sorted(p for p in (REPO_ROOT / sub).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     return files
 
 
 def build_key(compiled: CompiledModel, board: Board) -> str:
     h = hashlib.sha256(compiled.hash.encode() + board.name.encode())
     for path in _source_files():
-        h.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+        h.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
 
 

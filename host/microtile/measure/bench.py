@@ -6,9 +6,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from .codegen import KERNEL_SETS
-from .inputs import DEFAULT_SEED
-from .runner import RunResult, exit_code, run_model, worst_exit_code
+from microtile.codegen.model_source import KERNEL_SETS
+from microtile.measure.inputs import DEFAULT_SEED
+from microtile.measure.runner import RunResult, exit_code, run_model, worst_exit_code
 
 # ST X-CUBE-AI 10.2 on a real NUCLEO-L4R5ZI at 120 MHz (MLPerf Tiny v1.3, closed division,
 # the same model files; issue 8): model file stem -> (task, cycles, ms). Compared with

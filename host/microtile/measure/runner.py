@@ -16,15 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .boards import Board, load_board
-from .build import Firmware, build_firmware
-from .codegen import CompiledModel, compile_model
-from .errors import DeviceFaultError, LinkError, MicrotileError, ToolMissingError
-from .inputs import DEFAULT_SEED, Sample, load_samples
-from .oracle import TflmOracle
-from .provenance import file_sha256, provenance
-from .tflite_format import load_tflite
-from .timing import TimingTarget, estimate, timing_model_info
+from microtile.targets.boards import Board, load_board
+from microtile.build.firmware import Firmware, build_firmware
+from microtile.codegen.model_source import CompiledModel, compile_model
+from microtile.errors import DeviceFaultError, LinkError, MicrotileError, ToolMissingError
+from microtile.measure.inputs import DEFAULT_SEED, Sample, load_samples
+from microtile.check.oracle import TflmOracle
+from microtile.measure.provenance import file_sha256, provenance
+from microtile.importer.tflite_format import load_tflite
+from microtile.measure.timing import TimingTarget, estimate, timing_model_info
 
 # Exit codes of `microtile run` and `bench` (README, "The command line").
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT, EXIT_TARGET_FAILED = 0, 1, 2, 3
@@ -236,7 +236,7 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
     (``emulate``, ``port``, ``baudrate``); ``os_name`` is "baremetal" or "zephyr".
     ``samples`` replaces inputs/random/labels with a ready sequence (the soak's); then
     ``seed`` is only recorded, None when the samples are not random."""
-    from .targets import check_target_tools, open_target
+    from microtile.targets import check_target_tools, open_target
 
     model_path = Path(model_path)
     graph = load_tflite(model_path)
@@ -251,7 +251,7 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
     if not on_timing_model:
         check_target_tools(board, **options)  # before a build that could not run
     if os_name == "zephyr":
-        from .zephyr import build_zephyr
+        from microtile.build.zephyr import build_zephyr
 
         firmware = build_zephyr(compiled, board)
     elif os_name == "baremetal":

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .boards import Board, list_boards, load_board
-from .errors import BoardNotFoundError, MicrotileError, ToolMissingError
+from microtile.targets.boards import Board, list_boards, load_board
+from microtile.errors import BoardNotFoundError, MicrotileError, ToolMissingError
 
 ST_VID = 0x0483
 # ST-LINK USB product ids with a virtual COM port (V2-1 and V3; the bare V2 has none).

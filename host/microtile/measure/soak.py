@@ -1,7 +1,7 @@
 """Host memory soak: run one model for many inferences and report the host's memory
 every 1,000 of them, to show that a long run does not grow.
 
-    python -m microtile.soak MODEL.tflite [--inferences 16000] [--board qemu]
+    python -m microtile.measure.soak MODEL.tflite [--inferences 16000] [--board qemu]
                              [--labels y_labels.csv] [--every 1000] [--json OUT.json]
 
 The inputs (seeded random ones, or the labelled set) are cycled until the count is
@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import MicrotileError
-from .inputs import DEFAULT_SEED, Sample, load_samples
-from .runner import RunResult, check_writable, exit_code, run_model, signals_as_interrupts
-from .tflite_format import load_tflite
+from microtile.errors import MicrotileError
+from microtile.measure.inputs import DEFAULT_SEED, Sample, load_samples
+from microtile.measure.runner import RunResult, check_writable, exit_code, run_model, signals_as_interrupts
+from microtile.importer.tflite_format import load_tflite
 
 # Growth allowed between the first and the last checkpoint before it counts as growth:
 # RSS moves in pages and allocator arenas; traced Python bytes are exact.
@@ -148,7 +148,7 @@ def _print_row(report: SoakReport) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m microtile.soak", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m microtile.measure.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="int8 .tflite model")
     parser.add_argument("--inferences", type=int, default=16000)
     parser.add_argument("--board", default="qemu")

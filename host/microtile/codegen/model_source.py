@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DoesNotFitError, MicrotileError, UnsupportedOperatorError
-from .ir import Graph, Operator
-from .ops import kernel_for
-from .ops.float_edge import is_float_edge_op, kernel_for_op
-from .planner import MemoryPlan, plan_memory
-from .quant import MultiplierRangeError
-from .reference import check_input_arrays, run_operators
+from microtile.errors import DoesNotFitError, MicrotileError, UnsupportedOperatorError
+from microtile.importer.ir import Graph, Operator
+from microtile.ops import kernel_for
+from microtile.ops.float_edge import is_float_edge_op, kernel_for_op
+from microtile.passes.planner import MemoryPlan, plan_memory
+from microtile.importer.quant import MultiplierRangeError
+from microtile.check.reference import check_input_arrays, run_operators
 
 _CTYPES = {
     "int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t", "uint16": "uint16_t",

@@ -1,9 +1,9 @@
 """How close the timing model comes on a real board: a run's estimated cycles per layer
-(`est_cycles`, host/microtile/timing.py) against the DWT cycles the board counted
+(`est_cycles`, host/microtile/measure/timing.py) against the DWT cycles the board counted
 (`cycles`), as an error per layer and in total.
 
     microtile run MODEL.tflite --board nucleo_l4r5zi --random 3 --json run.json
-    python -m microtile.timing_check run.json
+    python -m microtile.measure.timing_check run.json
 
 prints one line per layer and the total (exit 2 when the JSON has no board cycle counts
 or no estimate). tests/test_hardware.py runs the same comparison on an attached board."""
@@ -14,8 +14,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MicrotileError
-from .runner import EXIT_BAD_INPUT
+from microtile.errors import MicrotileError
+from microtile.measure.runner import EXIT_BAD_INPUT
 
 
 @dataclass
@@ -80,7 +80,7 @@ def compare_estimate(run: dict) -> EstimateCheck:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m microtile.timing_check RUN.json   (from `microtile run ... --board nucleo_<name> "
+        print("usage: python -m microtile.measure.timing_check RUN.json   (from `microtile run ... --board nucleo_<name> "
               "--json RUN.json`)")
         return EXIT_BAD_INPUT
     try:

@@ -7,9 +7,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .errors import MicrotileError
-from .ir import Graph, Operator
-from .ops.float_edge import kernel_for_op
+from microtile.errors import MicrotileError
+from microtile.importer.ir import Graph, Operator
+from microtile.ops.float_edge import kernel_for_op
 
 
 def check_input_arrays(graph: Graph, tensor_indices: list[int], arrays: list[np.ndarray]) -> list[np.ndarray]:

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .ir import Graph, Operator
+from microtile.importer.ir import Graph, Operator
 
 # Registers and loop structure of the DSP kernels (see module docstring).
 REGISTERS = 13
@@ -183,7 +183,7 @@ def matmul_shape(op: Operator, graph: Graph) -> tuple[str, int, int, int] | None
             size *= d
         return "fc", size // k, n, k
     if _conv_like(op, graph):
-        from .ops.conv import _conv_geometry
+        from microtile.ops.conv import _conv_geometry
         g = _conv_geometry(op, graph)
         f = graph.tensor(op.inputs[1])
         n = f.shape[3] if op.opcode == "DEPTHWISE_CONV_2D" else f.shape[0]
@@ -194,7 +194,7 @@ def matmul_shape(op: Operator, graph: Graph) -> tuple[str, int, int, int] | None
 
 def _conv_like(op: Operator, graph: Graph) -> bool:
     """CONV_2D, or a DEPTHWISE_CONV_2D over one input channel (it runs as a CONV_2D)."""
-    from .ops.conv import depthwise_as_conv
+    from microtile.ops.conv import depthwise_as_conv
 
     return op.opcode == "CONV_2D" or depthwise_as_conv(op, graph)
 
@@ -204,7 +204,7 @@ def _gather_fraction(op: Operator, graph: Graph) -> float:
     panel rows are gathered tap by tap)."""
     if not _conv_like(op, graph):
         return 0.0
-    from .ops.conv import _conv_geometry
+    from microtile.ops.conv import _conv_geometry
     g = _conv_geometry(op, graph)
     inside = sum(1 for ox in range(g["ow"]) if 0 <= ox * g["sw"] - g["pw"] and ox * g["sw"] - g["pw"] + g["kw"] <= g["w"])
     return 1.0 - inside / g["ow"]
@@ -270,7 +270,7 @@ def schedule_for(op: Operator, graph: Graph, board=None) -> Schedule:
         wide = op.index in _PLANS[key]
     geometry = None
     if _conv_like(op, graph):
-        from .ops.conv import _conv_geometry
+        from microtile.ops.conv import _conv_geometry
         geometry = _conv_geometry(op, graph)
     row = panel_row_cost(k, geometry, _gather_fraction(op, graph))
     inner, total = predict(kind, m, n, k, mr, nr, wide, row)
@@ -284,7 +284,7 @@ def schedule_for(op: Operator, graph: Graph, board=None) -> Schedule:
 def _optimized_schedule(op: Operator, graph: Graph, board) -> dict:
     """The schedule of a layer the optimised kernels run (explain() checks that)."""
     if matmul_shape(op, graph) is None:
-        from .ops.opt_schedules import explain_op  # depthwise, pooling, add, softmax
+        from microtile.ops.opt_schedules import explain_op  # depthwise, pooling, add, softmax
 
         vector = explain_op(op, graph)
         if vector is None:
@@ -300,7 +300,7 @@ def explain(compiled) -> list[dict]:
     """Per device layer: op, shape, the kernel it runs ("opt", "ref: <reason>" when the
     optimised set falls back, "ref"), and for optimised layers M/N/K, tile, loop
     order and the predicted instructions per MAC."""
-    from .ops import kernel_label
+    from microtile.ops import kernel_label
 
     graph = compiled.graph
     board = getattr(compiled, "board", None)

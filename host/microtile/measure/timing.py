@@ -14,7 +14,7 @@ instructions). Cycles are estimated:
   the Cortex-M7's caches on H7; SRAM and TCMs have no wait states.
 
 ``TIMING`` is the one table holding every figure and assumption; docs/timing.md
-renders it with the sources (``python -m microtile.timing --table``).
+renders it with the sources (``python -m microtile.measure.timing --table``).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MicrotileError, ToolMissingError
+from microtile.errors import MicrotileError, ToolMissingError
 
 TIMING_MODEL = "microtile-timing"
 TIMING_MODEL_VERSION = "2"
@@ -594,7 +594,7 @@ class TimingLink:
         self._stack_used = 0
 
     def info(self):
-        from .link import DeviceInfo
+        from microtile.link.protocol import DeviceInfo
 
         e = self.engine
         model_hash = struct.unpack("<I", bytes(e.uc.mem_read(e.symbols["mt_model_def"] + 4, 4)))[0]
@@ -623,7 +623,7 @@ class TimingLink:
         return self.engine.read_output(index)
 
     def read_counters(self):
-        from .link import Counters
+        from microtile.link.protocol import Counters
 
         layers = [t.instructions for t in self.last.layers]
         return Counters("instructions", layers, sum(layers), self._stack_used, 1)
@@ -674,7 +674,7 @@ def table_markdown() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m microtile.timing",
+    parser = argparse.ArgumentParser(prog="python -m microtile.measure.timing",
                                      description="print the timing model's table (docs/timing.md)")
     parser.add_argument("--table", action="store_true", help="the table of timings and assumptions, as Markdown")
     args = parser.parse_args(argv)

@@ -4,7 +4,7 @@ check the C kernels bit-exactly against TFLM without an emulator.
 
 ``build_case_runner`` links many compiled models into one executable built with
 ASan + UBSan (firmware/native/mt_fuzz_main.c): the differential fuzzer
-(microtile.fuzz_ops) runs it in a subprocess, so a crash or a sanitizer report is a
+(microtile.check.fuzz_ops) runs it in a subprocess, so a crash or a sanitizer report is a
 reported failure of the case in flight, not a dead fuzzer."""
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .codegen import CompiledModel, compile_model
-from .errors import BuildError, ToolMissingError
-from .ir import Graph
+from microtile.codegen.model_source import CompiledModel, compile_model
+from microtile.errors import BuildError, ToolMissingError
+from microtile.importer.ir import Graph
+from microtile.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[2]
-FIRMWARE = REPO / "firmware"
-CACHE = REPO / "build" / "native"
+FIRMWARE = REPO_ROOT / "firmware"
+CACHE = REPO_ROOT / "build" / "native"
 BASE_CFLAGS = ["-std=c99", "-O1", "-g", "-fPIC", "-Wall", "-Wextra", "-Werror"]
 # Every frame bounded (-Wstack-usage, an error with -Werror): working memory sized by
 # a layer belongs in the arena; on the stack it overflowed the boards' 8 KB (a

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ModelFormatError
+from microtile.errors import ModelFormatError
 
 
 @dataclass

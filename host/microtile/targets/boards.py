@@ -13,11 +13,11 @@ from typing import Any
 
 import yaml
 
-from .errors import MicrotileError
+from microtile.errors import MicrotileError
+from microtile.paths import REPO_ROOT
 
 # boards/ at the repository root; MT_BOARDS_DIR overrides it (e.g. out-of-tree boards).
-BOARDS_DIR = Path(os.environ.get("MT_BOARDS_DIR", Path(__file__).resolve().parents[2] / "boards"))
-REPO_ROOT = Path(__file__).resolve().parents[2]
+BOARDS_DIR = Path(os.environ.get("MT_BOARDS_DIR", REPO_ROOT / "boards"))
 
 COUNTER_UNITS = ("instructions", "cycles")
 COUNTER_SOURCES = ("systick-icount", "dwt")
@@ -483,7 +483,7 @@ def firmware_configure_command(board: Board | str, model_dir: str | Path, build_
 
 
 def _main(argv: list[str]) -> int:
-    """``python -m microtile.boards cmake NAME``: print set() lines for CMake when it was
+    """``python -m microtile.targets.boards cmake NAME``: print set() lines for CMake when it was
     configured without the memory variables (a plain ``cmake -DMT_BOARD=...``)."""
     if len(argv) == 2 and argv[0] == "cmake":
         defs = firmware_cmake_defines(argv[1], ".", "0")
@@ -495,7 +495,7 @@ def _main(argv: list[str]) -> int:
     if len(argv) == 1 and argv[0] == "list":
         print("\n".join(board_names()))
         return 0
-    print("usage: python -m microtile.boards cmake BOARD | list", file=sys.stderr)
+    print("usage: python -m microtile.targets.boards cmake BOARD | list", file=sys.stderr)
     return 2
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .ir import Graph, Operator
+from microtile.importer.ir import Graph, Operator
 
 ALIGN = 8  # bytes; keeps word loads aligned for every kernel
 

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .codegen import CompiledModel
-from .errors import MicrotileError
+from microtile.codegen.model_source import CompiledModel
+from microtile.errors import MicrotileError
+from microtile.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[2]
-FIRMWARE = REPO / "firmware"
+FIRMWARE = REPO_ROOT / "firmware"
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 _C_TYPES = {"int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t", "int32": "int32_t"}
 # C keywords and names the library itself defines: not usable as NAME.

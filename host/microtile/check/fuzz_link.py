@@ -1,6 +1,6 @@
 """Link fuzzer: the device must survive any byte sequence on its UART.
 
-    python -m microtile.fuzz_link [--seconds 60] [--seed 1] [--elf microtile.elf] [--board qemu]
+    python -m microtile.check.fuzz_link [--seconds 60] [--seed 1] [--elf microtile.elf] [--board qemu]
 
 Sends seeded bursts of hostile input to the firmware on QEMU: random bytes, valid
 request frames with bits flipped, truncated frames, frames longer than the limit,
@@ -29,13 +29,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .boards import REPO_ROOT, firmware_configure_command, load_board
-from .errors import BoardNotFoundError, DeviceFaultError, LinkError, LinkTimeoutError, MicrotileError, ToolMissingError
-from .link import (CMD_CALIBRATE, CMD_ECHO, CMD_INFO, CMD_INVOKE, CMD_READ_COUNTERS, CMD_READ_OUTPUT,
+from microtile.paths import REPO_ROOT
+from microtile.targets.boards import firmware_configure_command, load_board
+from microtile.errors import BoardNotFoundError, DeviceFaultError, LinkError, LinkTimeoutError, MicrotileError, ToolMissingError
+from microtile.link.protocol import (CMD_CALIBRATE, CMD_ECHO, CMD_INFO, CMD_INVOKE, CMD_READ_COUNTERS, CMD_READ_OUTPUT,
                    CMD_RESET, CMD_WRITE_INPUT, CRC, HEADER, INVOKE_MAX, MAX_PAYLOAD, DeviceInfo, build_frame,
                    cobs_encode, crc32)
-from .runner import EXIT_TARGET_FAILED, exit_code, signals_as_interrupts
-from .targets.qemu import QemuTarget
+from microtile.measure.runner import EXIT_TARGET_FAILED, exit_code, signals_as_interrupts
+from microtile.targets.qemu import QemuTarget
 
 TINY_MODEL = REPO_ROOT / "tests" / "fixtures" / "tiny_model"
 COMMANDS = [CMD_INFO, CMD_WRITE_INPUT, CMD_INVOKE, CMD_READ_OUTPUT, CMD_READ_COUNTERS, CMD_RESET,
@@ -201,7 +202,7 @@ def build_tiny_firmware(board: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m microtile.fuzz_link", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m microtile.check.fuzz_link", description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=60.0, help="how long to fuzz (default 60)")
     ap.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     ap.add_argument("--elf", type=Path, help="firmware to fuzz (default: the tiny test model's)")

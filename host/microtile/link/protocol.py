@@ -9,7 +9,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import DeviceFaultError, LinkError, LinkTimeoutError
+from microtile.errors import DeviceFaultError, LinkError, LinkTimeoutError
 
 PROTO_VERSION = 1
 MAX_PAYLOAD = 512  # the firmware's MT_LINK_MAX_PAYLOAD; INFO reports the real value

@@ -10,9 +10,9 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__
+from microtile import __version__
+from microtile.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _first_line(cmd: list[str]) -> str | None:
@@ -20,7 +20,7 @@ def _first_line(cmd: list[str]) -> str | None:
     if shutil.which(cmd[0]) is None:
         return None
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10, cwd=REPO)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10, cwd=REPO_ROOT)
     except (OSError, subprocess.SubprocessError):
         return None
     lines = proc.stdout.strip().splitlines()
@@ -31,12 +31,12 @@ def _first_line(cmd: list[str]) -> str | None:
 def git_commit() -> str | None:
     """HEAD of the checkout microtile runs from (with "-dirty" for local changes);
     None outside a git checkout (an installed package)."""
-    if not (REPO / ".git").exists():
+    if not (REPO_ROOT / ".git").exists():
         return None
-    commit = _first_line(["git", "-C", str(REPO), "rev-parse", "HEAD"])
+    commit = _first_line(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"])
     if commit is None:
         return None
-    dirty = _first_line(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
+    dirty = _first_line(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"])
     return commit + ("-dirty" if dirty else "")
 
 

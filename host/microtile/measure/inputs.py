@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MicrotileError
-from .ir import Graph, Tensor
+from microtile.errors import MicrotileError
+from microtile.importer.ir import Graph, Tensor
 
 DEFAULT_SEED = 0  # random inputs are reproducible: the same seed gives the same tensors
 

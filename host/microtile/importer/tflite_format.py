@@ -18,8 +18,8 @@ import numpy as np
 import tflite
 from tflite.utils import BUILTIN_OPCODE2NAME
 
-from .errors import ModelFormatError, UnsupportedOperatorError
-from .ir import Graph, Operator, Quant, Tensor
+from microtile.errors import ModelFormatError, UnsupportedOperatorError
+from microtile.importer.ir import Graph, Operator, Quant, Tensor
 
 _DTYPES = {
     tflite.TensorType.FLOAT32: "float32",
@@ -151,7 +151,7 @@ MAX_TENSOR_BYTES = (1 << 31) - 1
 # time as not implemented, so their inputs are left to that message.
 ARITY: dict[str, tuple[int, int | None, set[int]]] = {
     # DEPTHWISE_CONV_2D may omit its bias, but not mark it -1: TFLM then reads tensor -1
-    # and segfaults (found by microtile.fuzz_model on the MLPerf KWS model).
+    # and segfaults (found by microtile.check.fuzz_model on the MLPerf KWS model).
     "CONV_2D": (2, 3, {2}), "DEPTHWISE_CONV_2D": (2, 3, set()), "FULLY_CONNECTED": (2, 3, {2}),
     "RESHAPE": (1, 2, {1}), "PADV2": (2, 3, {2}), "CONCATENATION": (1, None, set()),
     **{op: (2, 2, set()) for op in ("ADD", "MUL", "PAD", "MEAN", "TRANSPOSE", "RESIZE_NEAREST_NEIGHBOR")},

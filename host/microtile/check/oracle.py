@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelFormatError
+from microtile.errors import ModelFormatError
 
 
 class TflmRefusedError(ModelFormatError, RuntimeError):

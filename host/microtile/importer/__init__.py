@@ -1,0 +1,1 @@
+"""Import: read a .tflite flatbuffer, validate every field, and build the graph IR."""

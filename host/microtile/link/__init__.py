@@ -1,0 +1,1 @@
+"""Link: the framed UART protocol between host and device (docs/protocol.md)."""
