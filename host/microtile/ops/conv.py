@@ -154,6 +154,9 @@ def _conv_geometry(op: Operator, graph: Graph) -> dict:
     kh, kw = f.shape[1], f.shape[2]
     oh, ph = out_size_and_padding(h, kh, sh, o["padding"])
     ow, pw = out_size_and_padding(w, kw, sw, o["padding"])
+    if "explicit_padding" in o:  # (top, left) set by a graph pass (a folded PAD, a band of rows)
+        (ph, pw), y = o["explicit_padding"], graph.tensor(op.outputs[0])
+        oh, ow = y.shape[1], y.shape[2]
     return dict(n=n, h=h, w=w, c=x.shape[3], kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, oh=oh, ow=ow)
 
 
@@ -340,6 +343,9 @@ class Conv2D(OpKernel):
 
 def _emit_conv_opt(op: Operator, graph: Graph, ctx: EmitContext, p: dict, w2d: np.ndarray) -> str:
     """The optimised implicit-GEMM conv call; w2d = [out channels, KH * KW * C] int8."""
+    if op.options.get("microtile_prune"):  # issue 10: skipped k-blocks (passes/approx.py)
+        from microtile.passes.approx import emit_pruned
+        return emit_pruned(op, graph, ctx, p, w2d)
     ctx.include("mt_matmul_opt.h")
     gemm, s = _emit_gemm(ctx, op, graph, w2d, p["mult"], p["shift"], p["in_zp"], p["out_zp"], p["act"])
     init = (f"{{{gemm}, {p['n']}, {p['h']}, {p['w']}, {p['c']}, {p['oh']}, {p['ow']}, "
@@ -507,8 +513,11 @@ class FullyConnected(OpKernel):
     def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
         p = self.params(op, graph)
         if ctx.kernels == "optimized" and self.opt_fallback(op, graph) is None:
-            ctx.include("mt_matmul_opt.h")
             w2d = np.asarray(graph.tensor(op.inputs[1]).data, dtype=np.int8)
+            if op.options.get("microtile_prune"):  # issue 10: skipped k-blocks (passes/approx.py)
+                from microtile.passes.approx import emit_pruned
+                return emit_pruned(op, graph, ctx, p, w2d)
+            ctx.include("mt_matmul_opt.h")
             gemm, s = _emit_gemm(ctx, op, graph, w2d, p["mult"], p["shift"], -p["in_off"], p["out_zp"], p["act"])
             params = ctx.static_struct("mt_fully_connected_opt_params", "fc_opt",
                                        f"{{{gemm}, {p['batches']}, {p['depth']}}}")
