@@ -256,6 +256,21 @@ def cmd_bench(args) -> int:
     return worst_exit_code(codes)
 
 
+def cmd_lab(args) -> int:
+    """`microtile lab PLAN --out DIR` (measure/lab.py), or `--compare OLD NEW` (measure/report.py)."""
+    if args.compare:
+        from microtile.measure.report import compare_main
+
+        if args.plan:
+            raise MicrotileError("lab --compare OLD NEW takes no PLAN; run the plan, then compare the reports")
+        return compare_main(args.compare[0], args.compare[1], args.out)
+    if not args.plan or not args.out:
+        raise MicrotileError("lab: give PLAN.yaml --out DIR (or --compare OLD/report.json NEW/report.json)")
+    from microtile.measure.lab import lab_main
+
+    return lab_main(args.plan, args.out, console=console, labgrid=args.labgrid)
+
+
 def cmd_compile(args) -> int:
     from pathlib import Path
 
@@ -475,6 +490,16 @@ def main(argv: list[str] | None = None) -> int:
     _seed_option(bench)
     bench.add_argument("--json", metavar="OUT.json", help="also write the results as JSON")
     bench.set_defaults(func=cmd_bench)
+
+    lab = sub.add_parser("lab", help="a lab bench run over models x boards x kernels x settings x inputs, "
+                                     "with JSON, CSV and HTML reports (resumable)")
+    lab.add_argument("plan", nargs="?", help="plan YAML (models, boards, kernels, settings, inputs)")
+    lab.add_argument("--out", metavar="DIR", help="folder for the cells and report.json/.csv/.html")
+    lab.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"),
+                     help="compare two report.json files and flag regressions (exit 1 if any)")
+    lab.add_argument("--labgrid", metavar="PLACE",
+                     help="acquire this labgrid place around the run (default: $LG_PLACE when set)")
+    lab.set_defaults(func=cmd_lab)
 
     boards = sub.add_parser("boards", help="list the supported boards")
     boards.set_defaults(func=cmd_boards)
