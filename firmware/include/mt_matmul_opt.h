@@ -65,6 +65,11 @@ void mt_fully_connected_s8_opt(const mt_fully_connected_opt_params *p, const int
 void mt_conv_s8_opt(const mt_conv_opt_params *p, const int8_t *input, int8_t *output,
                     uint64_t *scratch);
 
+/* Panel row `row` <- the receptive field of output pixel (oy, ox); `bytes` is the
+ * gather row after the panel in the scratch. */
+void mt_conv_row(const mt_conv_opt_params *p, const int8_t *in_b, int32_t oy, int32_t ox,
+                 uint64_t *panel, int32_t row, int8_t *bytes);
+
 /* One block of up to mr rows: panel (already built) -> rows x N outputs. */
 void mt_gemm_s8_opt_rows(const mt_gemm_opt *g, const uint64_t *panel, int32_t rows, int8_t *output);
 

@@ -359,8 +359,8 @@ void mt_fully_connected_s8_opt(const mt_fully_connected_opt_params *p, const int
 }
 
 /* The receptive field of output pixel (oy, ox) as K int8 values (padding = zp),
- * into the panel row. */
-static void mt_conv_row(const mt_conv_opt_params *p, const int8_t *in_b, int32_t oy, int32_t ox,
+ * into the panel row (also used by the pruned kernels, mt_pruned_opt.c). */
+void mt_conv_row(const mt_conv_opt_params *p, const int8_t *in_b, int32_t oy, int32_t ox,
                         uint64_t *panel, int32_t row, int8_t *bytes)
 {
     const int32_t mr = p->g.mr;

@@ -1,0 +1,207 @@
+/* Pruned matmul-shaped int8 kernels: see mt_pruned_opt.h for the weight stream.
+ * One generic kernel per register tile and requantisation mode, shared by every
+ * pruned layer (no code per layer). */
+#include "mt_pruned_opt.h"
+
+#include "mt_dsp.h"
+#include "mt_requant_opt.h"
+
+/* One kept block of an MR x NR tile, portable C: skip to the block's panel rows, then
+ * as in mt_matmul_opt.c (weights extended once, reused by the MR rows). */
+#define MT_PBLOCK(MR, NR)                                                             \
+    do {                                                                              \
+        uint32_t al[(MR)], ah[(MR)];                                                  \
+        a = (const uint64_t *)(const void *)((const uint8_t *)a + (uint32_t)*w++);   \
+        _Pragma("GCC unroll 8")                                                       \
+        for (int i = 0; i < (MR); i++) {                                              \
+            const uint64_t v = *a++;                                                  \
+            al[i] = (uint32_t)v;                                                      \
+            ah[i] = (uint32_t)(v >> 32);                                              \
+        }                                                                             \
+        _Pragma("GCC unroll 8")                                                       \
+        for (int j = 0; j < (NR); j++) {                                              \
+            const uint32_t wj = (uint32_t)*w++;                                       \
+            const uint32_t wl = mt_sxtb16(wj), wh = mt_sxtb16_ror8(wj);               \
+            _Pragma("GCC unroll 8")                                                   \
+            for (int i = 0; i < (MR); i++) {                                          \
+                s[i * (NR) + j] = mt_smlad(al[i], wl, s[i * (NR) + j]);               \
+                s[i * (NR) + j] = mt_smlad(ah[i], wh, s[i * (NR) + j]);               \
+            }                                                                         \
+        }                                                                             \
+    } while (0)
+
+#define MT_PKLOOP_C(MR, NR)                                                           \
+    do {                                                                              \
+        if (kb & 1) {                                                                 \
+            MT_PBLOCK(MR, NR);                                                        \
+        }                                                                             \
+        for (kb >>= 1; kb != 0; kb--) {                                               \
+            MT_PBLOCK(MR, NR);                                                        \
+            MT_PBLOCK(MR, NR);                                                        \
+        }                                                                             \
+    } while (0)
+
+#if MT_HAS_DSP
+/* 4 pixels x 1 channel: LDRD (delta, weights), ADD, 2 LDM (two panel rows each),
+ * 2 SXTB16, 8 SMLAD: one instruction more than the exact int8 block. */
+#define MT_PASM_4x1_BLOCK                                                             \
+    "ldrd   %[t], %[w], [%[pb]], #8\n\t"                                              \
+    "add    %[pa], %[pa], %[t]\n\t"                                                   \
+    "ldmia  %[pa]!, {r8, r9, r10, r11}\n\t"                                           \
+    "sxtb16 %[t], %[w]\n\t"                                                           \
+    "sxtb16 %[w], %[w], ror #8\n\t"                                                   \
+    "smlad  %[s0], r8, %[t], %[s0]\n\t"                                               \
+    "smlad  %[s0], r9, %[w], %[s0]\n\t"                                               \
+    "smlad  %[s1], r10, %[t], %[s1]\n\t"                                              \
+    "smlad  %[s1], r11, %[w], %[s1]\n\t"                                              \
+    "ldmia  %[pa]!, {r8, r9, r10, r11}\n\t"                                           \
+    "smlad  %[s2], r8, %[t], %[s2]\n\t"                                               \
+    "smlad  %[s2], r9, %[w], %[s2]\n\t"                                               \
+    "smlad  %[s3], r10, %[t], %[s3]\n\t"                                              \
+    "smlad  %[s3], r11, %[w], %[s3]\n\t"
+
+#define MT_PKLOOP_4x1(MR, NR)                                                         \
+    do {                                                                              \
+        uint32_t w_, t_;                                                              \
+        if (kb & 1) {                                                                 \
+            __asm__ volatile(MT_PASM_4x1_BLOCK                                        \
+                             : [s0] "+r"(s[0]), [s1] "+r"(s[1]), [s2] "+r"(s[2]),     \
+                               [s3] "+r"(s[3]), [pa] "+r"(a), [pb] "+r"(w),           \
+                               [w] "=&r"(w_), [t] "=&r"(t_)                           \
+                             :                                                        \
+                             : "r8", "r9", "r10", "r11", "memory");                   \
+        }                                                                             \
+        kb >>= 1;                                                                     \
+        if (kb != 0) {                                                                \
+            __asm__ volatile("1:\n\t" MT_PASM_4x1_BLOCK MT_PASM_4x1_BLOCK             \
+                             "subs   %[kb], %[kb], #1\n\t"                            \
+                             "bne    1b\n\t"                                          \
+                             : [s0] "+r"(s[0]), [s1] "+r"(s[1]), [s2] "+r"(s[2]),     \
+                               [s3] "+r"(s[3]), [pa] "+r"(a), [pb] "+r"(w),           \
+                               [kb] "+r"(kb), [w] "=&r"(w_), [t] "=&r"(t_)            \
+                             :                                                        \
+                             : "r8", "r9", "r10", "r11", "cc", "memory");             \
+        }                                                                             \
+    } while (0)
+#else
+#define MT_PKLOOP_4x1 MT_PKLOOP_C
+#endif
+#define MT_PKLOOP_1x4 MT_PKLOOP_C
+
+/* rows (<= MR) panel rows x all N channels, tile by tile (k-first). MODE as in
+ * mt_matmul_opt.c: 0 exact requantisation + clamp, 1 mt_requant_fast + clamp,
+ * 2 mt_requant_fast + SSAT. */
+#define MT_DEFINE_PRUNED_ROWS(MR, NR, MODE)                                           \
+    static void mt_pruned_rows_##MR##x##NR##_m##MODE(const mt_pruned_opt_params *p, \
+                                                     const uint64_t *panel,          \
+                                                     int32_t rows, int8_t *output)   \
+    {                                                                                 \
+        const mt_gemm_opt *g = &p->c.g;                                               \
+        const int32_t *w = (const int32_t *)g->weights;                               \
+        const int32_t *bias = g->bias;                                                \
+        const int32_t *rq = g->requant;                                               \
+        const int32_t *kept = p->kept;                                                \
+        const int32_t n_out = g->out_c;                                               \
+        const int32_t lo = g->act_min, hi = g->act_max, zp = g->output_offset;        \
+        (void)zp;                                                                     \
+        (void)lo;                                                                     \
+        (void)hi;                                                                     \
+        for (int32_t n0 = 0; n0 < n_out; n0 += (NR)) {                                \
+            int32_t s[(MR) * (NR)];                                                   \
+            const uint64_t *a = panel;                                                \
+            int32_t kb = *kept++;                                                     \
+            _Pragma("GCC unroll 8")                                                   \
+            for (int j = 0; j < (NR); j++) {                                          \
+                _Pragma("GCC unroll 8")                                               \
+                for (int i = 0; i < (MR); i++) {                                      \
+                    s[i * (NR) + j] = bias[j];                                        \
+                }                                                                     \
+            }                                                                         \
+            bias += (NR);                                                             \
+            MT_PKLOOP_##MR##x##NR(MR, NR);                                            \
+            _Pragma("GCC unroll 8")                                                   \
+            for (int j = 0; j < (NR); j++) {                                          \
+                if ((NR) == 1 || n0 + j < n_out) {                                    \
+                    const int32_t m = rq[3 * j], q1 = rq[3 * j + 1], q2 = rq[3 * j + 2]; \
+                    int8_t *o = output + n0 + j;                                      \
+                    (void)q2;                                                         \
+                    _Pragma("GCC unroll 8")                                           \
+                    for (int i = 0; i < (MR); i++) {                                  \
+                        if ((MR) == 1 || i < rows) {                                  \
+                            int32_t y;                                                \
+                            if ((MODE) == 0) {                                        \
+                                y = mt_requantize_opt(s[i * (NR) + j], m, q1) + zp;   \
+                            } else {                                                  \
+                                y = mt_requant_fast((int32_t)((uint32_t)s[i * (NR) + j] << 1), m, q1, q2); \
+                            }                                                         \
+                            if ((MODE) == 2) {                                        \
+                                y = mt_ssat8(y);                                      \
+                            } else {                                                  \
+                                y = y < lo ? lo : y;                                  \
+                                y = y > hi ? hi : y;                                  \
+                            }                                                         \
+                            o[i * n_out] = (int8_t)y;                                 \
+                        }                                                             \
+                    }                                                                 \
+                }                                                                     \
+            }                                                                         \
+            rq += 3 * (NR);                                                           \
+        }                                                                             \
+    }
+
+#define MT_DEFINE_PRUNED_TILE(MR, NR)                                                 \
+    MT_DEFINE_PRUNED_ROWS(MR, NR, 0)                                                  \
+    MT_DEFINE_PRUNED_ROWS(MR, NR, 1)                                                  \
+    MT_DEFINE_PRUNED_ROWS(MR, NR, 2)
+
+MT_DEFINE_PRUNED_TILE(4, 1)
+MT_DEFINE_PRUNED_TILE(1, 4)
+
+static void mt_pruned_rows(const mt_pruned_opt_params *p, const uint64_t *panel, int32_t rows,
+                           int8_t *output)
+{
+    const mt_gemm_opt *g = &p->c.g;
+    const int32_t mode = g->fast ? (g->act_min == -128 && g->act_max == 127 ? 2 : 1) : 0;
+    const int32_t code = (g->mr << 8) | (g->nr << 4) | mode;
+    switch (code) {
+    case 0x410: mt_pruned_rows_4x1_m0(p, panel, rows, output); break;
+    case 0x411: mt_pruned_rows_4x1_m1(p, panel, rows, output); break;
+    case 0x412: mt_pruned_rows_4x1_m2(p, panel, rows, output); break;
+    case 0x140: mt_pruned_rows_1x4_m0(p, panel, rows, output); break;
+    case 0x141: mt_pruned_rows_1x4_m1(p, panel, rows, output); break;
+    case 0x142: mt_pruned_rows_1x4_m2(p, panel, rows, output); break;
+    default: break; /* the host emits only the tiles above */
+    }
+}
+
+void mt_pruned_s8_opt(const mt_pruned_opt_params *p, const int8_t *input, int8_t *output,
+                      uint64_t *scratch)
+{
+    const mt_conv_opt_params *c = &p->c;
+    const int32_t mr = c->g.mr;
+    const int32_t kb = c->g.k_blocks;
+    const int32_t pixels = c->out_h * c->out_w;
+    int8_t *bytes = (int8_t *)(scratch + mr * kb);
+    for (int32_t b = 0; b < c->batches; b++) {
+        const int8_t *in_b = input + b * c->in_h * c->in_w * c->in_c;
+        int8_t *out_b = output + b * pixels * c->g.out_c;
+        int32_t oy = 0, ox = 0;
+        for (int32_t m0 = 0; m0 < pixels; m0 += mr) {
+            const int32_t rows = pixels - m0 < mr ? pixels - m0 : mr;
+            for (int32_t r = 0; r < mr; r++) {
+                if (r < rows) {
+                    mt_conv_row(c, in_b, oy, ox, scratch, r, bytes);
+                    if (++ox == c->out_w) {
+                        ox = 0;
+                        oy++;
+                    }
+                } else { /* rows past the pixels: zeros (their outputs are not stored) */
+                    for (int32_t k = 0; k < kb; k++) {
+                        scratch[k * mr + r] = 0;
+                    }
+                }
+            }
+            mt_pruned_rows(p, scratch, rows, out_b + m0 * c->g.out_c);
+        }
+    }
+}

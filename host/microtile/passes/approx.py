@@ -1,0 +1,254 @@
+"""Approximate kernels (issue 10): skip insignificant k-blocks of the matmul-shaped layers.
+
+The unit that is skipped is the unit the optimised kernels (mt_matmul_opt.c) really
+execute: one k-block (4 consecutive reduction steps = 2 SMLAD per operand row) of one
+register tile's channels (1 channel for the 4x1 tile, 4 channels for the 1x4 tile of an
+FC at batch 1). Its significance, from calibration activations, is
+
+    sig[tile, block] = mean over the tile's channels of
+                       sum_{k in block} |w[n, k]| * mean|x_k - zp|  /  sum_k |w[n, k]| * mean|x_k - zp|
+
+(each channel's share of its own absolute contribution, so per-channel weight scales do
+not matter). Pruning a layer at fraction f zeroes the weights of its f * blocks least
+significant (tile, block) units. The result is an ordinary int8 network with zeroed
+weights (written as .tflite, so TFLM checks it too); a layer marked with
+``options["microtile_prune"]`` is compiled to mt_pruned_s8_opt (mt_pruned_opt.h), whose
+weight stream holds only the tile's non-zero blocks: no branch per MAC, every skipped
+block removes its loads, SXTB16s and SMLADs from the hot loop.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+
+from microtile.importer.ir import Graph, Operator
+
+PRUNE_KEY = "microtile_prune"  # Operator.options marker: compile with the pruned kernel
+
+# Instructions of the pruned kernel's reduction loop, per kept k-block (SUBS/BNE share
+# included) and per channel tile and row block (kept count, odd-block test), fitted on
+# QEMU (docs/schedules.md, "Pruned k-blocks").
+PRUNED_BLOCK = {(4, 1): 15, (1, 4): 21}
+PRUNED_TILE = {(4, 1): 2, (1, 4): 2}
+
+
+def pruned_tile(m: int, k_blocks: int, board=None) -> tuple[int, int]:
+    """The pruned kernel's register tile: 4 pixels x 1 channel (the skip pattern per
+    channel) when 4 rows exist and their panel fits the stack budget, else 1 x 4 (the
+    pattern per group of 4 channels)."""
+    from microtile.passes.schedule import _board_limits, panel_bytes
+
+    return (4, 1) if m >= 4 and panel_bytes(4, k_blocks) <= _board_limits(board)[0] else (1, 4)
+
+
+@dataclass
+class Layer:
+    """A layer the pruned kernels can run: its [N, K] weight matrix, the exact build's
+    schedule and the pruned kernel's tile."""
+    op: Operator
+    w2d: np.ndarray  # int8 [N, K], as the optimised emitter sees it
+    mr: int          # pruned kernel tile
+    nr: int
+    m: int           # rows of A (pixels or batches)
+    exact_loop: float  # the exact kernel's reduction-loop instructions (schedule's model)
+
+    @property
+    def n_tiles(self) -> int:
+        return -(-self.w2d.shape[0] // self.nr)
+
+    @property
+    def k_blocks(self) -> int:
+        return -(-self.w2d.shape[1] // 4)
+
+    @property
+    def row_tiles(self) -> int:
+        return -(-self.m // self.mr)
+
+
+def weight_matrix(op: Operator, graph: Graph) -> np.ndarray:
+    """The [N, K] int8 weights of a matmul-shaped layer (conv OHWI, FC [out, in],
+    depthwise over one channel [1, KH, KW, M] -> [M, KH*KW])."""
+    w = np.asarray(graph.tensor(op.inputs[1]).data, dtype=np.int8)
+    if op.opcode == "DEPTHWISE_CONV_2D":
+        return np.ascontiguousarray(w.reshape(-1, w.shape[-1]).T)
+    return w.reshape(w.shape[0], -1)
+
+
+def _set_weight_matrix(op: Operator, graph: Graph, w2d: np.ndarray) -> None:
+    t = graph.tensor(op.inputs[1])
+    if op.opcode == "DEPTHWISE_CONV_2D":
+        t.data = np.ascontiguousarray(w2d.T).reshape(t.shape).astype(np.int8)
+    else:
+        t.data = w2d.reshape(t.shape).astype(np.int8)
+
+
+def prunable_layers(graph: Graph, board=None) -> list[Layer]:
+    """Layers the optimised matmul kernels run (FC, CONV_2D, depthwise over one channel)."""
+    from microtile.ops.conv import optimized_supported
+    from microtile.passes.schedule import matmul_shape, schedule_for
+
+    layers = []
+    for op in graph.operators:
+        if matmul_shape(op, graph) is None or not optimized_supported(op, graph):
+            continue
+        s = schedule_for(op, graph, board)
+        mr, nr = pruned_tile(s.m, s.k_blocks, board)
+        layers.append(Layer(op, weight_matrix(op, graph), mr, nr, s.m, s.inner_ipm * s.m * s.n * s.k))
+    return layers
+
+
+# ---------------------------------------------------------------- significance
+
+def input_mean_abs(op: Operator, graph: Graph, x: np.ndarray) -> np.ndarray:
+    """mean |x - zp| per reduction position k of the layer, over batch and output pixels
+    (taps in the padding count as 0: they cancel in the kernel). x: the layer's input,
+    batch first."""
+    from microtile.ops.conv import _conv_geometry, _patches
+
+    t = graph.tensor(op.inputs[0])
+    d = np.abs(np.asarray(x, dtype=np.int64) - t.zero_point)
+    if op.opcode == "FULLY_CONNECTED":
+        k = graph.tensor(op.inputs[1]).shape[1]
+        return d.reshape(-1, k).mean(axis=0)
+    g = _conv_geometry(op, graph)
+    d = d.reshape(-1, g["h"], g["w"], g["c"])
+    win = _patches(d, g["kh"], g["kw"], g["sh"], g["sw"], g["ph"], g["pw"], g["oh"], g["ow"])
+    return win.reshape(-1, g["kh"] * g["kw"] * g["c"]).mean(axis=0)
+
+
+def block_significance(layer: Layer, mean_abs: np.ndarray) -> np.ndarray:
+    """[n_tiles, k_blocks] significance of each (channel tile, k-block) unit (module doc)."""
+    n, k = layer.w2d.shape
+    contrib = np.zeros((layer.n_tiles * layer.nr, layer.k_blocks * 4))
+    contrib[:n, :k] = np.abs(layer.w2d.astype(np.float64)) * np.asarray(mean_abs, dtype=np.float64)
+    total = contrib.sum(axis=1, keepdims=True)
+    share = np.divide(contrib, total, out=np.zeros_like(contrib), where=total > 0)
+    per_block = share.reshape(layer.n_tiles, layer.nr, layer.k_blocks, 4).sum(axis=3)
+    return per_block.mean(axis=1)
+
+
+def keep_mask(sig: np.ndarray, fraction: float) -> np.ndarray:
+    """Keep all but the round(fraction * units) least significant units (stable order)."""
+    drop = int(round(fraction * sig.size))
+    keep = np.ones(sig.size, dtype=bool)
+    keep[np.argsort(sig.reshape(-1), kind="stable")[:drop]] = False
+    return keep.reshape(sig.shape)
+
+
+def apply_mask(layer: Layer, keep: np.ndarray) -> np.ndarray:
+    """The layer's weights with the dropped units zeroed."""
+    n, k = layer.w2d.shape
+    m = np.repeat(np.repeat(keep, layer.nr, axis=0), 4, axis=1)[:n, :k]
+    return np.where(m, layer.w2d, 0).astype(np.int8)
+
+
+def prune_graph(graph: Graph, layers: list[Layer], masks: dict[int, np.ndarray],
+                mark: bool = True) -> Graph:
+    """A copy of the graph with the masked weights zeroed; pruned layers carry PRUNE_KEY
+    (mark=False: the plain int8 network, for the .tflite writer)."""
+    out = copy.copy(graph)
+    out.tensors = list(graph.tensors)
+    out.operators = list(graph.operators)
+    for layer in layers:
+        keep = masks.get(layer.op.index)
+        if keep is None or keep.all():
+            continue
+        pos = next(i for i, o in enumerate(out.operators) if o.index == layer.op.index)
+        op = copy.copy(layer.op)
+        op.options = dict(op.options)
+        if mark:
+            op.options[PRUNE_KEY] = True
+        out.operators[pos] = op
+        idx = op.inputs[1]
+        out.tensors[idx] = copy.copy(graph.tensor(idx))
+        _set_weight_matrix(op, out, apply_mask(layer, keep))
+    return out
+
+
+def mark_pruned(graph: Graph, indices) -> Graph:
+    """Mark the given operators (a pruned .tflite just loaded) for the pruned kernels."""
+    for op in graph.operators:
+        if op.index in indices:
+            op.options[PRUNE_KEY] = True
+    return graph
+
+
+# ---------------------------------------------------------------- packing and emission
+
+def pruned_stream(w2d: np.ndarray, mr: int, nr: int) -> tuple[np.ndarray, np.ndarray]:
+    """[N, K] int8 -> (int32 weight stream, kept blocks per tile) of mt_pruned_opt.h:
+    per tile, per k-block with any non-zero weight, [delta bytes, w_0 .. w_{nr-1}]."""
+    n, k = w2d.shape
+    kb, tiles = -(-k // 4), -(-n // nr)
+    full = np.zeros((tiles * nr, kb * 4), dtype=np.int8)
+    full[:n, :k] = w2d
+    words = np.ascontiguousarray(full).view("<i4").reshape(tiles, nr, kb)
+    nonzero = (words != 0).any(axis=1)  # [tiles, kb]
+    stream: list[int] = []
+    for t in range(tiles):
+        prev_end = 0
+        for b in np.flatnonzero(nonzero[t]):
+            stream.append(int(b - prev_end) * mr * 8)  # panel block = mr rows of 8 bytes
+            stream.extend(int(v) for v in words[t, :, b])
+            prev_end = int(b) + 1
+    return np.asarray(stream, dtype=np.int32), nonzero.sum(axis=1).astype(np.int32)
+
+
+def emit_pruned(op: Operator, graph: Graph, ctx, p: dict, w2d: np.ndarray) -> str:
+    """The mt_pruned_s8_opt call of a pruned layer (conv.py's hook): conv geometry, or an
+    FC as a 1 x batches x depth image under a 1x1 filter."""
+    from microtile.ops.conv import folded_bias, requant_table
+    from microtile.passes.schedule import schedule_for
+
+    s = schedule_for(op, graph, ctx.board)
+    mr, nr = pruned_tile(s.m, s.k_blocks, ctx.board)
+    if op.opcode == "FULLY_CONNECTED":
+        in_zp = -p["in_off"]
+        geo = dict(n=1, h=1, w=p["batches"], c=p["depth"], oh=1, ow=p["batches"], kh=1, kw=1,
+                   sh=1, sw=1, ph=0, pw=0)
+    else:
+        in_zp, geo = p["in_zp"], p
+    n = w2d.shape[0]
+    padded = -(-n // nr) * nr
+    stream, kept = pruned_stream(w2d, mr, nr)
+    bias_t = graph.tensor(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
+    bias_data = None if bias_t is None else bias_t.data
+    bias = folded_bias(w2d, bias_data, in_zp, padded)
+    table, fast = requant_table(w2d, bias_data, p["mult"], p["shift"], in_zp, p["out_zp"], padded)
+    ctx.include("mt_pruned_opt.h")
+    wname = ctx.const_array("pruned_w", stream if stream.size else np.zeros(1, np.int32))
+    kname = ctx.const_array("pruned_kept", kept)
+    bname = ctx.const_array("pruned_bias", bias)
+    qname = ctx.const_array("pruned_requant", table)
+    kb = -(-w2d.shape[1] // 4)
+    act = p["act"]
+    gemm = (f"{{{mr}, {nr}, 0, {kb}, {n}, {padded // nr}, {p['out_zp']}, {act[0]}, {act[1]}, "
+            f"{int(fast)}, {wname}, {bname}, {qname}}}")
+    init = (f"{{{{{gemm}, {geo['n']}, {geo['h']}, {geo['w']}, {geo['c']}, {geo['oh']}, {geo['ow']}, "
+            f"{geo['kh']}, {geo['kw']}, {geo['sh']}, {geo['sw']}, {geo['ph']}, {geo['pw']}, {in_zp}}}, {kname}}}")
+    params = ctx.static_struct("mt_pruned_opt_params", "pruned", init)
+    scratch_bytes = 8 * (mr * kb + (kb + 1) // 2)  # MT_GEMM_SCRATCH_U64: panel + gather row
+    scratch = ctx.scratch(scratch_bytes)
+    kept_total, units = int(kept.sum()), padded // nr * kb
+    return (f"mt_pruned_s8_opt(&{params}, {ctx.ptr(op.inputs[0])}, {ctx.ptr(op.outputs[0])}, {scratch});"
+            f" /* pruned: {kept_total} of {units} k-blocks kept, {mr}x{nr} tile */")
+
+
+# ---------------------------------------------------------------- cost model
+
+def kept_blocks(layer: Layer, w2d: np.ndarray) -> int:
+    """Non-zero (tile, k-block) units of pruned weights: what the pruned kernel runs."""
+    return int(pruned_stream(w2d, layer.mr, layer.nr)[1].sum())
+
+
+def predicted_instructions(layer: Layer, exact_count: float, w2d: np.ndarray | None) -> float:
+    """Instructions of the layer, from its measured exact count: the exact reduction loop
+    replaced by the pruned one (None: not pruned, the exact kernel)."""
+    if w2d is None:
+        return float(exact_count)
+    tile = (layer.mr, layer.nr)
+    pruned_loop = layer.row_tiles * (kept_blocks(layer, w2d) * PRUNED_BLOCK[tile]
+                                     + layer.n_tiles * PRUNED_TILE[tile])
+    return float(exact_count) - layer.exact_loop + pruned_loop
