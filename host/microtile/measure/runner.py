@@ -231,15 +231,19 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
               progress: Callable[[int, int], None] | None = None, probe: str | None = None,
               kernels: str = "optimized", os_name: str = "baremetal",
               target_options: dict | None = None, seed: int | None = DEFAULT_SEED,
-              samples: Sequence[Sample] | None = None) -> RunResult:
+              samples: Sequence[Sample] | None = None,
+              graph_hook: Callable | None = None) -> RunResult:
     """Run a model on a target. ``target_options`` go to ``targets.open_target``
     (``emulate``, ``port``, ``baudrate``); ``os_name`` is "baremetal" or "zephyr".
     ``samples`` replaces inputs/random/labels with a ready sequence (the soak's); then
-    ``seed`` is only recorded, None when the samples are not random."""
+    ``seed`` is only recorded, None when the samples are not random. ``graph_hook``
+    transforms the imported graph before it is compiled (TFLM still runs the file)."""
     from microtile.targets import check_target_tools, open_target
 
     model_path = Path(model_path)
     graph = load_tflite(model_path)
+    if graph_hook is not None:  # e.g. approx: mark the pruned layers (passes/approx.py)
+        graph = graph_hook(graph)
     board = load_board(board_name)
     compiled = compile_model(graph, kernels, board)
     if samples is None:
