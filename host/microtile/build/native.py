@@ -85,8 +85,8 @@ class NativeModel:
         self.arena = self.lib.mt_native_arena()
 
     @classmethod
-    def build(cls, graph: Graph, kernels: str = "reference") -> "NativeModel":
-        compiled = compile_model(graph, kernels)
+    def build(cls, graph: Graph, kernels: str = "reference", ram=None) -> "NativeModel":
+        compiled = compile_model(graph, kernels, ram=ram)  # ram: a RamConfig (None: searched)
         archive = kernels_archive()
         key = hashlib.sha256((compiled.hash + str(archive)).encode()).hexdigest()[:16]
         out = CACHE / "models" / key

@@ -9,17 +9,20 @@ its C call. Weights become const arrays (flash); every call gets constant parame
 from __future__ import annotations
 
 import hashlib
+from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from microtile.errors import DoesNotFitError, MicrotileError, UnsupportedOperatorError
-from microtile.importer.ir import Graph, Operator
+from microtile.importer.ir import Graph, Operator, Tensor
 from microtile.ops import kernel_for
 from microtile.ops.float_edge import is_float_edge_op, kernel_for_op
-from microtile.passes.planner import MemoryPlan, plan_memory
+from microtile.passes.inplace import BandPlan, find_aliases
+from microtile.passes.pipeline import RamConfig, run_passes
+from microtile.passes.planner import ALIGN, MemoryPlan, plan_memory
 from microtile.importer.quant import MultiplierRangeError
 from microtile.check.reference import check_input_arrays, run_operators
 
@@ -45,6 +48,10 @@ class CompiledModel:
     model_h: str
     const_bytes: int  # weights and parameters placed in flash
     hash: str  # content hash of the generated sources
+    ram: RamConfig = field(default_factory=RamConfig)  # the RAM techniques compiled in
+    bands: dict = field(default_factory=dict)  # step -> BandPlan of the layers run in bands in place
+    search: object = None  # the RamSearch that chose ``ram`` (None when it was given)
+    band_graph: object = None  # keeps the band sub-graph alive (the schedule caches by id)
 
     @property
     def macs(self) -> list[int]:
@@ -179,9 +186,12 @@ def check_tensor_sizes(graph: Graph, device_ops: list[Operator], board) -> None:
 class _Emitter:
     """EmitContext implementation: collects includes, const data and parameter structs."""
 
-    def __init__(self, graph: Graph, plan: MemoryPlan, kernels: str, board):
+    def __init__(self, graph: Graph, plan: MemoryPlan | None, kernels: str, board):
         self.graph = graph
+        # probe: no plan yet; records each layer's scratch (offsets read as 0, no C text kept)
+        self.probe = plan is None
         self.plan = plan
+        self.offsets = defaultdict(int) if plan is None else plan.offsets
         self.kernels = kernels
         self.board = board
         self.includes: list[str] = []
@@ -190,10 +200,15 @@ class _Emitter:
         self._by_content: dict[bytes, str] = {}
         self._names: set[str] = set()
         self.layer = 0
-        # Kernel working memory (im2col panels): one region after the planned tensors,
-        # shared by the layers (they run one at a time), so it is counted in the arena.
-        self.scratch_offset = (plan.arena_size + 15) // 16 * 16
-        self.scratch_bytes = 0
+        # Kernel working memory (im2col panels, band copies): each layer's own buffer,
+        # planned with the tensors (plan.scratch), so it is counted in the arena.
+        self.scratch_bytes: dict[int, int] = {}  # layer -> bytes its kernels asked for
+        self.pointers: dict[int, str] = {}  # band tensors -> their C pointer
+        self.band_graph: Graph | None = None
+
+    def layer_scratch(self) -> int:
+        """Offset of this layer's scratch buffer in the arena."""
+        return 0 if self.probe else self.plan.scratch.get(self.layer, (0, 0))[0]
 
     def _name(self, hint: str) -> str:
         base = "".join(c if c.isalnum() else "_" for c in hint) or "c"
@@ -209,7 +224,8 @@ class _Emitter:
         if header not in self.includes:
             self.includes.append(header)
 
-    def const_array(self, hint: str, values: np.ndarray) -> str:
+    def const_array(self, hint: str, values: np.ndarray, sram: bool = False) -> str:
+        """sram: placed in .data (copied to SRAM by the startup, no flash wait states)."""
         values = np.ascontiguousarray(values).reshape(-1)
         ctype = _CTYPES.get(values.dtype.name)
         if ctype is None:
@@ -218,6 +234,9 @@ class _Emitter:
         if key in self._by_content:
             return self._by_content[key]
         name = self._name(hint)
+        if self.probe:
+            self._by_content[key] = name
+            return name
         items = values.tolist() or [0]
         if ctype == "int32_t":  # INT32_MIN is not a valid literal on its own
             text = [f"{v}" if v != -(1 << 31) else "INT32_MIN" for v in items]
@@ -225,7 +244,8 @@ class _Emitter:
             text = [str(v) for v in items]
         lines = ",\n".join(", ".join(text[i:i + 24]) for i in range(0, len(text), 24))
         self.decls.append(
-            f"static const {ctype} {name}[{len(items)}] __attribute__((aligned(4))) = {{\n{lines}\n}};"
+            f"static const {ctype} {name}[{len(items)}] __attribute__((aligned(4)"
+            + (f", section(\".data.mt_sram.{name}\")" if sram else "") + f")) = {{\n{lines}\n}};"
         )
         self.const_bytes += values.nbytes
         self._by_content[key] = name
@@ -237,15 +257,17 @@ class _Emitter:
         return name
 
     def scratch(self, nbytes: int) -> str:
-        self.scratch_bytes = max(self.scratch_bytes, nbytes)
-        return f"((uint64_t *)(arena + {self.scratch_offset}))"
+        self.scratch_bytes[self.layer] = max(self.scratch_bytes.get(self.layer, 0), nbytes)
+        return f"((uint64_t *)(arena + {self.layer_scratch()}))"
 
     def ptr(self, tensor_index: int) -> str:
-        t = self.graph.tensor(tensor_index)
+        if tensor_index in self.pointers:
+            return self.pointers[tensor_index]
+        t = self.graph.tensor(tensor_index) if self.band_graph is None else self.band_graph.tensor(tensor_index)
         if t.is_constant:
             return self.const_array(t.name, t.data.astype(t.dtype))
         ctype = _CTYPES[t.dtype]
-        return f"(({ctype} *)(arena + {self.plan.offsets[tensor_index]}))"
+        return f"(({ctype} *)(arena + {self.offsets[tensor_index]}))"
 
 
 def device_boundary(graph: Graph, host_pre: list[Operator], device_ops: list[Operator],
@@ -268,37 +290,170 @@ def device_boundary(graph: Graph, host_pre: list[Operator], device_ops: list[Ope
 KERNEL_SETS = ("reference", "optimized")
 
 
-def compile_model(graph: Graph, kernels: str = "reference", board=None) -> CompiledModel:
-    """``kernels``: "reference" (portable kernels, TFLM's loop structure) or
-    "optimized" (schedule-specialised kernels); both are bit-exact with TFLM."""
-    if kernels not in KERNEL_SETS:
-        raise MicrotileError(f"unknown kernel set {kernels!r}: choose one of {', '.join(KERNEL_SETS)}")
-    validate(graph)
+@dataclass
+class Prepared:
+    """A graph after the passes, split and planned for one RamConfig (no C yet)."""
+    graph: Graph
+    config: RamConfig
+    host_pre: list[Operator]
+    device_ops: list[Operator]
+    host_post: list[Operator]
+    device_inputs: list[int]
+    device_outputs: list[int]
+    bands: dict[int, BandPlan]
+    plan: MemoryPlan
+    band_graph: Graph | None = None  # the graph plus the band tensors (one per compilation)
+
+
+def _concat_placed(op: Operator, plan: MemoryPlan) -> set[int]:
+    """The inputs of a CONCATENATION its producers already wrote into the output."""
+    return {a.member for a in plan.aliases if a.kind == "concat" and a.base == op.outputs[0] and a.member in op.inputs}
+
+
+def _emit_banded(op: Operator, graph: Graph, em: _Emitter, bp: BandPlan) -> str:
+    """The layer as one call per band of output rows: the band's input rows are copied
+    into the layer's scratch (after the kernel's own), then the band's rows are written
+    into the output, which overlaps the input (passes/inplace.py)."""
+    sub = em.band_graph
+    x, y = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
+    in_off, out_off = em.offsets[op.inputs[0]], em.offsets[op.outputs[0]]
+    kernel = kernel_for(op)
+    calls, kernel_scratch = [], 0
+    for b in bp.bands:
+        ti = Tensor(len(sub.tensors), f"{x.name}_rows{b.in_rows[0]}", (1, b.in_rows[1] - b.in_rows[0], *x.shape[2:]),
+                    x.dtype, x.quant)
+        sub.tensors.append(ti)
+        to = Tensor(len(sub.tensors), f"{y.name}_rows{b.out_rows[0]}", (1, b.out_rows[1] - b.out_rows[0], *y.shape[2:]),
+                    y.dtype, y.quant)
+        sub.tensors.append(to)
+        band_op = Operator(op.index, op.opcode, [ti.index, *op.inputs[1:]], [to.index],
+                           {**op.options, "explicit_padding": (b.pad_top, bp.pad_left)})
+        before = em.scratch_bytes.get(em.layer, 0)
+        em.scratch_bytes[em.layer] = 0
+        em.pointers[ti.index] = f"((int8_t *)(arena + @BAND@))"
+        em.pointers[to.index] = f"((int8_t *)(arena + {out_off + b.out_rows[0] * bp.out_row_bytes}))"
+        call = kernel.emit(band_op, sub, em).strip()
+        kernel_scratch = max(kernel_scratch, em.scratch_bytes[em.layer])
+        em.scratch_bytes[em.layer] = max(before, em.scratch_bytes[em.layer])
+        nbytes = (b.in_rows[1] - b.in_rows[0]) * bp.in_row_bytes
+        calls.append(f"memcpy(arena + @BAND@, arena + {in_off + b.in_rows[0] * bp.in_row_bytes}, {nbytes}u); "
+                     f"/* input rows {b.in_rows[0]}..{b.in_rows[1] - 1} */\n{call}")
+    band_at = (kernel_scratch + ALIGN - 1) // ALIGN * ALIGN
+    em.scratch_bytes[em.layer] = band_at + bp.scratch_bytes
+    head = (f"/* in place in {len(bp.bands)} bands: output = input {bp.delta:+d} B, "
+            f"{bp.scratch_bytes} B of input rows copied per band */")
+    return head + "\n" + "\n".join(calls).replace("@BAND@", str(em.layer_scratch() + band_at))
+
+
+def emit_layer(op: Operator, graph: Graph, em: _Emitter, step: int, bands: dict[int, BandPlan],
+               plan: MemoryPlan | None) -> str:
+    """The C statements of one device layer, with the RAM techniques applied."""
+    em.layer = step
+    with operator_errors(op):
+        if step in bands:
+            return _emit_banded(op, graph, em, bands[step])
+        aliased = plan is not None and any(a.member == op.outputs[0] for a in plan.aliases if a.kind == "reshape")
+        if op.opcode == "RESHAPE" and aliased:
+            return "/* RESHAPE: its output is its input's bytes, nothing to copy */"
+        placed = _concat_placed(op, plan) if plan is not None and op.opcode == "CONCATENATION" else set()
+        if placed:
+            lines, offset = [f"/* CONCATENATION: {len(placed)} of {len(op.inputs)} inputs written in place */"], 0
+            for i in op.inputs:
+                n = graph.tensor(i).nbytes
+                if i not in placed:
+                    lines.append(f"memcpy(arena + {em.offsets[op.outputs[0]] + offset}, arena + {em.offsets[i]}, {n}u);")
+                offset += n
+            return "\n".join(lines)
+        return kernel_for(op).emit(op, graph, em).strip()
+
+
+def prepare(graph: Graph, kernels: str, board, config: RamConfig, exact: bool | None = None) -> Prepared:
+    """Passes, host/device split, aliases, each layer's scratch and the memory plan."""
+    graph = run_passes(graph, config)
     host_pre, device_ops, host_post = split_boundaries(graph)
     device_inputs, device_outputs = device_boundary(graph, host_pre, device_ops, host_post)
     if not device_ops:
         raise MicrotileError(f"model {graph.name} has no operators to run on the device")
     if board is not None:
         check_tensor_sizes(graph, device_ops, board)
-    plan = plan_memory(graph, device_ops, device_inputs, device_outputs)
+    aliases, bands = find_aliases(graph, device_ops, device_inputs, device_outputs, config)
+    exact = config.exact if exact is None else exact
+    band_graph = Graph(graph.name, list(graph.tensors), graph.operators, graph.inputs, graph.outputs) if bands else None
 
+    def scratch_of(bands: dict) -> dict[int, int]:
+        probe = _Emitter(graph, None, kernels, board)
+        probe.band_graph = band_graph
+        for step, op in enumerate(device_ops):
+            emit_layer(op, graph, probe, step, bands, None)
+        return probe.scratch_bytes
+
+    band_kinds = ("conv_2d", "depthwise_conv_2d")
+
+    def plan_with(bands: dict, exact: bool) -> MemoryPlan:
+        scratch = scratch_of(bands)
+        kept = [a for a in aliases if a.kind not in band_kinds or any(device_ops[s].outputs[0] == a.member for s in bands)]
+        if config.shared_scratch:
+            return plan_memory(graph, device_ops, device_inputs, device_outputs, scratch, kept, exact=exact)
+        # one region after the planned tensors, shared by the layers (the planner of before)
+        plan = plan_memory(graph, device_ops, device_inputs, device_outputs, None, kept, exact=exact)
+        region = max(scratch.values(), default=0)
+        if region:
+            at = (plan.arena_size + 15) // 16 * 16
+            plan.scratch = {step: (at, region) for step in range(len(device_ops))}
+            plan.arena_size = at + region
+        return plan
+
+    plan = plan_with(bands, exact=False)
+    accepted = {a.member for a in plan.aliases if a.kind in band_kinds}
+    kept = {step: bp for step, bp in bands.items() if device_ops[step].outputs[0] in accepted}
+    if kept != bands or exact:  # a band layer whose alias was dropped runs whole, without a band copy
+        bands = kept
+        plan = plan_with(bands, exact)
+    return Prepared(graph, config, host_pre, device_ops, host_post, device_inputs, device_outputs, bands, plan,
+                    band_graph)
+
+
+def compile_model(graph: Graph, kernels: str = "reference", board=None, ram: RamConfig | None = None,
+                  ram_budget: int | None = None) -> CompiledModel:
+    """``kernels``: "reference" (portable kernels, TFLM's loop structure) or
+    "optimized" (schedule-specialised kernels); both are bit-exact with TFLM.
+    ``ram``: the RAM techniques to use; None searches them (passes/ram_search.py) for
+    the fastest configuration whose arena fits ``ram_budget`` (default: the board's)."""
+    if kernels not in KERNEL_SETS:
+        raise MicrotileError(f"unknown kernel set {kernels!r}: choose one of {', '.join(KERNEL_SETS)}")
+    validate(graph)
+    search = None
+    if ram is None:
+        from microtile.passes.ram_search import search_ram
+
+        search = search_ram(graph, kernels, board, ram_budget)
+        prep = search.chosen_prepared
+    else:
+        prep = prepare(graph, kernels, board, ram)
+    compiled = emit_model(prep, kernels, board)
+    compiled.search = search
+    return compiled
+
+
+def emit_model(prep: Prepared, kernels: str, board) -> CompiledModel:
+    graph, plan, device_ops = prep.graph, prep.plan, prep.device_ops
+    device_inputs, device_outputs = prep.device_inputs, prep.device_outputs
     em = _Emitter(graph, plan, kernels, board)
+    em.band_graph = prep.band_graph
     cases = []
     for layer, op in enumerate(device_ops):
-        em.layer = layer
-        with operator_errors(op):
-            body = kernel_for(op).emit(op, graph, em).strip()
+        body = emit_layer(op, graph, em, layer, prep.bands, plan)
         body = "\n".join("        " + line for line in body.splitlines())
         cases.append(f"    case {layer}: /* #{op.index} {op.opcode} */\n{body}\n        break;")
-    if em.scratch_bytes:
-        plan.arena_size = em.scratch_offset + em.scratch_bytes
+    for layer, n in em.scratch_bytes.items():  # the probe sized what emission asked for
+        assert n <= plan.scratch.get(layer, (0, 0))[1], (layer, n, plan.scratch.get(layer))
 
     def buffers(indices: list[int]) -> str:
         return ", ".join(f"{{{plan.offsets[i]}u, {graph.tensor(i).nbytes}u}}" for i in indices)
 
     includes = "\n".join(f'#include "{h}"' for h in em.includes)
     body_c = "\n".join(em.decls) + "\n\n" + "static void run_layer(uint32_t layer, uint8_t *arena)\n{\n" \
-        + "    switch (layer) {\n" + "\n".join(cases) + "\n    default:\n        break;\n    }\n}\n"
+        + "    (void)arena; /* a model of aliases only reads no tensor */\n    switch (layer) {\n" + "\n".join(cases) + "\n    default:\n        break;\n    }\n}\n"
     safe_name = graph.name.replace("\\", "_").replace('"', "_")
     digest = hashlib.sha256((CODEGEN_VERSION + safe_name + kernels + includes + body_c + buffers(device_inputs)
                              + buffers(device_outputs)).encode()).hexdigest()
@@ -330,5 +485,6 @@ const mt_model mt_model_def = {{
 
 #endif
 """
-    return CompiledModel(graph, kernels, board, device_ops, host_pre, host_post, device_inputs, device_outputs,
-                         plan, model_c, model_h, em.const_bytes, digest)
+    return CompiledModel(graph, kernels, board, device_ops, prep.host_pre, prep.host_post, device_inputs,
+                         device_outputs, plan, model_c, model_h, em.const_bytes, digest, prep.config, prep.bands,
+                         band_graph=em.band_graph)

@@ -44,6 +44,7 @@ class StTextDecoder:
         self.garbage = 0
         self.lost = 0
         self.ended = False
+        self.in_summary = False  # the STLINK-V3PWR's "summary beg" ... "summary end" block
         self.messages: list[str] = []
 
     def feed(self, data: bytes) -> None:
@@ -55,6 +56,10 @@ class StTextDecoder:
     def line(self, text: str) -> None:
         text = PROMPT.sub("", text)
         if not text:
+            return
+        if text == "summary beg" or self.in_summary:
+            self.in_summary = text != "summary end"
+            self.messages.append(text)
             return
         values = VALUE.findall(text)
         event = EVENT.fullmatch(text)
@@ -158,6 +163,7 @@ class StPowerProbe(SerialProbe):
         if self.port is not None and self._thread is None:
             try:
                 self.port.write(b"hrc\n")  # hand control back to the probe's own buttons
+                self.port.flush()
             except Exception:  # noqa: BLE001 - closing a probe that is gone is not an error
                 pass
         super().close()

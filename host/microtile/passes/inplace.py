@@ -1,0 +1,124 @@
+"""In-place and zero-copy execution: the aliases codegen asks the planner for.
+
+- RESHAPE: its output is its input's bytes (no copy);
+- ADD: the output is written over an input of the same shape whose lifetime ends there
+  (the kernel reads each word before it writes it);
+- CONCATENATION along an axis with nothing but 1s before it (the slices are contiguous):
+  every input is placed inside its slice of the output, so producers write there;
+- CONV_2D (and DEPTHWISE_CONV_2D) in bands of rows over their own input: each band's
+  input rows (halo included) are first copied into the layer's scratch, then the band's
+  output rows are written; the output sits ``delta`` bytes from the input, the largest
+  offset at which no band overwrites input rows a later band still reads.
+
+Device inputs (and what aliases them) are never written over: the firmware's INVOKE N
+repeats a run on the same inputs. The planner drops any alias that would make two live
+buffers share bytes they may not share.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from microtile.importer.ir import Graph, Operator
+from microtile.passes.pipeline import RamConfig
+from microtile.passes.planner import ALIGN, Alias, tensor_lifetimes
+
+BAND_OPS = {"CONV_2D": "conv_inplace", "DEPTHWISE_CONV_2D": "depthwise_inplace"}
+MAX_BANDS = 8  # bands per layer: more bands, less scratch, more calls
+
+
+@dataclass(frozen=True)
+class Band:
+    out_rows: tuple[int, int]  # [first, end) output rows
+    in_rows: tuple[int, int]   # [first, end) input rows copied to scratch
+    pad_top: int               # the band's padding above its first input row
+
+
+@dataclass(frozen=True)
+class BandPlan:
+    bands: tuple[Band, ...]
+    pad_left: int
+    in_row_bytes: int
+    out_row_bytes: int
+    delta: int                 # output offset - input offset (bytes, a multiple of ALIGN, <= 0)
+
+    @property
+    def scratch_bytes(self) -> int:
+        return max((b.in_rows[1] - b.in_rows[0]) * self.in_row_bytes for b in self.bands)
+
+    @property
+    def copied_bytes(self) -> int:
+        return sum((b.in_rows[1] - b.in_rows[0]) * self.in_row_bytes for b in self.bands)
+
+
+def band_plan(op: Operator, graph: Graph, max_bands: int = MAX_BANDS) -> BandPlan | None:
+    """How a window op runs in bands over its own input, or None when it cannot (or
+    when it would not save bytes)."""
+    from microtile.ops import kernel_for
+
+    x, y = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
+    if len(x.shape) != 4 or x.shape[0] != 1 or x.dtype != "int8" or y.dtype != "int8":
+        return None
+    p = kernel_for(op).params(op, graph)
+    oh = p["oh"]
+    if oh < 2:
+        return None
+    rows = math.ceil(oh / min(max_bands, oh))
+    in_rb, out_rb = p["w"] * p["c"], p["ow"] * y.shape[3]
+    bands = []
+    for o0 in range(0, oh, rows):
+        o1 = min(oh, o0 + rows)
+        i0 = max(0, o0 * p["sh"] - p["ph"])
+        i1 = min(p["h"], (o1 - 1) * p["sh"] - p["ph"] + p["kh"])
+        bands.append(Band((o0, o1), (i0, i1), max(0, p["ph"] - o0 * p["sh"])))
+    # Band b's output ends at o1 * out_rb (+ delta); band b+1 still reads from its first input row.
+    limit = min(nxt.in_rows[0] * in_rb - cur.out_rows[1] * out_rb for cur, nxt in zip(bands, bands[1:]))
+    delta = min(limit, 0) // ALIGN * ALIGN
+    plan = BandPlan(tuple(bands), p["pw"], in_rb, out_rb, delta)
+    union = max(x.nbytes, delta + y.nbytes) - delta
+    if union + plan.scratch_bytes >= x.nbytes + y.nbytes:
+        return None
+    return plan
+
+
+def find_aliases(graph: Graph, ops: list[Operator], inputs: list[int], outputs: list[int],
+                 config: RamConfig) -> tuple[list[Alias], dict[int, BandPlan]]:
+    """The aliases to try, in order (cheapest first), and the band plan of every
+    window op with an alias (by step)."""
+    life = tensor_lifetimes(graph, ops, inputs, outputs)
+    protected = set(inputs) | set(outputs)
+    if config.reshape_alias:  # a RESHAPE of a device input is its bytes
+        for op in ops:
+            if op.opcode == "RESHAPE" and op.inputs[0] in protected:
+                protected.add(op.outputs[0])
+
+    def ends_here(i: int, step: int) -> bool:
+        return i >= 0 and i in life and life[i][1] == step and i not in protected
+
+    aliases: list[Alias] = []
+    bands: dict[int, BandPlan] = {}
+    for step, op in enumerate(ops):
+        outs = op.outputs
+        if op.opcode == "RESHAPE" and config.reshape_alias:
+            aliases.append(Alias(outs[0], op.inputs[0], 0, "reshape"))
+        elif op.opcode == "CONCATENATION" and config.concat_place:
+            y = graph.tensor(outs[0])
+            axis = int(op.options.get("axis", 0)) % len(y.shape)
+            if all(d == 1 for d in y.shape[:axis]) and len(set(op.inputs)) == len(op.inputs):
+                offset = 0
+                for i in op.inputs:
+                    if i not in inputs:
+                        aliases.append(Alias(i, outs[0], offset, "concat"))
+                    offset += graph.tensor(i).nbytes
+        elif op.opcode == "ADD" and config.add_inplace:
+            y = graph.tensor(outs[0])
+            for i in op.inputs[:2]:
+                t = graph.tensor(i)
+                if ends_here(i, step) and t.shape == y.shape and t.dtype == y.dtype:
+                    aliases.append(Alias(outs[0], i, 0, "add"))
+        elif op.opcode in BAND_OPS and getattr(config, BAND_OPS[op.opcode], False) and ends_here(op.inputs[0], step):
+            plan = band_plan(op, graph)
+            if plan is not None:
+                aliases.append(Alias(outs[0], op.inputs[0], plan.delta, op.opcode.lower()))
+                bands[step] = plan
+    return aliases, bands

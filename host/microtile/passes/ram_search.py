@@ -1,0 +1,151 @@
+"""The search under a RAM budget: which RAM techniques a model is compiled with.
+
+Candidates: no technique; each technique alone; all of them; all but one. Each is
+prepared (passes, aliases, greedy plan) and given a cost: the instructions the
+techniques add to the plain build, predicted (band copies and calls; copies RESHAPE
+and CONCATENATION no longer make are subtracted). The chosen point is the fastest
+candidate whose arena fits the budget, where candidates within COST_SLACK of the
+fastest count as equally fast and the smallest arena among them wins; it is then
+planned exactly (CP-SAT) when its config says so. No candidate within the budget:
+DoesNotFitError naming the smallest arena found.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from microtile.errors import DoesNotFitError
+from microtile.importer.ir import Graph
+from microtile.passes.pipeline import RamConfig
+
+COPY_BYTE = 0.5     # instructions per byte copied (word copies: LDR + STR + loop per 4 bytes)
+BAND_CALL = 200     # instructions per extra kernel call of a band (parameters, prologue, row set-up)
+COST_SLACK = 0.05   # candidates within 5% of the fastest predicted count are "as fast"
+DEFAULT_IPM = 8.0   # instructions per MAC (or element) of a layer with no prediction
+
+
+@dataclass
+class Candidate:
+    config: RamConfig
+    arena: int
+    extra: float          # predicted instructions added to the plain build
+    cost: float           # predicted instructions of the whole build
+    method: str
+    fits: bool = True
+
+    def as_dict(self) -> dict:
+        return {"config": self.config.label(), "techniques": [k for k, v in vars(self.config).items() if v],
+                "arena_bytes": self.arena, "est_instructions": round(self.cost),
+                "est_extra_instructions": round(self.extra), "planner": self.method, "fits": self.fits}
+
+
+@dataclass
+class RamSearch:
+    budget: int
+    baseline: float                      # predicted instructions of the plain build
+    layer_bound: int
+    candidates: list[Candidate] = field(default_factory=list)
+    chosen: Candidate | None = None
+    chosen_prepared: object = None
+
+    def pareto(self) -> list[Candidate]:
+        """Candidates no other beats on both arena and cost, smallest arena first."""
+        front = []
+        for c in sorted(self.candidates, key=lambda c: (c.arena, c.cost)):
+            if not front or c.cost < front[-1].cost:
+                front.append(c)
+        return front
+
+    def as_dict(self) -> dict:
+        return {"budget_bytes": self.budget, "layer_bound_bytes": self.layer_bound,
+                "est_plain_instructions": round(self.baseline),
+                "chosen": self.chosen.as_dict() if self.chosen else None,
+                "pareto": [c.as_dict() for c in self.pareto()],
+                "candidates": [c.as_dict() for c in self.candidates]}
+
+
+def default_budget(board) -> int | None:
+    """The board's RAM minus the stack and the firmware's own buffers (build/firmware.py's
+    RAM_BUDGET), or None for a host build."""
+    if board is None:
+        return None
+    from microtile.build.firmware import RAM_BUDGET
+
+    return board.ram_bytes - RAM_BUDGET
+
+
+def candidate_configs() -> list[RamConfig]:
+    names = RamConfig.techniques()
+    none, full = RamConfig.none(), RamConfig()
+    configs = [none, full]
+    configs += [replace(none, **{n: True}) for n in names if n != "exact"]
+    configs += [replace(full, **{n: False}) for n in names if n != "exact"]
+    return list(dict.fromkeys(configs))
+
+
+def baseline_instructions(prep, board) -> float:
+    """Predicted instructions of the layers (the schedules' and vector kernels' cost models)."""
+    from microtile.ops import kernel_for
+    from microtile.ops.opt_schedules import explain_op
+    from microtile.passes.schedule import matmul_shape, schedule_for
+
+    total = 0.0
+    graph = prep.graph
+    for op in prep.device_ops:
+        work = kernel_for(op).macs(op, graph) or graph.tensor(op.outputs[0]).size
+        ipm = DEFAULT_IPM
+        try:
+            if matmul_shape(op, graph) is not None:
+                ipm = schedule_for(op, graph, board).predicted_ipm
+            else:
+                e = explain_op(op, graph)
+                if e is not None:
+                    ipm = e["predicted_ipm"]
+        except Exception:  # a layer the cost models do not cover keeps the default
+            pass
+        total += ipm * work
+    return total
+
+
+def extra_instructions(prep) -> float:
+    """What the techniques add: band copies and calls, minus the copies they remove."""
+    extra = 0.0
+    for bp in prep.bands.values():
+        extra += bp.copied_bytes * COPY_BYTE + (len(bp.bands) - 1) * BAND_CALL
+    graph = prep.graph
+    for a in prep.plan.aliases:
+        if a.kind in ("reshape", "concat"):
+            extra -= graph.tensor(a.member).nbytes * COPY_BYTE
+    return extra
+
+
+def search_ram(graph: Graph, kernels: str, board, budget: int | None = None,
+               configs: list[RamConfig] | None = None) -> RamSearch:
+    from microtile.codegen.model_source import prepare
+
+    budget = default_budget(board) if budget is None else budget
+    preps = {}
+    search = None
+    for config in configs or candidate_configs():
+        prep = prepare(graph, kernels, board, config, exact=False)
+        preps[config] = prep
+        if search is None:
+            search = RamSearch(budget or 0, baseline_instructions(prep, board), prep.plan.layer_bound)
+        extra = extra_instructions(prep)
+        search.candidates.append(Candidate(config, prep.plan.arena_size, extra, search.baseline + extra,
+                                           prep.plan.method, budget is None or prep.plan.arena_size <= budget))
+    fitting = [c for c in search.candidates if c.fits]
+    if not fitting:
+        smallest = min(search.candidates, key=lambda c: c.arena)
+        raise DoesNotFitError(
+            f"model {graph.name}: no configuration fits the RAM budget of {budget:,} B; the smallest arena found "
+            f"is {smallest.arena:,} B ({smallest.config.label()}); raise --ram-budget to at least that or use a "
+            "board with more RAM")
+    fastest = min(c.cost for c in fitting)
+    near = [c for c in fitting if c.cost <= fastest + COST_SLACK * search.baseline]
+    chosen = min(near, key=lambda c: (c.arena, c.cost))
+    prep = preps[chosen.config]
+    if chosen.config.exact:
+        prep = prepare(graph, kernels, board, chosen.config)
+        chosen.arena, chosen.method = prep.plan.arena_size, prep.plan.method
+    search.chosen, search.chosen_prepared = chosen, prep
+    return search
