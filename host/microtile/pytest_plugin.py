@@ -50,6 +50,8 @@ REPORT_WARNINGS = (
 )
 
 _selection_key = pytest.StashKey[tuple[Any, Any, str | None]]()
+_farm_key = pytest.StashKey[Any]()  # this process's board lock (farm.ProbeLock) or labgrid place
+_busy_key = pytest.StashKey[str]()  # the board kind an xdist worker found no free board of
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -60,6 +62,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--probe", default=None, help="debug probe unique id when several boards are attached")
     group.addoption("--emulate", action="store_true", default=False,
                     help="run the --board's image on its emulator (QEMU) instead of the real board")
+    group.addoption("--labgrid", default=os.environ.get("LG_PLACE"), metavar="PLACE",
+                    help="acquire this labgrid place for the session and use its ST-LINK and VCP "
+                    "(default: $LG_PLACE)")
     group.addoption("--allow-no-board", action="store_true", default=False,
                     help="with --board nucleo...: skip the device tests when no board is attached "
                     "(default: they fail, so a missing board never passes)")
@@ -109,7 +114,7 @@ def select_target(config: pytest.Config) -> tuple[Any, Any, str | None]:
     selection: tuple[Any, Any, str | None]
     try:
         if _wants_hardware(config):
-            resolved, device = resolve_board(name, probe)
+            resolved, device = _farm_board(config, name, probe)
             selection = (load_board(resolved), device, None)
         else:
             selection = (load_board(name), None, None)
@@ -123,10 +128,68 @@ def select_target(config: pytest.Config) -> tuple[Any, Any, str | None]:
     return selection
 
 
+def _farm_board(config: pytest.Config, name: str, probe: str | None):
+    """The board of this process: a labgrid place's ST-LINK when --labgrid is given; under
+    pytest-xdist one board per worker, locked (targets/farm.py); else the one attached."""
+    from microtile.targets.discovery import resolve_board
+    from microtile.targets.farm import BoardBusyError, claim_board, worker_index
+
+    place = config.stash.get(_farm_key, None)
+    if place is not None and probe is None:
+        probe = place.target()["probe"]
+    worker = worker_index()
+    if worker is None:
+        return resolve_board(name, probe)
+    try:
+        device, lock = claim_board(name, probe, worker)
+    except BoardBusyError as exc:  # keep the test ids of the workers that have a board
+        config.stash[_busy_key] = exc.board
+        raise
+    config.stash[_farm_key] = lock  # held until the worker ends
+    return device.board, device
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """`-n auto` with --board nucleo...: one worker per attached board of that kind."""
+    if not _wants_hardware(config) or config.getoption("--labgrid"):
+        return 1 if config.getoption("--labgrid") and _wants_hardware(config) else None
+    from microtile.targets.farm import farm_boards
+
+    return max(1, len(farm_boards(config.getoption("--board"), config.getoption("--probe"))))
+
+
+@pytest.hookimpl(tryfirst=True)  # before the report header asks for the board
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """--labgrid PLACE: the controller acquires the place (released at the end); xdist
+    workers read its resources."""
+    name = session.config.getoption("--labgrid")
+    if not name or not _wants_hardware(session.config):
+        return
+    from microtile.errors import MicrotileError
+    from microtile.targets.farm import worker_index
+    from microtile.targets.labgrid_place import LabgridPlace
+
+    place = LabgridPlace(name)
+    try:
+        place.inspect() if worker_index() is not None else place.acquire()
+    except MicrotileError as exc:
+        pytest.exit(f"--labgrid {name}: {exc}", returncode=4)
+    session.config.stash[_farm_key] = place
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    held = session.config.stash.get(_farm_key, None)
+    if held is not None:
+        held.release()
+
+
 def board_id(config: pytest.Config) -> str:
     """The board's name as it appears in test ids: the board found (``--board nucleo`` ->
     nucleo_f446re), else what --board says."""
     selected, _, _ = select_target(config)
+    if selected is None and _busy_key in config.stash:
+        return config.stash[_busy_key]
     return selected.name if selected is not None else str(config.getoption("--board"))
 
 

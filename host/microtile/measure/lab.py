@@ -254,7 +254,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def run_cell(cell: Cell, probe: str | None = None, run: Callable[..., RunResult] = run_model,
-             progress: Callable[[int, int], None] | None = None) -> dict:
+             progress: Callable[[int, int], None] | None = None, port: str | None = None) -> dict:
     """One cell: its run's JSON, its analysis, status (done, failed, interrupted), exit code.
     A Ctrl-C / SIGTERM outside the run (during a build) propagates."""
     from microtile.measure.report import analyze
@@ -269,7 +269,8 @@ def run_cell(cell: Cell, probe: str | None = None, run: Callable[..., RunResult]
     start = time.monotonic()
     try:
         result = run(cell.model, cell.board.board, probe=probe, kernels=cell.kernels, progress=progress,
-                     target_options={"emulate": cell.board.emulate}, **kwargs, **dict(cell.options))
+                     target_options={"emulate": cell.board.emulate, **({"port": port} if port else {})},
+                     **kwargs, **dict(cell.options))
     except MicrotileError as exc:  # refused before running (bad model, missing tool, no board)
         record.update(status="failed", exit_code=exit_code(exc), error=str(exc), result=None, analysis=None)
     else:
@@ -369,25 +370,33 @@ class LabOutcome:
     ran: int
     kept: int
     missing: int  # cells not run (interrupted before them)
+    labgrid: dict | None = None  # the place the run held: name, acquired resources, what it used
+
+
+def _slots_without_discovery(boards: list[BoardSpec]) -> dict[BoardSpec, list[None] | None]:
+    """[None] (one emulator slot) for emulated board entries, None for real boards."""
+    from microtile.targets.boards import load_board
+    from microtile.targets.discovery import GENERIC_BOARD, is_probe_board
+
+    return {spec: None if not spec.emulate and (spec.board == GENERIC_BOARD or is_probe_board(load_board(spec.board)))
+            else [None] for spec in boards}
 
 
 def _slots(boards: list[BoardSpec]) -> dict[BoardSpec, list[str | None]]:
     """Where each board entry's cells run: emulated boards on one slot (None); real boards
     on every attached board of that kind (their probe ids)."""
-    from microtile.targets.boards import load_board
-    from microtile.targets.discovery import GENERIC_BOARD, is_probe_board
     from microtile.targets.farm import farm_boards
 
-    slots: dict[BoardSpec, list[str | None]] = {}
-    for spec in boards:
-        hardware = not spec.emulate and (spec.board == GENERIC_BOARD or is_probe_board(load_board(spec.board)))
-        slots[spec] = [a.unique_id for a in farm_boards(spec.board, spec.probe)] if hardware else [None]
-    return slots
+    return {spec: ids if ids is not None else [a.unique_id for a in farm_boards(spec.board, spec.probe)]
+            for spec, ids in _slots_without_discovery(boards).items()}
 
 
 def run_lab(plan: Plan, out: Path, progress: PlainProgress | None = None,
-            run: Callable[..., RunResult] = run_model, slots: dict | None = None) -> LabOutcome:
-    """Run every cell of the plan not already measured in OUT/cells, writing each one as it ends."""
+            run: Callable[..., RunResult] = run_model, slots: dict | None = None,
+            port: str | None = None) -> LabOutcome:
+    """Run every cell of the plan not already measured in OUT/cells, writing each one as it ends.
+    ``slots`` maps a board entry to the probe ids its cells may use (default: every
+    attached board of that kind); ``port`` is the VCP of a labgrid place's board."""
     cells_dir = out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     cells = plan.cells()
@@ -450,7 +459,7 @@ def run_lab(plan: Plan, out: Path, progress: PlainProgress | None = None,
             for c in mine:
                 work.put(c)
             for uid in ids:
-                t = threading.Thread(target=_board_worker, args=(uid, work, stop, run, progress, finish),
+                t = threading.Thread(target=_board_worker, args=(uid, work, stop, run, progress, finish, port),
                                      daemon=True, name=f"board-{uid}")
                 t.start()
                 threads.append(t)
@@ -475,7 +484,8 @@ def run_lab(plan: Plan, out: Path, progress: PlainProgress | None = None,
     return LabOutcome(ordered, worst_exit_code(codes), ran, kept, len(cells) - len(ordered))
 
 
-def _board_worker(uid: str, work: queue.Queue, stop: threading.Event, run, progress, finish) -> None:
+def _board_worker(uid: str, work: queue.Queue, stop: threading.Event, run, progress, finish,
+                  port: str | None = None) -> None:
     """Run cells on one board while there are any, holding the board's lock."""
     from microtile.targets.farm import ProbeLock
 
@@ -488,7 +498,7 @@ def _board_worker(uid: str, work: queue.Queue, stop: threading.Event, run, progr
                 cell = work.get_nowait()
             except queue.Empty:
                 return
-            finish(cell, run_cell(cell, probe=uid, run=run, progress=progress.started(cell, uid)))
+            finish(cell, run_cell(cell, probe=uid, run=run, progress=progress.started(cell, uid), port=port))
     finally:
         lock.release()
 
@@ -508,14 +518,16 @@ def lab_main(plan_path: str, out: str, console=None, labgrid: str | None = None)
     total = len(plan.cells())
     tty = console is not None and console.is_terminal
     progress = RichProgress(total, console) if tty else PlainProgress(total)
-    place = None
-    if labgrid or os.environ.get("LG_PLACE"):
+    place_name = labgrid or os.environ.get("LG_PLACE")
+    if place_name:
         from microtile.targets.labgrid_place import LabgridPlace
 
-        place = LabgridPlace(labgrid or os.environ["LG_PLACE"])
-    if place is not None:
-        with place:
-            outcome = run_lab(plan, out_dir, progress)
+        with LabgridPlace(place_name) as place:
+            hardware = [spec for spec, ids in _slots_without_discovery(plan.boards).items() if ids is None]
+            target = place.target() if hardware else {"probe": None, "port": None, "power": None}
+            slots = {spec: [None] if spec not in hardware else [target["probe"]] for spec in plan.boards}
+            outcome = run_lab(plan, out_dir, progress, slots=slots, port=target["port"])
+            outcome.labgrid = {"place": place_name, "resources": place.resources, "target": target}
     else:
         outcome = run_lab(plan, out_dir, progress)
     paths = write_reports(plan, outcome, out_dir)

@@ -159,6 +159,7 @@ def report_data(plan, outcome) -> dict:
         "provenance": {**tool_versions(), "models": {m.name: file_sha256(m) for m in plan.models}},
         "exit_code": outcome.exit_code,
         "cells_planned": len(plan.cells()), "cells_reported": len(outcome.records), "cells_missing": outcome.missing,
+        "labgrid": outcome.labgrid,
         "cells": outcome.records,
     }
 

@@ -17,15 +17,18 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from microtile.errors import BoardNotFoundError
 from microtile.targets.boards import load_board
 from microtile.targets.discovery import GENERIC_BOARD, AttachedProbe, ProbeNotFoundError, list_attached
 
 LOCK_DIR_ENV = "MICROTILE_LOCK_DIR"
 
 
-class BoardBusyError(BoardNotFoundError):
+class BoardBusyError(ProbeNotFoundError):
     """Every matching board is held by another worker or run."""
+
+    def __init__(self, message: str, board: str | None = None):
+        super().__init__(message)
+        self.board = board  # the kind of board that is busy (nucleo_f446re)
 
 
 def lock_dir() -> Path:
@@ -116,4 +119,5 @@ def claim_board(board: str, probe: str | None = None, worker: int = 0,
         if lock.acquire():
             return chosen, lock
     raise BoardBusyError(f"all {len(boards)} attached {board} board(s) are in use by other workers or runs "
-                         f"({', '.join(b.unique_id for b in boards)}); run fewer workers (pytest -n {len(boards)})")
+                         f"({', '.join(b.unique_id for b in boards)}); run fewer workers (pytest -n {len(boards)})",
+                         board=boards[0].board)
