@@ -141,7 +141,8 @@ def cmd_run(args) -> int:
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
         task = progress.add_task("running", total=None)
-        result = run_model(args.model, args.board, inputs=args.inputs, random=args.random,
+        hook, args.model = _approx_model(args)  # --approx: the pruned .tflite (measure/approx_search.py)
+        result = run_model(args.model, args.board, inputs=args.inputs, random=args.random, graph_hook=hook,
                            labels=args.labels, limit=args.limit, probe=args.probe, os_name=args.os,
                            kernels=args.kernels, seed=args.seed,
                            target_options=_target_options(args),
@@ -224,6 +225,40 @@ def _print_bench_summary(results: list[dict]) -> None:
         cells += [f"{x['est_cycles_ratio'][k]:.2f}x" if x and x["est_cycles_ratio"].get(k) else "-" for k in kernels]
         table.add_row(*cells)
     console.print(table)
+
+
+def _approx_model(args):
+    """`run --approx CHOSEN.json`: (graph hook marking the pruned layers, pruned model path)."""
+    if not getattr(args, "approx", None):
+        return None, args.model
+    import tempfile
+    from pathlib import Path
+
+    from microtile.measure.approx_search import pruned_model_file
+    from microtile.passes.approx import mark_pruned
+
+    path, pruned = pruned_model_file(args.model, args.approx, Path(tempfile.mkdtemp(prefix="microtile-approx-")))
+    return (lambda g: mark_pruned(g, pruned)), str(path)
+
+
+def cmd_approx(args) -> int:
+    from microtile.measure.approx_search import run_approx
+
+    _check_outputs(args)
+    r = run_approx(args.model, args.labels, args.calibrate, args.budget, args.board, args.json, args.plot,
+                   args.device_limit, log=lambda m: console.print(m, highlight=False))
+    e, c = r["exact"], r["chosen"]
+    for name, d in (("exact", e), ("chosen", c)):
+        console.print(f"{name}: held-out Top-1 {d['heldout_top1']:.4f}, {_count(d['instructions'])} instructions, "
+                      f"{_count(d['est_cycles'])} est. cycles")
+    console.print(f"chosen: {c.get('instructions_saved', 0):.1%} fewer instructions, {c.get('est_cycles_saved', 0):.1%} "
+                  f"fewer est. cycles; device mismatches {c['device_mismatches']} of {c['device_samples']}, "
+                  f"reference vs TFLM mismatches {c['reference_mismatches']}; {len(r['pareto'])} points")
+    if args.json:
+        console.print(f"wrote {args.json}" + (f" and {r['plot']}" if r.get("plot") else ""))
+    if c["device_error"]:
+        return 3
+    return 1 if c["device_mismatches"] or c["reference_mismatches"] or e["device_mismatches"] else 0
 
 
 def cmd_bench(args) -> int:
@@ -460,7 +495,21 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--limit", type=int, help="run at most N of the --inputs / --labels inputs")
     _seed_option(run)
     run.add_argument("--json", metavar="OUT.json", help="also write the results as JSON")
+    run.add_argument("--approx", metavar="CHOSEN.json", help="run the pruned network `microtile approx` chose")
     run.set_defaults(func=cmd_run)
+
+    apx = sub.add_parser("approx", help="prune insignificant k-blocks per layer within a Top-1 budget (issue 10)")
+    apx.add_argument("model")
+    apx.add_argument("--labels", required=True, help="energyrunner y_labels.csv; inputs beside it")
+    apx.add_argument("--calibrate", type=int, required=True, metavar="N",
+                     help="the first N labelled inputs calibrate and search; the rest are held out")
+    apx.add_argument("--budget", required=True, metavar="POINTS",
+                     help="allowed Top-1 loss in percentage points")
+    apx.add_argument("--board", default="qemu")
+    apx.add_argument("--json", metavar="OUT.json", help="write exact, chosen, pareto and split as JSON")
+    apx.add_argument("--plot", metavar="FRONT.png", help="the Pareto plot (PNG or SVG; default OUT.png beside --json)")
+    apx.add_argument("--device-limit", type=int, metavar="N", help="run only the first N held-out inputs on the target")
+    apx.set_defaults(func=cmd_approx)
 
     comp = sub.add_parser("compile", help="generate model.c/model.h and build the firmware")
     comp.add_argument("model")

@@ -1,0 +1,434 @@
+"""`microtile approx`: a design-space exploration of per-layer pruning fractions (issue 10).
+
+1. The first N labelled inputs are the calibration split, the rest the held-out split;
+   the search reads only the calibration split.
+2. Significance of every (channel tile, k-block) unit from the calibration activations
+   (passes/approx.py).
+3. Cost: the exact optimised build and two pruned probe builds are measured on the
+   target (instructions) and the timing model (estimated cycles); per layer, the pruned
+   kernel's count is linear in its kept k-blocks, fitted through the two probes.
+4. Sensitivity: each layer alone pruned at each fraction, evaluated with the numpy
+   reference executor on the calibration split (all inputs in one batched pass, the
+   layers before the pruned one taken from a cache).
+5. Greedy search: from the exact network, repeatedly take the step (one layer one
+   fraction further) with the most predicted cycles saved per unit of sensitivity,
+   evaluate the combined network for real, keep it while the calibration Top-1 loss
+   stays within the budget, else freeze that layer. Every evaluated point is kept:
+   the Pareto front of predicted cycles against calibration Top-1.
+6. The fastest point within the budget is the chosen one; exact and chosen are then
+   reported on the held-out split (reference executor), and the chosen pruned build runs
+   on the target over the held-out inputs, checked against TFLM running the pruned
+   .tflite (and the numpy reference of the pruned network checked against TFLM too).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from microtile.errors import MicrotileError
+from microtile.importer.ir import Graph
+from microtile.importer.tflite_format import load_tflite, write_tflite
+from microtile.passes import approx
+
+FRACTIONS = tuple(round(0.1 * i, 1) for i in range(10))  # 0.0 .. 0.9 per layer
+PROBES = (0.25, 0.75)
+
+
+# ---------------------------------------------------------------- batched reference
+
+def batched(graph: Graph, batch: int) -> Graph:
+    """The graph with every activation's leading (batch) dimension of 1 set to `batch`:
+    the reference kernels then run all inputs in one call."""
+    out = copy.copy(graph)
+    out.tensors = []
+    for t in graph.tensors:
+        if t.data is None and len(t.shape) > 0 and t.shape[0] == 1:
+            t = copy.copy(t)
+            t.shape = (batch, *t.shape[1:])
+        out.tensors.append(t)
+    return out
+
+
+def all_values(graph: Graph, x: np.ndarray, start: int = 0, base: dict | None = None) -> dict:
+    """Tensor values of the batched graph on inputs x [B, ...] (the one model input),
+    running operators from position `start` on, the earlier ones read from `base`."""
+    from microtile.check.reference import run_operators
+
+    g = batched(graph, x.shape[0])
+    values = dict(base) if base is not None else {g.inputs[0]: x.reshape(g.tensor(g.inputs[0]).shape)}
+    return run_operators(g, g.operators[start:], values)
+
+
+def check_batchable(graph: Graph, x: np.ndarray) -> None:
+    """The batched pass must equal the one-input reference (it does for NHWC models
+    whose reshapes keep the batch axis); refuse the model otherwise."""
+    from microtile.check.reference import run_reference
+
+    b = all_values(graph, x[:2])[graph.outputs[0]]
+    for i in range(min(2, x.shape[0])):
+        one = run_reference(graph, [x[i:i + 1].reshape(graph.tensor(graph.inputs[0]).shape)])[0]
+        if not np.array_equal(b[i].reshape(-1), one.reshape(-1)):
+            raise MicrotileError(f"model {graph.name}: its operators do not run batched in the reference "
+                                 "executor; approx needs a batch-1 NHWC model with one input")
+
+
+def top1(values: dict, graph: Graph, labels: np.ndarray) -> float:
+    out = values[graph.outputs[0]]
+    return float(np.mean(out.reshape(out.shape[0], -1).argmax(axis=1) == labels))
+
+
+# ---------------------------------------------------------------- the search
+
+class Search:
+    def __init__(self, graph: Graph, board, x_cal: np.ndarray, y_cal: np.ndarray,
+                 log: Callable[[str], None] = print):
+        self.graph, self.board, self.x, self.y, self.log = graph, board, x_cal, y_cal, log
+        self.layers = approx.prunable_layers(graph, board)
+        if not self.layers:
+            raise MicrotileError(f"model {graph.name} has no layer the pruned kernels run "
+                                 "(CONV_2D, FULLY_CONNECTED, one-channel DEPTHWISE_CONV_2D)")
+        check_batchable(graph, x_cal)
+        self.pos = {op.index: i for i, op in enumerate(graph.operators)}
+        self.exact_values = all_values(graph, x_cal)
+        self.exact_top1 = top1(self.exact_values, graph, y_cal)
+        self.exact_out = self.exact_values[graph.outputs[0]].astype(np.float64)
+        self.sig = {}
+        for layer in self.layers:
+            x = self.exact_values[layer.op.inputs[0]]
+            self.sig[layer.op.index] = approx.block_significance(layer, approx.input_mean_abs(layer.op, graph, x))
+        self.masks = {L.op.index: {f: approx.keep_mask(self.sig[L.op.index], f) for f in FRACTIONS}
+                      for L in self.layers}
+        self.kept = {L.op.index: {f: approx.kept_blocks(L, approx.apply_mask(L, m)) for f, m in ms.items()}
+                     for L, ms in zip(self.layers, self.masks.values())}
+        self.cost = None
+
+    # -- cost
+    def calibrate_cost(self, measure: Callable[[Graph, set], tuple[list, list]]) -> None:
+        """measure(graph, pruned op indices) -> (instructions, est_cycles) per device layer,
+        by op index. The exact build and two probes fix a line per layer and count."""
+        exact = measure(self.graph, set())
+        probes = []
+        for f in PROBES:
+            g = self.prune_at({L.op.index: f for L in self.layers}, mark=False)
+            probes.append((f, measure(g, {L.op.index for L in self.layers})))
+        self.cost = {"exact": exact, "lines": {}}
+        for L in self.layers:
+            i = L.op.index
+            (f1, (ins1, cyc1)), (f2, (ins2, cyc2)) = probes
+            k1, k2 = self.kept[i][f1], self.kept[i][f2]
+            dk = (k1 - k2) or 1
+            self.cost["lines"][i] = {
+                "instructions": ((ins1[i] - ins2[i]) / dk, ins2[i] - (ins1[i] - ins2[i]) / dk * k2),
+                "est_cycles": ((cyc1[i] - cyc2[i]) / dk, cyc2[i] - (cyc1[i] - cyc2[i]) / dk * k2)}
+
+    def predicted(self, levels: dict[int, float]) -> dict:
+        """Instructions and estimated cycles of a point: measured exact layers, the
+        fitted line for the pruned ones."""
+        ins, cyc = self.cost["exact"]
+        total = {"instructions": float(sum(ins.values())), "est_cycles": float(sum(cyc.values()))}
+        for i, f in levels.items():
+            if f > 0:
+                for key, exact in (("instructions", ins), ("est_cycles", cyc)):
+                    slope, base = self.cost["lines"][i][key]
+                    total[key] += slope * self.kept[i][f] + base - exact[i]
+        return total
+
+    # -- accuracy
+    def prune_at(self, levels: dict[int, float], mark: bool = True) -> Graph:
+        masks = {i: self.masks[i][f] for i, f in levels.items() if f > 0}
+        return approx.prune_graph(self.graph, self.layers, masks, mark=mark)
+
+    def evaluate(self, levels: dict[int, float], changed: int | None = None,
+                 base: dict | None = None) -> tuple[float, float, dict]:
+        """(calibration Top-1, mean squared output change, values) of a point; with
+        `changed` and the values of a point that differs only there, run from it on."""
+        g = self.prune_at(levels)
+        if changed is None or base is None:
+            values = all_values(g, self.x)
+        else:
+            values = all_values(g, self.x, self.pos[changed], base)
+        out = values[g.outputs[0]].astype(np.float64)
+        return top1(values, g, self.y), float(np.mean((out - self.exact_out) ** 2)), values
+
+    def sensitivity(self) -> dict[int, dict[float, float]]:
+        sens = {}
+        for L in self.layers:
+            i = L.op.index
+            sens[i] = {0.0: 0.0}
+            for f in FRACTIONS[1:]:
+                sens[i][f] = self.evaluate({i: f}, i, self.exact_values)[1]
+            self.log(f"sensitivity: layer {i} {L.op.opcode}: " +
+                     " ".join(f"{f:.1f}:{sens[i][f]:.3g}" for f in FRACTIONS[1:]))
+        return sens
+
+    def greedy(self, budget_pp: float) -> list[dict]:
+        sens = self.sensitivity()
+        levels = {L.op.index: 0.0 for L in self.layers}
+        values = self.exact_values
+        points = [self.point(levels, self.exact_top1, 0.0, accepted=True)]
+        frozen: set[int] = set()
+        while True:
+            best, best_score = None, -math.inf
+            now = self.predicted(levels)["est_cycles"]
+            for i, f in levels.items():
+                if i in frozen or f >= FRACTIONS[-1]:
+                    continue
+                nxt = FRACTIONS[FRACTIONS.index(f) + 1]
+                saved = now - self.predicted({**levels, i: nxt})["est_cycles"]
+                score = saved / (max(sens[i][nxt] - sens[i][f], 0.0) + 1e-6)
+                if saved > 0 and score > best_score:
+                    best, best_score = (i, nxt), score
+            if best is None:
+                return points
+            i, nxt = best
+            trial = {**levels, i: nxt}
+            acc, mse, trial_values = self.evaluate(trial, i, values)
+            ok = (self.exact_top1 - acc) * 100 <= budget_pp + 1e-9
+            points.append(self.point(trial, acc, mse, accepted=ok))
+            self.log(f"layer {i} -> {nxt:.1f}: calibration Top-1 {acc:.4f}, predicted "
+                     f"{points[-1]['instructions']:,.0f} instructions {'kept' if ok else 'over budget: layer frozen'}")
+            if ok:
+                levels, values = trial, trial_values
+            else:
+                frozen.add(i)
+
+    def point(self, levels: dict[int, float], acc: float, mse: float, accepted: bool) -> dict:
+        cost = self.predicted(levels)
+        return {"fractions": {str(i): f for i, f in levels.items()}, "calibration_top1": acc,
+                "output_mse": mse, "instructions": round(cost["instructions"]),
+                "est_cycles": round(cost["est_cycles"]), "within_budget": accepted}
+
+    def layer_records(self, levels: dict[int, float]) -> list[dict]:
+        """What `run --approx` needs to rebuild the pruned network: per pruned layer its
+        keep mask, one '0'/'1' string per channel tile."""
+        records = []
+        for L in self.layers:
+            f = levels.get(L.op.index, 0.0)
+            if f <= 0:
+                continue
+            m = self.masks[L.op.index][f]
+            records.append({"index": L.op.index, "op": L.op.opcode, "fraction": f, "tile": f"{L.mr}x{L.nr}",
+                            "k_blocks": L.k_blocks, "kept_blocks": self.kept[L.op.index][f],
+                            "blocks": int(m.size), "keep": ["".join("1" if v else "0" for v in row) for row in m]})
+        return records
+
+
+def mark_pareto(points: list[dict]) -> None:
+    """pareto = no other point is at least as fast and at least as accurate, and better in one."""
+    for p in points:
+        p["pareto"] = not any(
+            q is not p and q["est_cycles"] <= p["est_cycles"] and q["calibration_top1"] >= p["calibration_top1"]
+            and (q["est_cycles"] < p["est_cycles"] or q["calibration_top1"] > p["calibration_top1"])
+            for q in points)
+
+
+def masks_from_records(graph: Graph, records: list[dict], board=None) -> tuple[list, dict[int, np.ndarray]]:
+    layers = approx.prunable_layers(graph, board)
+    by_index = {L.op.index: L for L in layers}
+    masks = {}
+    for r in records:
+        L = by_index.get(r.get("index"))
+        keep = r.get("keep")
+        if L is None or not isinstance(keep, list):
+            raise MicrotileError(f"--approx: layer {r.get('index')} is not a prunable layer of {graph.name}; "
+                                 "use the JSON `microtile approx` wrote for this model")
+        m = np.array([[c == "1" for c in row] for row in keep], dtype=bool)
+        if m.shape != (L.n_tiles, L.k_blocks):
+            raise MicrotileError(f"--approx: layer {L.op.index} mask is {m.shape}, the model needs "
+                                 f"{(L.n_tiles, L.k_blocks)}; use the JSON written for this model and board")
+        masks[L.op.index] = m
+    return layers, masks
+
+
+def pruned_model_file(model: str | Path, approx_json: str | Path, out_dir: Path, board=None) -> tuple[Path, set[int]]:
+    """Write the pruned int8 .tflite of an approx JSON (its `chosen` object, or a point with
+    `layers`); returns the file and the pruned operator indices."""
+    try:
+        data = json.loads(Path(approx_json).read_text())
+    except (OSError, ValueError) as exc:
+        raise MicrotileError(f"--approx {approx_json}: cannot read it as JSON ({exc}); "
+                             "give the file `microtile approx --json` wrote") from None
+    chosen = data.get("chosen", data) if isinstance(data, dict) else None
+    records = chosen.get("layers") if isinstance(chosen, dict) else None
+    if not isinstance(records, list):
+        raise MicrotileError(f"--approx {approx_json}: no `chosen.layers` in it; give the file `microtile approx --json` wrote")
+    graph = load_tflite(model)
+    layers, masks = masks_from_records(graph, records, board)
+    pruned = approx.prune_graph(graph, layers, masks, mark=False)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{Path(model).stem}.pruned.tflite"
+    path.write_bytes(write_tflite(pruned, "microtile approx: pruned k-blocks"))
+    return path, set(masks)
+
+
+def plot_front(points: list[dict], chosen: dict, exact: dict, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    xs = [p["est_cycles"] / 1e6 for p in points]
+    ys = [100 * p["calibration_top1"] for p in points]
+    ax.scatter(xs, ys, s=14, c=["tab:blue" if p["within_budget"] else "tab:gray" for p in points],
+               label="evaluated points (grey: over budget)")
+    front = sorted((p for p in points if p["pareto"]), key=lambda p: p["est_cycles"])
+    ax.plot([p["est_cycles"] / 1e6 for p in front], [100 * p["calibration_top1"] for p in front],
+            "-", color="tab:blue", label="Pareto front")
+    ax.scatter([exact["est_cycles_predicted"] / 1e6], [100 * exact["calibration_top1"]], marker="s",
+               s=50, color="black", label="exact")
+    ax.scatter([chosen["est_cycles_predicted"] / 1e6], [100 * chosen["calibration_top1"]], marker="*",
+               s=160, color="tab:red", label="chosen")
+    ax.set_xlabel("estimated cycles (millions, timing model, per inference)")
+    ax.set_ylabel("calibration Top-1 (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- the command
+
+def check_budget(budget) -> float:
+    try:
+        value = float(budget)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and 0 <= value <= 100):
+        raise MicrotileError(f"--budget {budget}: give the allowed held-out Top-1 loss in percentage "
+                             "points, a number from 0 to 100 (e.g. 0.5)")
+    return value
+
+
+def split_samples(samples: list, calibrate: int, labels: str) -> tuple[list, list]:
+    """The first `calibrate` labelled inputs for calibration and search, the rest held out."""
+    if not 1 <= calibrate < len(samples):
+        raise MicrotileError(f"--calibrate {calibrate}: {labels} has {len(samples)} labelled inputs; calibrate "
+                             f"on 1 to {len(samples) - 1} of them so that the rest are held out")
+    return list(samples[:calibrate]), list(samples[calibrate:])
+
+
+def _stack(samples: list) -> tuple[np.ndarray, np.ndarray]:
+    return (np.stack([s.arrays[0].reshape(s.arrays[0].shape[1:]) for s in samples]),
+            np.array([s.label for s in samples]))
+
+
+def _device_measure(board_name: str, sample, work: Path, log) -> Callable[[Graph, set], tuple[dict, dict]]:
+    """measure(unmarked graph, pruned op indices) -> per-layer (instructions, est_cycles)
+    of one input on the target, the build checked against TFLM."""
+    from microtile.measure.runner import run_model
+
+    def measure(graph: Graph, pruned: set) -> tuple[dict, dict]:
+        path = work / f"probe_{len(list(work.glob('probe_*')))}.tflite"
+        path.write_bytes(write_tflite(graph))
+        r = run_model(path, board_name, samples=[sample], seed=None,
+                      graph_hook=lambda g: approx.mark_pruned(g, pruned))
+        if r.failed or r.mismatch_count or not r.counted:
+            raise MicrotileError(f"approx: the cost probe on {board_name} failed "
+                                 f"({r.error or f'{r.mismatch_count} mismatches' if r.mismatch_count else r.error or 'no counter'})")
+        idx = [op.index for op in r.compiled.device_ops]
+        est = r.mean_estimates()
+        if None in est:
+            raise MicrotileError(f"approx: no timing-model estimate on {board_name} ({r.timing_error})")
+        log(f"measured {'exact' if not pruned else f'{len(pruned)} pruned layers'}: "
+            f"{sum(r.mean_counts()):,} instructions, {sum(est):,} est. cycles")
+        return dict(zip(idx, r.mean_counts())), dict(zip(idx, est))
+
+    return measure
+
+
+def run_approx(model: str, labels: str, calibrate: int, budget: float, board_name: str = "qemu",
+               json_out: str | None = None, plot: str | None = None, device_limit: int | None = None,
+               log: Callable[[str], None] = print) -> dict:
+    import tempfile
+
+    from microtile.check.oracle import TflmOracle
+    from microtile.measure.inputs import load_samples
+    from microtile.measure.runner import run_model
+    from microtile.targets.boards import load_board
+
+    budget = check_budget(budget)
+    if device_limit is not None and device_limit < 1:
+        raise MicrotileError(f"--device-limit {device_limit}: give 1 or more held-out inputs to run on the target")
+    graph = load_tflite(model)
+    board = load_board(board_name)
+    samples = load_samples(graph, labels=labels)
+    cal, held = split_samples(samples, calibrate, labels)
+    x_cal, y_cal = _stack(cal)
+    x_held, y_held = _stack(held)
+    log(f"split: {len(cal)} calibration inputs ({cal[0].name} .. {cal[-1].name}), {len(held)} held out")
+
+    search = Search(graph, board, x_cal, y_cal, log)
+    with tempfile.TemporaryDirectory(prefix="microtile-approx-") as tmp:
+        work = Path(tmp)
+        search.calibrate_cost(_device_measure(board_name, cal[0], work, log))
+        points = search.greedy(budget)
+        mark_pareto(points)
+        fits = [p for p in points if p["within_budget"]]
+        best = min(fits, key=lambda p: (p["est_cycles"], -p["calibration_top1"]))
+        levels = {int(i): f for i, f in best["fractions"].items()}
+
+        # held-out accuracy: the reference executor, exact and chosen, same inputs
+        exact_held = top1(all_values(graph, x_held), graph, y_held)
+        chosen_graph = search.prune_at(levels)
+        chosen_values = all_values(chosen_graph, x_held)
+        chosen_held = top1(chosen_values, chosen_graph, y_held)
+
+        # the chosen network on the target, against TFLM running the pruned .tflite
+        records = search.layer_records(levels)
+        plain = search.prune_at(levels, mark=False)
+        pruned_path = work / f"{Path(model).stem}.pruned.tflite"
+        pruned_path.write_bytes(write_tflite(plain, "microtile approx: pruned k-blocks"))
+        on_device = held[:device_limit]
+        log(f"running the chosen point on {board_name}: {len(on_device)} held-out inputs")
+        pruned_ops = {r["index"] for r in records}
+        dev = run_model(pruned_path, board_name, samples=on_device, seed=None,
+                        graph_hook=lambda g: approx.mark_pruned(g, pruned_ops))
+        oracle = TflmOracle(pruned_path)
+        out_t = chosen_values[graph.outputs[0]]
+        ref_mismatches = sum(not np.array_equal(oracle(s.arrays)[0].reshape(-1), out_t[k].reshape(-1))
+                             for k, s in enumerate(on_device))
+        exact_dev = run_model(model, board_name, samples=held[:1], seed=None)
+
+    def measured(r) -> tuple:
+        c, e = r.mean_counts(), r.mean_estimates()
+        return (sum(c) if r.counted and None not in c else None, sum(e) if None not in e else None)
+
+    exact_ins, exact_cyc = measured(exact_dev)
+    chosen_ins, chosen_cyc = measured(dev)
+    exact_pred = search.predicted({})
+    result = {
+        "model": str(model), "board": board_name, "budget_pp": budget,
+        "split": {"labels": str(labels), "calibration": len(cal), "heldout": len(held),
+                  "calibration_range": [cal[0].name, cal[-1].name], "heldout_range": [held[0].name, held[-1].name]},
+        "exact": {"heldout_top1": exact_held, "calibration_top1": search.exact_top1,
+                  "instructions": exact_ins, "est_cycles": exact_cyc,
+                  "instructions_predicted": round(exact_pred["instructions"]),
+                  "est_cycles_predicted": round(exact_pred["est_cycles"]),
+                  "device_mismatches": exact_dev.mismatch_count},
+        "chosen": {"heldout_top1": chosen_held, "calibration_top1": best["calibration_top1"],
+                   "instructions": chosen_ins, "est_cycles": chosen_cyc,
+                   "instructions_predicted": best["instructions"], "est_cycles_predicted": best["est_cycles"],
+                   "device_samples": dev.samples, "device_mismatches": dev.mismatch_count if dev.samples else None,
+                   "reference_mismatches": int(ref_mismatches), "device_error": dev.error,
+                   "fractions": best["fractions"], "layers": records},
+        "pareto": points,
+        "counter_unit": dev.counter_unit,
+    }
+    if exact_ins and chosen_ins:
+        result["chosen"]["instructions_saved"] = round(1 - chosen_ins / exact_ins, 4)
+    if exact_cyc and chosen_cyc:
+        result["chosen"]["est_cycles_saved"] = round(1 - chosen_cyc / exact_cyc, 4)
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+    plot_path = Path(plot) if plot else (Path(json_out).with_suffix(".png") if json_out else None)
+    if plot_path:
+        plot_front(points, result["chosen"], {**result["exact"]}, plot_path,
+                   f"{Path(model).name}: {len(points)} points, budget {budget} pp (calibration split)")
+        result["plot"] = str(plot_path)
+    return result
