@@ -69,6 +69,7 @@ def _print_run(result) -> None:
     if data["top1"] is not None:
         console.print(f"Top-1 {100 * data['top1']:.1f}% (TFLM reference kernels: {100 * data['tflm_top1']:.1f}%)")
     console.print(_timing_note(data))
+    _print_energy(data)
     if data["timing_model"]["target"]:
         console.print("[dim]Emulated on the timing model (unicorn): counts are executed instructions.[/dim]")
     elif unit == "instructions":
@@ -89,6 +90,27 @@ def _timing_note(run: dict) -> str:
     return (f"[dim]Estimated cycles: {tm['name']} {tm['version']} ({tm['core']}, {tm['board']} memory map, "
             f"{tm['flash_wait_states']} flash wait states at {tm['clock_hz'] / 1e6:g} MHz), "
             f"{'every sample' if tm['target'] else 'first sample'}; docs/timing.md.[/dim]")
+
+
+def _print_energy(run: dict) -> None:
+    """The measured energy (a power probe) and the estimated energy (timing model x datasheet)."""
+    energy = run.get("energy")
+    if energy:
+        where = f"{energy['spec']}, {energy['supply_v']:.3f} V {energy['voltage_source']}"
+        per = energy["per_inference"]
+        if per:
+            console.print(f"Energy ({where}): {per['median_uj']:,.2f} µJ per inference, median of "
+                          f"{energy['windows']} windows (min {per['min_uj']:,.2f}, max {per['max_uj']:,.2f}); "
+                          f"average power {per['mean_power_mw']:,.2f} mW over {per['time_us']:,.1f} µs")
+            for layer in energy["layers"] or []:
+                console.print(f"  layer {layer['index']} {layer['op']}: {layer['median_uj']:,.3f} µJ", highlight=False)
+        if energy["error"]:
+            console.print(f"[yellow]energy n/a: {energy['error']}[/yellow]")
+    est, info = run["total"].get("est_energy_uj"), run.get("estimated_energy") or {}
+    if est is not None:
+        console.print(f"[dim]Estimated energy {est:,.1f} µJ per inference (estimated cycles x the datasheet's "
+                      f"{info['run_current_ma']:g} mA at {info['clock_hz'] / 1e6:g} MHz, {info['supply_v']:g} V; "
+                      f"{info['source']}): an estimate, not a measurement.[/dim]")
 
 
 def _verdict(run: dict) -> str:
@@ -144,7 +166,7 @@ def cmd_run(args) -> int:
         hook, args.model = _approx_model(args)  # --approx: the pruned .tflite (measure/approx_search.py)
         result = run_model(args.model, args.board, inputs=args.inputs, random=args.random, graph_hook=hook,
                            labels=args.labels, limit=args.limit, probe=args.probe, os_name=args.os,
-                           kernels=args.kernels, seed=args.seed,
+                           kernels=args.kernels, seed=args.seed, power=args.power,
                            target_options=_target_options(args),
                            progress=lambda done, total: progress.update(task, completed=done, total=total))
     _print_run(result)
@@ -493,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--random", type=int, metavar="N", help="N seeded random inputs (default: 1)")
     src.add_argument("--labels", help="energyrunner y_labels.csv (file, classes, label); inputs beside it")
     run.add_argument("--limit", type=int, help="run at most N of the --inputs / --labels inputs")
+    run.add_argument("--power", metavar="PROBE:PORT",
+                     help="measure energy with a power probe: ppk2:/dev/ttyACM2, joulescope[:SERIAL], "
+                          "lpm01a:/dev/ttyACM3 or stlinkv3pwr:/dev/ttyACM4 (README, Energy)")
     _seed_option(run)
     run.add_argument("--json", metavar="OUT.json", help="also write the results as JSON")
     run.add_argument("--approx", metavar="CHOSEN.json", help="run the pruned network `microtile approx` chose")

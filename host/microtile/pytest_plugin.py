@@ -60,6 +60,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="target for device tests: qemu (default), nucleo (the attached Nucleo), or a board "
                     "from `microtile boards`")
     group.addoption("--probe", default=None, help="debug probe unique id when several boards are attached")
+    group.addoption("--power", default=None, metavar="PROBE:PORT",
+                    help="measure energy in run_on_board runs: ppk2:/dev/ttyACM2, joulescope[:SERIAL], "
+                         "lpm01a:PORT or stlinkv3pwr:PORT (README, Energy)")
     group.addoption("--emulate", action="store_true", default=False,
                     help="run the --board's image on its emulator (QEMU) instead of the real board")
     group.addoption("--labgrid", default=os.environ.get("LG_PLACE"), metavar="PLACE",
@@ -259,6 +262,10 @@ def result_properties(result: Any) -> list[tuple[str, Any]]:
     if data.get("top1") is not None:
         props.append(("top1", data["top1"]))
     props += [("ram_bytes", data["ram"]["total_bytes"]), ("rom_bytes", data["rom"]["total_bytes"])]
+    if (data.get("energy") or {}).get("per_inference"):
+        props.append(("energy_uj", data["energy"]["per_inference"]["median_uj"]))
+    if data["total"].get("est_energy_uj") is not None:
+        props.append(("est_energy_uj", data["total"]["est_energy_uj"]))
     if data.get("error"):
         props.append(("error", data["error"]))
     return props
@@ -278,6 +285,7 @@ def run_on_board(board, attached_probe, pytestconfig: pytest.Config, record_prop
                "baudrate": int(baud) if baud else None}
 
     def run(model_path, **kwargs):
+        kwargs.setdefault("power", pytestconfig.getoption("--power"))
         result = run_model(model_path, board.name, probe=probe, target_options=options, **kwargs)
         for name, value in result_properties(result):
             record_property(name, value)

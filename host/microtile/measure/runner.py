@@ -25,6 +25,8 @@ from microtile.check.oracle import TflmOracle
 from microtile.measure.provenance import file_sha256, provenance
 from microtile.importer.tflite_format import load_tflite
 from microtile.measure.timing import TimingTarget, estimate, timing_model_info
+from microtile.measure.power import check_power_run, finish_energy, open_power
+from microtile.measure.power.estimate import add_estimated_energy
 
 # Exit codes of `microtile run` and `bench` (README, "The command line").
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT, EXIT_TARGET_FAILED = 0, 1, 2, 3
@@ -89,6 +91,7 @@ class RunResult:
     timing_model: dict | None = None  # name, version, board, core, clock_hz, flash_wait_states
     timing_error: str | None = None  # why there is no estimate (the run itself may be fine)
     timing_target: bool = False  # the timing model ran every sample (a board without a QEMU machine)
+    energy: dict | None = None  # measured through a power probe (measure/power, README "Energy")
 
     @property
     def top1(self) -> float | None:
@@ -189,7 +192,9 @@ class RunResult:
             "timing_model": {**(self.timing_model or timing_model_info(self.board)), "samples": self.est_samples,
                              "target": self.timing_target, "error": self.timing_error},
             "provenance": self.provenance,
+            "energy": self.energy,
         }
+        add_estimated_energy(data, self.board)
         if unit == "cycles":  # also as time, at the clock the firmware reported
             clock = self.clock_hz or self.board.clock_hz
             data["clock_hz"] = clock
@@ -232,7 +237,7 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
               kernels: str = "optimized", os_name: str = "baremetal",
               target_options: dict | None = None, seed: int | None = DEFAULT_SEED,
               samples: Sequence[Sample] | None = None,
-              graph_hook: Callable | None = None) -> RunResult:
+              graph_hook: Callable | None = None, power: str | None = None) -> RunResult:
     """Run a model on a target. ``target_options`` go to ``targets.open_target``
     (``emulate``, ``port``, ``baudrate``); ``os_name`` is "baremetal" or "zephyr".
     ``samples`` replaces inputs/random/labels with a ready sequence (the soak's); then
@@ -252,6 +257,7 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
     options = dict(target_options or {})
     # a board no QEMU machine models runs, emulated, on the timing model alone
     on_timing_model = bool(options.get("emulate")) and board.emulator is None
+    power_probe = check_power_run(power, board, bool(options.get("emulate")), len(samples)) if power else None
     if not on_timing_model:
         check_target_tools(board, **options)  # before a build that could not run
     if os_name == "zephyr":
@@ -268,6 +274,9 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
     result.provenance = provenance(board=board.name, build_id=firmware.build_id,
                                    model_sha256=file_sha256(model_path),
                                    seed=seed if not (inputs or labels) else None, kernels=kernels)
+    if power_probe is not None:
+        open_power(power_probe)  # missing: exit 2; not answering: exit 3 (before the board is touched)
+    started = False
     try:
         opened = TimingTarget(board, firmware) if on_timing_model else \
             open_target(board, firmware, probe=probe, **options)
@@ -281,6 +290,9 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
             result.counter_unit = info.counter_unit
             result.clock_hz = info.clock_hz
             result.port_status = getattr(info, "port_status_text", "") or "ok"
+            if power_probe is not None:
+                power_probe.start()
+                started = True
             for k, sample in enumerate(samples):
                 for i, arr in enumerate(compiled.to_device(sample.arrays)):
                     link.write_input(i, np.ascontiguousarray(arr).tobytes())
@@ -310,6 +322,8 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
                     progress(k + 1, len(samples))
     except (MicrotileError, KeyboardInterrupt) as exc:  # link failures included: keep what was measured
         result.fail(exc, len(samples))
+    if power_probe is not None:
+        finish_energy(result, power_probe, started)
     if not on_timing_model and result.samples:
         estimate_first_sample(result, samples[0])
     return result

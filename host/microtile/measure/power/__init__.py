@@ -60,15 +60,49 @@ def make_probe(spec: str, board: Board):
     return probe
 
 
-def open_probe(spec: str, board: Board):
-    probe = make_probe(spec, board)
+def open_power(probe) -> None:
+    """Connect and configure the probe; closed again when that fails."""
     try:
         probe.open()
     except BaseException:
         probe.close()
         raise
-    return probe
 
 
 __all__ = ["MIN_WINDOWS", "Capture", "PowerProbeError", "ProbeStoppedError", "energy_report", "make_probe",
-           "open_probe", "parse_spec", "KINDS"]
+           "open_power", "check_power_run", "finish_energy", "parse_spec", "KINDS"]
+
+
+def check_power_run(spec: str, board: Board, emulated: bool, inferences: int):
+    """Before anything is built: the probe spec is valid, the target is a board, and
+    there are enough inferences for the median. Returns the (unopened) probe."""
+    if emulated or board.is_emulated:
+        raise PowerProbeError(f"--power {spec}: an emulated run has no current to measure; drop --power "
+                              f"(emulated runs report estimated energy from the timing model)")
+    if inferences < MIN_WINDOWS:
+        raise PowerProbeError(f"--power {spec}: {inferences} input(s); the energy is the median of at least "
+                              f"{MIN_WINDOWS} trigger windows (MLPerf Tiny): give --random {MIN_WINDOWS} or more")
+    if board.trigger is None:
+        raise PowerProbeError(f"--power {spec}: boards/{board.name}.yaml has no trigger pin")
+    return make_probe(spec, board)
+
+
+def finish_energy(result, probe, started: bool) -> None:
+    """Stop the capture after the run (whatever ended it), integrate the windows into
+    ``result.energy``; a probe that stopped answering fails the run (exit 3) but the
+    windows it delivered and everything the run measured stay."""
+    capture = None
+    try:
+        if started:
+            capture = probe.stop()
+    except ProbeStoppedError as exc:
+        capture = exc.capture
+        if not result.failed:
+            result.fail(exc)
+    finally:
+        probe.close()
+    if capture is None:
+        return
+    cycles = result.mean_counts() if result.counter_unit == "cycles" else None
+    ops = [op.opcode for op in result.compiled.device_ops]
+    result.energy = energy_report(capture, probe.spec, result.samples, cycles, ops)

@@ -90,9 +90,15 @@ def split_energy(power_w: np.ndarray, sample_rate_hz: float, fractions: list[flo
     return [float(b - a) for a, b in zip(at[:-1], at[1:])]
 
 
+def significant(x: float, digits: int = 7) -> float:
+    """A measured figure rounded to the digits that mean something (µJ of a layer can be 0.001)."""
+    return float(f"{x:.{digits}g}")
+
+
 def _stats_uj(values_j: list[float]) -> dict:
     uj = [v * 1e6 for v in values_j]
-    return {"median_uj": round(statistics.median(uj), 4), "min_uj": round(min(uj), 4), "max_uj": round(max(uj), 4)}
+    return {"median_uj": significant(statistics.median(uj)), "min_uj": significant(min(uj)),
+            "max_uj": significant(max(uj))}
 
 
 def energy_report(capture: Capture, spec: str, inferences: int, layer_cycles: list[int | None] | None = None,
@@ -121,8 +127,8 @@ def energy_report(capture: Capture, spec: str, inferences: int, layer_cycles: li
         energies.append(float(np.sum(capture.power_w(s, e))) / fs)
         times.append((e - s) / fs)
     powers_mw = [1e3 * en / t for en, t in zip(energies, times)]
-    report["per_inference"] = {**_stats_uj(energies), "mean_power_mw": round(statistics.median(powers_mw), 4),
-                               "time_us": round(1e6 * statistics.median(times), 3)}
+    report["per_inference"] = {**_stats_uj(energies), "mean_power_mw": significant(statistics.median(powers_mw)),
+                               "time_us": significant(1e6 * statistics.median(times))}
     if len(complete) != inferences:
         report["notes"].append(f"{len(complete)} windows for {inferences} inferences")
     if layer_cycles and None not in layer_cycles and sum(layer_cycles) > 0:

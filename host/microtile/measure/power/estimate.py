@@ -9,6 +9,7 @@ figure is a typical current for its stated code and conditions, not this model's
 """
 from __future__ import annotations
 
+from microtile.measure.power.capture import significant
 from microtile.targets.boards import Board
 
 
@@ -31,7 +32,7 @@ def datasheet_power(board: Board) -> dict | None:
 def estimated_energy_uj(cycles: int | None, power: dict | None) -> float | None:
     if cycles is None or power is None:
         return None
-    return round(cycles / power["clock_hz"] * power["current_a"] * power["supply_v"] * 1e6, 4)
+    return significant(cycles / power["clock_hz"] * power["current_a"] * power["supply_v"] * 1e6)
 
 
 def estimated_energy_info(board: Board) -> dict:
@@ -40,3 +41,12 @@ def estimated_energy_info(board: Board) -> dict:
     if power is None:
         return {"label": "estimated energy", "error": f"no datasheet run current (power:) in boards/{board.name}.yaml"}
     return {"label": "estimated energy", **{k: v for k, v in power.items() if k != "current_a"}, "error": None}
+
+
+def add_estimated_energy(data: dict, board: Board) -> None:
+    """A run's JSON gets ``est_energy_uj`` beside ``est_cycles`` (each layer, total) and
+    ``estimated_energy`` (the datasheet figures it rests on, or why there is none)."""
+    power = datasheet_power(board)
+    for entry in (*data["layers"], data["total"]):
+        entry["est_energy_uj"] = estimated_energy_uj(entry.get("est_cycles"), power)
+    data["estimated_energy"] = estimated_energy_info(board)
