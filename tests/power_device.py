@@ -11,6 +11,8 @@ import threading
 import time
 import tty
 
+import pytest
+
 
 class PtyDevice:
     """``handler(command_bytes, device)`` is called with each chunk the driver writes;
@@ -73,3 +75,25 @@ class PtyDevice:
                 os.close(fd)
             except OSError:
                 pass
+
+
+@pytest.fixture
+def pty_devices():
+    """``pty_devices(handler)`` -> a PtyDevice, closed after the test."""
+    made: list[PtyDevice] = []
+    yield lambda handler: made.append(PtyDevice(handler)) or made[-1]
+    for dev in made:
+        dev.close()
+
+
+def capture_session(probe, dev: PtyDevice, settle: float = 0.2):
+    """A whole capture: open and configure, start, let the device send all it has, stop,
+    close. Returns the Capture (or raises what stop() raised)."""
+    probe.open()
+    try:
+        probe.start()
+        assert dev.drained()
+        time.sleep(settle)
+        return probe.stop()
+    finally:
+        probe.close()

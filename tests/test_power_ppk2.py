@@ -10,7 +10,7 @@ from microtile.measure.power.ppk2 import (AVERAGE_START, AVERAGE_STOP, GET_META_
                                           SET_POWER_MODE, Ppk2Decoder, capture_from_decoder, encode_sample,
                                           parse_metadata, to_current)
 from microtile.targets.boards import load_board
-from power_device import PtyDevice
+from power_device import PtyDevice, capture_session, pty_devices  # noqa: F401 (a fixture)
 
 # A PPK2's GET_META_DATA answer, in its format (values of a calibrated unit)
 METADATA = ("Calibrated: 0\nR0: 1003.3087\nR1: 101.5060\nR2: 10.0712\nR3: 0.9860\nR4: 0.0460\n"
@@ -152,41 +152,20 @@ class Ppk2Device:
                 dev.send(self.stream if self.stall_after is None else self.stream[:self.stall_after])
 
 
-@pytest.fixture
-def pty_probe():
-    devices = []
-
-    def make(handler):
-        dev = PtyDevice(handler)
-        devices.append(dev)
-        return dev
-
-    yield make
-    for dev in devices:
-        dev.close()
-
-
-def test_a_session_over_a_serial_port(pty_probe):
+def test_a_session_over_a_serial_port(pty_devices):
     device = Ppk2Device(ppk2_stream(windows=6))
-    dev = pty_probe(device)
+    dev = pty_devices(device)
     probe = make_probe(f"ppk2:{dev.path},trigger=D0,timeout=1", load_board("nucleo_f446re"))
-    probe.open()
-    try:
-        probe.start()
-        assert dev.drained()
-        time.sleep(0.2)
-        capture = probe.stop()
-    finally:
-        probe.close()
+    capture = capture_session(probe, dev)
     assert bytes([GET_META_DATA]) in device.commands and bytes([SET_POWER_MODE, 1]) in device.commands
     assert device.commands.index(AVERAGE_START) < device.commands.index(AVERAGE_STOP)
     report = energy_report(capture, probe.spec, 6)
     assert report["windows"] == 6 and report["per_inference"]["median_uj"] == pytest.approx(window_uj(), rel=1e-6)
 
 
-def test_a_probe_that_stops_answering_keeps_the_windows_before(pty_probe):
+def test_a_probe_that_stops_answering_keeps_the_windows_before(pty_devices):
     stream = ppk2_stream(windows=8)
-    dev = pty_probe(Ppk2Device(stream, stall_after=4 * (250 + 6 * 650)))
+    dev = pty_devices(Ppk2Device(stream, stall_after=4 * (250 + 6 * 650)))
     probe = make_probe(f"ppk2:{dev.path},timeout=0.4", load_board("nucleo_f446re"))
     probe.open()
     try:
@@ -201,8 +180,8 @@ def test_a_probe_that_stops_answering_keeps_the_windows_before(pty_probe):
     assert report["windows"] == 6 and report["per_inference"]["median_uj"] == pytest.approx(window_uj(), rel=1e-6)
 
 
-def test_a_probe_that_never_answers_times_out(pty_probe):
-    dev = pty_probe(Ppk2Device(b"", mute=True))
+def test_a_probe_that_never_answers_times_out(pty_devices):
+    dev = pty_devices(Ppk2Device(b"", mute=True))
     probe = make_probe(f"ppk2:{dev.path},timeout=0.3", load_board("nucleo_f446re"))
     start = time.monotonic()
     with pytest.raises(ProbeStoppedError, match="no answer to GET_META_DATA"):

@@ -9,7 +9,7 @@ import pytest
 from microtile.measure.power import PowerProbeError, ProbeStoppedError, energy_report, make_probe
 from microtile.measure.power.st_power import StTextDecoder
 from microtile.targets.boards import load_board
-from power_device import PtyDevice
+from power_device import capture_session, pty_devices  # noqa: F401 (a fixture)
 
 IDLE, ACTIVE = "1500-06", "1234-05"  # 1.5 mA, 12.34 mA
 RATE, LENGTH, GAP = 5000, 50, 30  # freq 5k; windows of 50 samples (10 ms)
@@ -105,27 +105,12 @@ class StDevice:
                 dev.send(f"{prompt}ack {cmd}\r\n".encode())
 
 
-@pytest.fixture
-def pty_devices():
-    made = []
-    yield lambda handler: made.append(PtyDevice(handler)) or made[-1]
-    for dev in made:
-        dev.close()
-
-
 @pytest.mark.parametrize("kind", ["lpm01a", "stlinkv3pwr"])
 def test_a_session_over_a_serial_port(kind, pty_devices):
     device = StDevice(acquisition(), v3pwr=kind == "stlinkv3pwr")
     dev = pty_devices(device)
     probe = make_probe(f"{kind}:{dev.path},freq=5k,timeout=1", load_board("nucleo_l4r5zi"))
-    probe.open()
-    try:
-        probe.start()
-        assert dev.drained()
-        time.sleep(0.1)
-        capture = probe.stop()
-    finally:
-        probe.close()
+    capture = capture_session(probe, dev, settle=0.1)
     for _ in range(100):  # the device thread reads the last line
         if device.commands[-1:] == ["hrc"]:
             break

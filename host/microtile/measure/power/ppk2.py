@@ -98,6 +98,7 @@ class Ppk2Decoder:
         self.cal, self.vdd_mv = cal, vdd_mv
         self.buf = bytearray()
         self.expected: int | None = None  # the next sample's counter; None: not in sync
+        self._after_last = 0  # the counter the next sample should have had when sync was lost
         self.currents: list[np.ndarray] = []
         self.logic: list[np.ndarray] = []
         self.last_logic = 0
@@ -182,8 +183,6 @@ class Ppk2Decoder:
         want = (self.expected + np.arange(len(words))) & 0x3F
         bad = np.flatnonzero((counter != want) | (((words >> 14) & 7) >= RANGES))
         return int(bad[0]) if bad.size else len(words)
-
-    _after_last = 0  # the counter the next sample should have had when sync was lost
 
     def finish(self) -> None:
         """End of stream: the samples held back are emitted; bytes that never made a
