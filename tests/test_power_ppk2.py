@@ -202,3 +202,22 @@ def test_a_missing_port_and_bad_options_are_one_line_errors():
         with pytest.raises(PowerProbeError, match=words) as err:
             make_probe(spec, board)
         assert "\n" not in str(err.value)
+
+
+def test_one_window_per_layer_gives_each_layer_its_own_windows():
+    """Firmware that toggles the pin around each layer (the export's layer hook): 3
+    windows per inference, each layer's energy from its own windows."""
+    lengths, gap, inner = (100, 300, 50), 200, 20
+    words, counter = [], 0
+    for _ in range(6):
+        words += [(IDLE, 0)] * gap
+        for n in lengths:
+            words += [(ACTIVE, 1)] * n + [(IDLE, 0)] * inner
+    stream = b"".join(encode_sample(c, RANGE, k, lg).to_bytes(4, "little") for k, (c, lg) in enumerate(words))
+    _, capture = decode(stream)
+    report = energy_report(capture, "ppk2:test", 6, layer_ops=["CONV_2D", "DEPTHWISE_CONV_2D", "ADD"])
+    assert report["windows"] == 6 and report["windows_per_inference"] == 3
+    assert report["layer_split"] == "one trigger window per layer"
+    assert [layer["median_uj"] for layer in report["layers"]] == pytest.approx([window_uj(n) for n in lengths], rel=1e-6)
+    assert report["per_inference"]["median_uj"] == pytest.approx(window_uj(sum(lengths)), rel=1e-6)
+    assert report["per_inference"]["time_us"] == pytest.approx(sum(lengths) * 10.0)

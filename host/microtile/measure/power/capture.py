@@ -105,14 +105,22 @@ def energy_report(capture: Capture, spec: str, inferences: int, layer_cycles: li
                   layer_ops: list[str] | None = None) -> dict:
     """The run JSON's ``energy`` (README, "Energy"): per inference the median, min and
     max µJ over the windows, the median average power and window time, the supply
-    voltage, and per layer when each layer's cycles are known. Windows with lost
-    samples are left out of the statistics (and counted)."""
+    voltage, and per layer. Per layer: when there is one window per layer (firmware
+    that toggles the pin around each layer, e.g. through the export's layer hook),
+    each layer's own windows; otherwise each inference's window split by the measured
+    cycles per layer, when they are known. Inferences with lost samples are left out
+    of the statistics (and counted)."""
     windows = capture.windows()
-    complete = [(s, e) for s, e in windows if not np.isnan(capture.current_a[s:e]).any()]
+    n_layers = len(layer_ops or layer_cycles or [])
+    per_layer_windows = n_layers > 1 and len(windows) == inferences * n_layers
+    step = n_layers if per_layer_windows else 1
+    groups = [windows[k:k + step] for k in range(0, len(windows), step)]  # the windows of one inference
+    complete = [g for g in groups if not any(np.isnan(capture.current_a[s:e]).any() for s, e in g)]
     report = {
         "probe": capture.probe, "spec": spec, "sample_rate_hz": capture.sample_rate_hz,
         "supply_v": round(capture.mean_voltage(), 4), "voltage_source": capture.voltage_source,
-        "windows": len(complete), "windows_with_lost_samples": len(windows) - len(complete),
+        "windows": len(complete), "windows_per_inference": step,
+        "windows_with_lost_samples": len(groups) - len(complete),
         "inferences": inferences, "lost_samples": capture.lost_samples, "garbage": capture.garbage,
         "per_inference": None, "layers": None, "layer_split": None, "notes": list(capture.notes), "error": None,
     }
@@ -122,21 +130,23 @@ def energy_report(capture: Capture, spec: str, inferences: int, layer_cycles: li
                            f"to the probe's digital input) and the ground")
         return report
     fs = capture.sample_rate_hz
-    energies, times = [], []
-    for s, e in complete:
-        energies.append(float(np.sum(capture.power_w(s, e))) / fs)
-        times.append((e - s) / fs)
+    window_j = [[float(np.sum(capture.power_w(s, e))) / fs for s, e in g] for g in complete]
+    energies = [sum(w) for w in window_j]
+    times = [sum(e - s for s, e in g) / fs for g in complete]
     powers_mw = [1e3 * en / t for en, t in zip(energies, times)]
     report["per_inference"] = {**_stats_uj(energies), "mean_power_mw": significant(statistics.median(powers_mw)),
                                "time_us": significant(1e6 * statistics.median(times))}
-    if len(complete) != inferences:
-        report["notes"].append(f"{len(complete)} windows for {inferences} inferences")
-    if layer_cycles and None not in layer_cycles and sum(layer_cycles) > 0:
-        total = sum(layer_cycles)
-        fractions = [c / total for c in layer_cycles]
-        per_layer = [split_energy(capture.power_w(s, e), fs, fractions) for s, e in complete]
-        ops = layer_ops or [None] * len(layer_cycles)
-        report["layers"] = [{"index": i, "op": ops[i], **_stats_uj([w[i] for w in per_layer])}
-                            for i in range(len(layer_cycles))]
+    if len(groups) != inferences:
+        report["notes"].append(f"{len(groups) * step} windows for {inferences} inferences")
+    ops = layer_ops or [None] * n_layers
+    if per_layer_windows:
+        per_layer = window_j
+        report["layer_split"] = "one trigger window per layer"
+    elif layer_cycles and None not in layer_cycles and sum(layer_cycles) > 0:
+        fractions = [c / sum(layer_cycles) for c in layer_cycles]
+        per_layer = [split_energy(capture.power_w(s, e), fs, fractions) for (s, e), in complete]
         report["layer_split"] = "each window split at the layer boundaries by the measured cycles per layer"
+    else:
+        return report
+    report["layers"] = [{"index": i, "op": ops[i], **_stats_uj([w[i] for w in per_layer])} for i in range(n_layers)]
     return report
