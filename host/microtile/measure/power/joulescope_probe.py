@@ -93,6 +93,8 @@ class JoulescopeProbe:
     def __init__(self, spec: str, address: str, options: dict[str, str], supply_v: float):
         self.spec, self.serial = spec, address
         self.trigger = _gpi(options.pop("trigger", "0"), spec)
+        if self.trigger > 1:
+            raise PowerProbeError(f"--power {spec}: trigger={self.trigger}: the live stream carries GPI 0 or 1")
         self.save = options.pop("save", None)
         self.device = None
         self._chunks: list[dict] = []
@@ -120,8 +122,8 @@ class JoulescopeProbe:
             self.device.parameter_set("i_range", "auto")
             self.device.parameter_set("v_range", "15V")
             self.device.parameter_set("sampling_frequency", SAMPLE_RATE_HZ)
-            if self.trigger == 0:
-                self.device.parameter_set("current_lsb", "gpi0")  # JS110: IN0 rides in the current's LSB
+            # GPI 0 rides in the current's least significant bit, GPI 1 in the voltage's
+            self.device.parameter_set("current_lsb" if self.trigger == 0 else "voltage_lsb", f"gpi{self.trigger}")
             self.device.stream_process_register(self)
         except Exception as exc:  # noqa: BLE001 - the driver's errors are many; say which device
             raise ProbeStoppedError(f"power probe {self.spec}: {self.device} does not answer ({exc})") from None
