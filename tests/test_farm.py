@@ -89,36 +89,45 @@ import pytest
 
 @pytest.mark.parametrize("k", range(6))
 def test_device(board, attached_probe, k):
-    time.sleep(0.2)
+    time.sleep(0.05)
     with open(os.environ["FARM_LOG"], "a") as f:
         f.write(f"{os.environ['PYTEST_XDIST_WORKER']} {attached_probe.unique_id} {board.name}\\n")
 """
 
 
 def test_xdist_workers_each_get_their_own_board(pytester, tmp_path, monkeypatch):
-    """`pytest --board nucleo -n auto` over two attached boards: two workers (one per
-    board), each driving its own board, never the other's; with -n 3 the third worker has
-    none and its device tests fail saying so."""
+    """`pytest --board nucleo -n 3` over two attached boards: each worker that has a board
+    keeps it for all its tests, never two workers on one board, and the third worker's
+    device tests fail saying there is no free board and how many workers to run."""
     log = tmp_path / "farm.log"
     monkeypatch.setenv("FARM_LOG", str(log))
     pytester.makeconftest(FARM_CONFTEST)
     pytester.makepyfile(test_farm_inner=FARM_TESTS)
-    result = pytester.runpytest_subprocess("--board", "nucleo", "-n", "auto", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=6)
-    result.stdout.fnmatch_lines(["*2 workers [[]6 items[]]*"])
-    pairs = {tuple(line.split()) for line in log.read_text().splitlines()}
+    result = pytester.runpytest_subprocess("--board", "nucleo", "-n", "3", "-p", "no:cacheprovider")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("errors", 0) >= 1 and outcomes.get("passed", 0) >= 1, outcomes
+    result.stdout.fnmatch_lines(["*all 2 attached nucleo board(s) are in use*pytest -n 2*"])
     by_worker = {}
-    for worker, uid, board in pairs:
+    for worker, uid, board in (line.split() for line in log.read_text().splitlines()):
         assert board == "nucleo_f446re"
         by_worker.setdefault(worker, set()).add(uid)
     assert all(len(uids) == 1 for uids in by_worker.values()), by_worker  # a worker keeps its board
     owners = [next(iter(u)) for u in by_worker.values()]
     assert len(owners) == len(set(owners))  # never two workers on one board
-    log.unlink()
-    result = pytester.runpytest_subprocess("--board", "nucleo", "-n", "3", "-p", "no:cacheprovider")
-    outcomes = result.parseoutcomes()
-    assert outcomes.get("errors", 0) >= 1 and outcomes.get("passed", 0) >= 1
-    result.stdout.fnmatch_lines(["*all 2 attached nucleo board(s) are in use*pytest -n 2*"])
+
+
+def test_xdist_auto_runs_one_worker_per_attached_board(monkeypatch):
+    import microtile.targets.farm as farm
+    from microtile.pytest_plugin import pytest_xdist_auto_num_workers
+
+    class Config:  # the options pytest would parse from `--board nucleo -n auto`
+        stash: dict = {}
+
+        def getoption(self, name):
+            return {"--board": "nucleo", "--probe": None, "--emulate": False, "--labgrid": None}[name]
+
+    monkeypatch.setattr(farm, "list_attached", lambda: TWO_BOARDS)
+    assert pytest_xdist_auto_num_workers(Config()) == 2
 
 
 def test_lab_spreads_cells_over_the_attached_boards(tmp_path):

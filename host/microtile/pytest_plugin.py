@@ -149,6 +149,7 @@ def _farm_board(config: pytest.Config, name: str, probe: str | None):
         config.stash[_busy_key] = exc.board
         raise
     config.stash[_farm_key] = lock  # held until the worker ends
+    config.add_cleanup(lock.release)
     return device.board, device
 
 
@@ -164,8 +165,8 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 
 @pytest.hookimpl(tryfirst=True)  # before the report header asks for the board
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """--labgrid PLACE: the controller acquires the place (released at the end); xdist
-    workers read its resources."""
+    """--labgrid PLACE: the controller acquires the place (released when pytest ends);
+    xdist workers read its resources."""
     name = session.config.getoption("--labgrid")
     if not name or not _wants_hardware(session.config):
         return
@@ -179,12 +180,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     except MicrotileError as exc:
         pytest.exit(f"--labgrid {name}: {exc}", returncode=4)
     session.config.stash[_farm_key] = place
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    held = session.config.stash.get(_farm_key, None)
-    if held is not None:
-        held.release()
+    # released at the very end, also when the session stops before it starts (pytest.exit)
+    session.config.add_cleanup(place.release)
 
 
 def board_id(config: pytest.Config) -> str:
