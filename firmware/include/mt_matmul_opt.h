@@ -22,7 +22,12 @@
 
 #include <stdint.h>
 
-typedef struct {
+typedef struct mt_gemm_opt_s mt_gemm_opt;
+
+/* The tile kernel of a layer: rows (<= mr) panel rows x all N channels. */
+typedef void (*mt_gemm_rows_fn)(const mt_gemm_opt *g, const uint64_t *panel, int32_t rows, int8_t *output);
+
+struct mt_gemm_opt_s {
     int32_t mr, nr;             /* register tile: rows of A x output channels */
     int32_t wide;               /* 1: weights pre-extended to int16 pairs */
     int32_t k_blocks;           /* ceil(K / 4) */
@@ -36,7 +41,23 @@ typedef struct {
     const void *weights;        /* packed B (4-byte aligned) */
     const int32_t *bias;        /* [n_tiles * nr], input zero point folded in */
     const int32_t *requant;     /* [n_tiles * nr][3], see fast */
-} mt_gemm_opt;
+    mt_gemm_rows_fn rows;       /* mt_gemm_rows_<mr>x<nr>_w<wide>_m<mode>, chosen by the host: a
+                                   direct pointer, so the linker keeps only the tiles a model uses */
+};
+
+/* The tile kernels (mode 0: exact requantisation + clamp, 1: mt_requant_fast + clamp,
+ * 2: mt_requant_fast + SSAT when the activation range is the int8 range). */
+#define MT_GEMM_ROWS_DECL(mr, nr, wide, mode)                                         \
+    void mt_gemm_rows_##mr##x##nr##_w##wide##_m##mode(const mt_gemm_opt *g, const uint64_t *panel, \
+                                                       int32_t rows, int8_t *output);
+#define MT_GEMM_ROWS_DECL_TILE(mr, nr, wide)                                          \
+    MT_GEMM_ROWS_DECL(mr, nr, wide, 0) MT_GEMM_ROWS_DECL(mr, nr, wide, 1) MT_GEMM_ROWS_DECL(mr, nr, wide, 2)
+MT_GEMM_ROWS_DECL_TILE(1, 4, 0)
+MT_GEMM_ROWS_DECL_TILE(1, 4, 1)
+MT_GEMM_ROWS_DECL_TILE(4, 1, 0)
+MT_GEMM_ROWS_DECL_TILE(4, 1, 1)
+MT_GEMM_ROWS_DECL_TILE(3, 2, 0)
+MT_GEMM_ROWS_DECL_TILE(3, 2, 1)
 
 typedef struct {
     mt_gemm_opt g;

@@ -65,6 +65,10 @@ def _print_run(result) -> None:
         f"stack used {_count(ram['stack_bytes'])} of {ram['stack_reserved_bytes']:,} B reserved)   "
         f"ROM {rom['total_bytes']:,} B"
     )
+    if "layer_bound_bytes" in ram:
+        from microtile.measure.ram_bench import ram_line
+
+        console.print(ram_line(ram), highlight=False)
     console.print(f"Samples {data['samples']}: {_verdict(data)}")
     if data["top1"] is not None:
         console.print(f"Top-1 {100 * data['top1']:.1f}% (TFLM reference kernels: {100 * data['tflm_top1']:.1f}%)")
@@ -345,6 +349,13 @@ def cmd_compile(args) -> int:
     console.print(f"{fw.elf}\narena {compiled.plan.arena_size:,} B, weights {compiled.const_bytes:,} B, "
                   f"ROM {fw.sizes.rom_bytes:,} B, static RAM {fw.sizes.ram_static_bytes:,} B")
     if args.explain:
+        if compiled.search is not None:  # the RAM search's Pareto front (passes/ram_search.py)
+            from microtile.measure.ram_bench import pareto_rows
+
+            console.print(f"RAM configurations (budget {compiled.search.budget:,} B, layer-by-layer bound "
+                          f"{compiled.search.layer_bound:,} B), Pareto front:", highlight=False)
+            for row in pareto_rows(compiled.search):
+                console.print("  " + row, highlight=False)
         return _explain(args, compiled)
     return 0
 
@@ -397,13 +408,15 @@ def _explain(args, compiled) -> int:
             code = exit_code(result)
     table = Table(title=f"{compiled.graph.name}: schedules ({args.kernels} kernels), {unit} per MAC "
                         "(per output element for layers without MACs)")
+    numeric = ("#", "predicted", "measured", "est. cycles/MAC predicted", "est. cycles/MAC measured")
     for col in ("#", "op", "shape", "kernel", "M x N x K", "tile", "weights", "loop order", "k unroll",
-                "predicted", "measured", "est. cycles/MAC"):
-        table.add_column(col, justify="right" if col in ("#", "predicted", "measured", "est. cycles/MAC") else "left")
+                "predicted", "measured", "est. cycles/MAC predicted", "est. cycles/MAC measured"):
+        table.add_column(col, justify="right" if col in numeric else "left")
     for row, count, macs, est in zip(explain(compiled), counts, compiled.macs, estimates):
         mnk = f"{row['M']} x {row['N']} x {row['K']}" if "M" in row else "-"
         tile = str(row.get("tile", "-"))
         predicted = f"{row['predicted_ipm']:.2f}" if "predicted_ipm" in row else "-"
+        predicted_cpm = f"{row['predicted_cpm']:.2f}" if "predicted_cpm" in row else "-"
         per = macs or int(np.prod(row["shape"]))  # data movement: per output element
         def per_unit(value) -> str:
             if value is None:
@@ -412,7 +425,7 @@ def _explain(args, compiled) -> int:
 
         table.add_row(str(row["index"]), row["op"], "x".join(map(str, row["shape"][1:])), row["kernel"], mnk,
                       tile, row.get("weights", "-"), row.get("loop_order", "-").split(":")[0],
-                      str(row.get("k_unroll", "-")), predicted, per_unit(count), per_unit(est))
+                      str(row.get("k_unroll", "-")), predicted, per_unit(count), predicted_cpm, per_unit(est))
     console.print(table)
     if error is not None:
         console.print(f"[red]error:[/red] --explain could not measure: {error}", soft_wrap=True)
@@ -491,6 +504,36 @@ def _seed_option(parser) -> None:
                         help=f"seed of the random inputs (default: {DEFAULT_SEED}, so runs repeat exactly)")
 
 
+def _flash_budget_option(parser) -> None:
+    def nbytes(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            value = -1
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of bytes (e.g. 1048576 or 0x100000)")
+        return value
+
+    parser.add_argument("--flash-budget", type=nbytes, metavar="BYTES",
+                        help="ROM the optimised build may take: grants flash for int16 weight copies "
+                             "(default: the reference build's ROM + 10%%; docs/schedules.md)")
+
+
+def _ram_budget_option(parser) -> None:
+    def nbytes(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            value = -1
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of bytes (e.g. 65536 or 0x10000)")
+        return value
+
+    parser.add_argument("--ram-budget", type=nbytes, metavar="BYTES",
+                        help="activation arena the build may take: the fastest RAM configuration that fits is "
+                             "chosen (default: the board's RAM minus stack and buffers; passes/ram_search.py)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="microtile", description=__doc__)
     parser.add_argument("--version", action=_VersionAction,
@@ -508,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="run the board's image on its emulator (QEMU) instead of the attached board")
     run.add_argument("--kernels", choices=("optimized", "reference"), default="optimized",
                      help="optimised (default) or the portable reference kernels; both are bit-exact with TFLM")
+    _flash_budget_option(run)
+    _ram_budget_option(run)
     run.add_argument("--os", choices=("baremetal", "zephyr"), default="baremetal",
                      help="firmware: bare-metal image (default) or the Zephyr app (needs ZEPHYR_BASE; docs/zephyr.md)")
     src = run.add_mutually_exclusive_group()
@@ -543,6 +588,10 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("--kernels", choices=("reference", "optimized"), default="optimized")
     comp.add_argument("--explain", action="store_true",
                       help="print each layer's schedule with predicted and measured counts per MAC")
+    comp.add_argument("--emulate", action="store_true",
+                      help="--explain measures on the board's emulator (QEMU or the timing model), not the board")
+    _flash_budget_option(comp)
+    _ram_budget_option(comp)
     comp.set_defaults(func=cmd_compile)
 
     exp = sub.add_parser("export", help="write the model as a self-contained C library folder (CMake, Make, Zephyr)")
@@ -551,12 +600,14 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--out", required=True, help="folder to write (created)")
     exp.add_argument("--name", help="library and C prefix (default: the model file's stem as a C identifier)")
     exp.add_argument("--kernels", choices=("reference", "optimized"), default="optimized")
+    _flash_budget_option(exp)
     exp.set_defaults(func=cmd_export)
 
     bench = sub.add_parser("bench", help="reference vs optimised kernels, per layer, bit-exact checked")
     bench.add_argument("model", nargs="+", help="int8 .tflite models")
     bench.add_argument("--board", default="qemu")
     bench.add_argument("--kernels", choices=("reference", "optimized", "both"), default="both")
+    _flash_budget_option(bench)
     bench.add_argument("--emulate", action="store_true",
                        help="run the board's image emulated: on QEMU, or on the timing model where no QEMU "
                             "machine models the board (nucleo_l4r5zi: the X-CUBE-AI comparison)")
@@ -586,6 +637,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     from microtile.measure.runner import exit_code, signals_as_interrupts
+    from microtile.passes.schedule import set_flash_budget
+
+    set_flash_budget(getattr(args, "flash_budget", None))
+    from microtile.passes.ram_search import set_ram_budget
+
+    set_ram_budget(getattr(args, "ram_budget", None))
 
     try:
         with signals_as_interrupts():  # SIGTERM / SIGHUP clean up like Ctrl-C

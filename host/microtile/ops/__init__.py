@@ -28,8 +28,9 @@ class EmitContext(Protocol):
     def include(self, header: str) -> None:
         """#include "header" in model.c (headers live in firmware/include)."""
 
-    def const_array(self, hint: str, values: np.ndarray) -> str:
-        """Define ``static const <ctype> name[] = {...}`` in flash; returns its name.
+    def const_array(self, hint: str, values: np.ndarray, sram: bool = False) -> str:
+        """Define ``static const <ctype> name[] = {...}`` in flash (sram: in .data, copied
+        to SRAM by the startup); returns its name.
 
         The C type follows the numpy dtype (int8 -> int8_t, int32 -> int32_t, ...).
         """

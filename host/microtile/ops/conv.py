@@ -267,11 +267,14 @@ def _emit_gemm(ctx: EmitContext, op: Operator, graph: Graph, w2d: np.ndarray, mu
     bias_data = None if bias_t is None else bias_t.data
     bias = folded_bias(w2d, bias_data, in_zp, padded)
     table, fast = requant_table(w2d, bias_data, mult, shift, in_zp, out_zp, padded)
-    wname = ctx.const_array("gemm_w", packed)
-    bname = ctx.const_array("gemm_bias", bias)
-    qname = ctx.const_array("gemm_requant", table)
+    # weights and their tables in SRAM (.data) where the schedule's RAM budget placed them
+    wname = ctx.const_array("gemm_w", packed, sram=s.sram)
+    bname = ctx.const_array("gemm_bias", bias, sram=s.sram)
+    qname = ctx.const_array("gemm_requant", table, sram=s.sram)
+    mode = (2 if tuple(act) == (-128, 127) else 1) if fast else 0  # mt_gemm_rows_*_m<mode>
+    rows = f"mt_gemm_rows_{s.mr}x{s.nr}_w{int(s.wide)}_m{mode}"
     init = (f"{{{s.mr}, {s.nr}, {int(s.wide)}, {kb}, {n}, {padded // s.nr}, {out_zp}, {act[0]}, {act[1]}, "
-            f"{int(fast)}, {wname}, {bname}, {qname}}}")
+            f"{int(fast)}, {wname}, {bname}, {qname}, {rows}}}")
     return init, s
 
 

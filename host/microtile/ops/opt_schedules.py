@@ -35,6 +35,11 @@ POOL_SCALAR_TAP = 8     # per window pixel of a channel beyond a multiple of 4
 POOL_SCALAR_FIXED = 20
 POOL_PIXEL = 20         # per output pixel: window clipping
 
+# Estimated cycles per instruction of these kernels on a Cortex-M4 behind flash wait
+# states (loads of 2 cycles, taken branches, the weights' and tables' flash lines),
+# fitted on the timing model (NUCLEO-L4R5ZI): predicted est. cycles = instructions x VECTOR_CPI.
+VECTOR_CPI = 1.6
+
 SOFTMAX_ELEMENT = 5 + 13   # max (SIMD), sum (load, subtract, table load, add) + output per element
 SOFTMAX_ROW = 200          # fixed-point reciprocal and row set-up
 
@@ -44,6 +49,14 @@ def _clamp_sides(act: tuple[int, int]) -> int:
 
 
 def explain_op(op: Operator, graph: Graph) -> dict | None:
+    """The schedule text, predicted instructions and estimated cycles per MAC (or element)."""
+    row = _explain_op(op, graph)
+    if row is not None:
+        row["predicted_cpm"] = round(row["predicted_ipm"] * VECTOR_CPI, 3)
+    return row
+
+
+def _explain_op(op: Operator, graph: Graph) -> dict | None:
     from microtile.ops import kernel_for
 
     kernel = kernel_for(op)

@@ -1,6 +1,8 @@
 """Analytical schedules for matmul-shaped layers (MEMA-style): register tile, loop
-order, reduction unroll and weight format, chosen by formula from M, N, K and the
-core's register budget, with a cost model in instructions per MAC.
+order, weight format and where the weights live, chosen to minimise the **estimated
+cycles** of the target board (its core's instruction timings and its flash wait
+states, the figures of ``microtile.measure.timing.TIMING``), within the board's flash
+and RAM budgets. Instructions per MAC are predicted beside them.
 
 Every matmul-shaped layer is C[M x N] = A[M x K] * B[N x K]^T:
 FULLY_CONNECTED (M = batches, K = depth, N = units), CONV_2D 1x1 (M = pixels,
@@ -9,39 +11,34 @@ K = KH * KW * C_in, A built row by row as an int16 im2col panel).
 
 The kernels (firmware/kernels/mt_matmul_opt.c) run the reduction in k-blocks of 4
 int8 values: one 32-bit word of int8 gives two SXTB16 results, i.e. two SMLAD
-operand pairs. The model (docs/schedules.md states it with the same symbols):
+operand pairs. Each tile kernel's k-block is a fixed instruction sequence
+(``BLOCK_OPS``, the asm in mt_matmul_opt.c), costed with TIMING:
 
-  instructions per k-block of an mr x nr tile
-      I_blk = 2*mr*nr                      SMLAD: 4 MACs per (row, channel) pair
-            + L_A(mr)                      A loads: LDM of two panel rows, LDRD for one
-            + L_B(nr, wide)                B loads: LDR / LDRD / LDM of packed weights
-            + 2*nr*(1 - wide)              SXTB16 (+ROR8) of int8 weights
-            + 1/2 * 2                      SUBS+BNE per two blocks (unroll 2)
-  instructions per MAC, inner loop:   I_blk / (4*mr*nr)
-  plus per output:                    R (requantise, clamp, store)
-  plus per tile:                      T (bias into accumulators, loop entry)
-  plus per A row and k-block:         E (im2col: LDR, 2 SXTB16, STRD, loop; more
-                                      at the borders)
+  tile 3x2 (6 accumulators, 2 pointers, no counter: the loop ends at the panel's end)
+      int8:  LDRD weights, 3 LDRD panel rows, 4 SXTB16, 12 SMLAD     28 cycles / 24 MACs
+      int16: LDM 4 weights, 3 LDRD panel rows, 12 SMLAD              26 cycles
+  tile 4x1 (4 accumulators + counter)
+      int8:  LDR, 2 LDM 4 panel words, 2 SXTB16, 8 SMLAD             22 cycles / 16 MACs
+      int16: LDRD, 2 LDM 4, 8 SMLAD                                  21 cycles
+  tile 1x4 (FC at batch 1: the input pair meets 4 channels)
+      int8:  LDRD input, LDM 4 weights, 8 SXTB16, 8 SMLAD            24 cycles / 16 MACs
+      int16: LDRD input, 2 LDM 4 weights, 8 SMLAD                    21 cycles
 
-Register budget (Cortex-M4/M7, 13 general registers usable in the loop): 3 hold the
-A and B pointers and the loop counter, 4 receive one LDM (two panel rows or two
-int16 channels), 2 hold the current operand pair: 13 - 3 - 4 - 2 = 4 accumulators,
-so mr*nr = 4. The split of those 4 minimises the operand cost per MAC,
-c_A/nr + c_B/mr, where c_A = 1/2 (an LDM brings two rows) and c_B = 2 + 1/4 for
-int8 weights (two SXTB16 and a quarter of an LDM) or 1/4..1/2 for int16 weights:
-since c_B >= c_A the rows side gets the larger factor, mr = 4, nr = 1 (k-first loop
-order: the 4x1 output tile stays in registers for the whole reduction, the
-extended weight pair of the block is reused by 4 rows). With M < 4 (FC, batch 1)
-mr = 1 and nr = 4 (the input pair is reused by 4 channels). The A panel of mr rows
-lives in the arena (a scratch region after the planned tensors, codegen's
-``scratch``), never on the stack, so it is part of the RAM the fit check and the
-run report count; mr = 4 only while its 4-row panel stays within the panel budget
-(3/8 of the board's stack size: the RAM a 4-row panel may cost), else mr = 1.
+plus the loop (per 2 blocks: SUBS + taken BNE, or LDR end + CMP + taken BNE for 3x2),
+plus the weights' flash traffic: weights are read once per panel (they do not fit the
+8-line ART data cache), so each k-block pays wait_states * (weight bytes / line bytes)
+when the weights live in flash and nothing when they live in SRAM. Requantisation,
+tile set-up and the im2col panel are predicted in instructions (constants calibrated
+on QEMU) and converted with OVERHEAD_CPI (calibrated on the timing model).
 
-Weight format: int16 duplicates of the weights (pre-extended, pre-paired) remove the
-SXTB16s (c_B = 1/2 for 1x4, LDRD for 4x1) at twice the flash. It is a budgeted
-choice: layers are given int16 weights in order of instructions saved per extra
-byte while the extra bytes fit the board's flash budget.
+Choices, per layer: the tile with the fewest estimated cycles among those the rows
+allow (3x2 and 4x1 need 3 / 4 rows and their panel within the panel budget, 1x4
+always); the weight format: int16 copies save the SXTB16s but double the weight
+bytes (ROM, and flash traffic), given by cycles saved per extra ROM byte while they
+fit the flash budget (default: the reference build's ROM + 10 %, ``--flash-budget``
+grants more); the placement: weights copied to SRAM (.data, by the startup) by cycles
+saved per RAM byte while they fit the RAM budget (the board's RAM less the stack,
+every activation tensor and a reserve).
 """
 from __future__ import annotations
 
@@ -49,7 +46,8 @@ from dataclasses import asdict, dataclass
 
 from microtile.importer.ir import Graph, Operator
 
-# Registers and loop structure of the DSP kernels (see module docstring).
+# Registers of the 4x1 / 1x4 kernels (Cortex-M4/M7, 13 general registers in the loop):
+# 3 hold the A pointer, B pointer and counter, 4 receive one LDM, 2 the current pair.
 REGISTERS = 13
 POINTER_REGS = 3      # A pointer, B pointer, loop counter
 LDM_REGS = 4          # one LDM group
@@ -57,6 +55,21 @@ OPERAND_REGS = 2      # the current operand pair
 ACCUMULATORS = REGISTERS - POINTER_REGS - LDM_REGS - OPERAND_REGS  # = 4
 K_BLOCK = 4           # int8 values per word: two SMLAD pairs
 K_UNROLL = 2          # blocks per loop iteration
+
+# The tile kernels mt_matmul_opt.c has, and the instructions of one k-block of each:
+# (timing class, registers for LDM or None, count). "multiple" costs TIMING's 1+N.
+TILES = ((3, 2), (4, 1), (1, 4))
+BLOCK_OPS = {
+    (3, 2, False): [("load_dual", None, 4), ("dsp", None, 4 + 12)],
+    (3, 2, True): [("multiple", 4, 1), ("load_dual", None, 3), ("dsp", None, 12)],
+    (4, 1, False): [("load", None, 1), ("multiple", 4, 2), ("dsp", None, 2 + 8)],
+    (4, 1, True): [("load_dual", None, 1), ("multiple", 4, 2), ("dsp", None, 8)],
+    (1, 4, False): [("load_dual", None, 1), ("multiple", 4, 1), ("dsp", None, 8 + 8)],
+    (1, 4, True): [("load_dual", None, 1), ("multiple", 4, 2), ("dsp", None, 8)],
+}
+# The loop per K_UNROLL blocks (the BNE is taken: + P): 3x2 reads the panel end from the stack.
+LOOP_OPS = {3: [("load", None, 1), ("alu", None, 1), ("branch", None, 1)],
+            1: [("alu", None, 1), ("branch", None, 1)], 4: [("alu", None, 1), ("branch", None, 1)]}
 
 # Per-output, per-tile and per-panel-element costs (instructions), calibrated on
 # QEMU netduinoplus2 with arm-none-eabi-gcc 12.2 -O2 (tests/test_ops_conv_opt.py
@@ -69,13 +82,22 @@ COPY_ROW = 40.0       # per filter row copied bytewise (filter rows that are not
 GATHER_TAP = 20.0     # per filter tap on the gather path (borders, odd row lengths)
 GATHER_VALUE = 4.0    # per value on the gather path
 GATHER_BLOCK = 6.0    # per k-block converting the gathered bytes
+# Estimated cycles per instruction of that scalar code (requantisation, set-up, im2col:
+# loads, stores, spills, taken branches), fitted on the timing model (NUCLEO-L4R5ZI).
+OVERHEAD_CPI = 1.45
+TABLE_BYTES = 16      # bias + 3 requantisation words per output channel (read from flash once per tile)
 
 # Budget for a 4-row A panel (bytes), as a share of the board's stack size; the
 # panel itself lives in the arena's scratch region.
 STACK_FRACTION = 3 / 8
 DEFAULT_STACK = 0x2000
 DEFAULT_FLASH = 0x100000
-FLASH_FRACTION = 0.6  # share of the flash the weights (int8 + int16 copies) may take
+DEFAULT_RAM = 0x20000
+FLASH_FRACTION = 0.6  # share of the flash the weights may take at most (any budget)
+ROM_MARGIN = 0.10     # the optimised build's ROM: the reference build's + 10 % by default
+REFERENCE_CODE = 16 * 1024   # ROM of the reference firmware besides the weights (measured: 11-16 KB)
+OPT_RESERVE = 24 * 1024      # what the optimised kernels add to it (code, tables), kept out of the margin
+RAM_RESERVE = 16 * 1024      # RAM kept free besides the stack and the activations (statics, panel)
 
 
 @dataclass(frozen=True)
@@ -94,15 +116,22 @@ class Schedule:
     scratch_bytes: int      # arena scratch bytes for the A panel (and the conv gather row)
     inner_ipm: float        # instructions per MAC of the reduction loop alone
     predicted_ipm: float    # instructions per MAC of the whole layer
+    sram: bool = False      # weights copied to SRAM (.data) instead of read from flash
+    predicted_cpm: float = 0.0   # estimated cycles per MAC of the whole layer on the board
+    inner_cpm: float = 0.0       # estimated cycles per MAC of the reduction loop (flash included)
 
     @property
     def tile(self) -> str:
         return f"{self.mr}x{self.nr}"
 
+    @property
+    def weights(self) -> str:
+        return ("int16" if self.wide else "int8") + (", SRAM" if self.sram else "")
+
     def as_dict(self) -> dict:
         d = asdict(self)
         d["tile"] = self.tile
-        d["weights"] = "int16" if self.wide else "int8"
+        d["weights"] = self.weights
         return d
 
 
@@ -110,26 +139,72 @@ def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
 
+# ------------------------------------------------------------------ the core and its memory
+
+@dataclass(frozen=True)
+class Target:
+    """What the cost model needs of a board: its core's TIMING entry, flash wait states
+    and line bytes (microtile.measure.timing.MemorySystem), budgets."""
+    core: str = "cortex-m4"
+    wait_states: int = 0
+    miss_cycles: int = 0
+    line_bytes: int = 32
+
+
+def target_of(board) -> Target:
+    if board is None:
+        return Target()
+    from microtile.measure.timing import MemorySystem
+
+    core = "cortex-m7" if getattr(board, "core", "") == "cortex-m7" else "cortex-m4"
+    try:
+        mem = MemorySystem.for_board(board)
+    except AttributeError:  # a board without a clock tree (tests' stand-ins): zero wait states
+        return Target(core)
+    return Target(core, mem.wait_states, mem.miss_cycles, mem.line_bytes)
+
+
+def _op_cycles(ops: list, core: str) -> float:
+    from microtile.measure.timing import TIMING
+
+    cycles = TIMING[core]["cycles"]
+    total = 0.0
+    for cls, regs, count in ops:
+        if cls == "multiple":
+            total += count * (1 + (regs / 2 if cycles["multiple"] == "1+N/2" else regs))
+        else:
+            total += count * cycles[cls]
+    return total
+
+
+def block_cycles(mr: int, nr: int, wide: bool, target: Target = Target(), sram: bool = False) -> float:
+    """Estimated cycles of one k-block of an mr x nr tile: its instructions (TIMING),
+    the loop's share and the weights' flash traffic."""
+    from microtile.measure.timing import TIMING
+
+    c = _op_cycles(BLOCK_OPS[(mr, nr, wide)], target.core)
+    loop = _op_cycles(LOOP_OPS[mr], target.core) + TIMING[target.core]["P"]
+    flash = 0.0 if sram else target.miss_cycles * weight_bytes_per_block(nr, wide) / target.line_bytes
+    return c + loop / K_UNROLL + flash
+
+
+def weight_bytes_per_block(nr: int, wide: bool) -> int:
+    return nr * K_BLOCK * (2 if wide else 1)
+
+
 def block_instructions(mr: int, nr: int, wide: bool) -> float:
     """I_blk: instructions per k-block (4 reduction steps) of an mr x nr tile."""
-    smlad = 2 * mr * nr
-    a_loads = _ceil(mr, 2)                      # LDM of two panel rows (LDRD for one)
-    if wide:
-        b_loads = 1 if nr == 1 else _ceil(nr, 2)  # LDRD of one channel, LDM of two
-        ext = 0
-    else:
-        b_loads = 1 if nr == 1 else _ceil(nr, 4)  # LDR of one word, LDM of four
-        ext = 2 * nr                            # SXTB16, SXTB16 ROR8 per channel
-    loop = 2 / K_UNROLL                         # SUBS + BNE per K_UNROLL blocks
-    return smlad + a_loads + b_loads + ext + loop
+    body = sum(count for _, _, count in BLOCK_OPS[(mr, nr, wide)])
+    return body + sum(count for _, _, count in LOOP_OPS[mr]) / K_UNROLL
 
 
-def choose_tile(m: int, k_blocks: int, stack_budget: int) -> tuple[int, int]:
-    """The register tile by formula: mr*nr = ACCUMULATORS; mr = 4 (rows side, since
-    int8/int16 weights cost at least as much per block as panel rows) when there are
-    4 rows and their panel fits the stack budget, else mr = 1, nr = 4."""
-    mr = 4 if m >= 4 and panel_bytes(4, k_blocks) <= stack_budget else 1
-    return mr, ACCUMULATORS // mr
+def choose_tile(m: int, k_blocks: int, stack_budget: int, wide: bool = False,
+                target: Target = Target(), sram: bool = False) -> tuple[int, int]:
+    """The register tile with the fewest estimated cycles per MAC of its reduction loop
+    among those the rows allow: mr rows need M >= mr and an mr-row panel within the
+    panel budget; 1x4 always fits (FC at batch 1)."""
+    fits = [(mr, nr) for mr, nr in TILES if mr == 1 or (m >= mr and panel_bytes(mr, k_blocks) <= stack_budget)]
+    return min(fits, key=lambda t: block_cycles(t[0], t[1], wide, target, sram) / (4 * t[0] * t[1]))
 
 
 def panel_bytes(mr: int, k_blocks: int, kind: str = "conv") -> int:
@@ -168,6 +243,21 @@ def predict(kind: str, m: int, n: int, k: int, mr: int, nr: int, wide: bool,
     panel = rows * (panel_row_cost(k) if panel_row is None else panel_row)
     macs = m * n * k
     return i_blk / (4 * mr * nr), (loop + outputs + panel) / macs
+
+
+def predict_cycles(m: int, n: int, k: int, mr: int, nr: int, wide: bool, target: Target = Target(),
+                   sram: bool = False, panel_row: float | None = None) -> tuple[float, float]:
+    """(inner-loop estimated cycles/MAC, whole-layer estimated cycles/MAC): the k-blocks
+    costed from TIMING and the flash, the rest (requantisation, set-up, panel) as
+    instructions x OVERHEAD_CPI, plus the bias/requantisation tables' flash lines."""
+    kb = _ceil(k, K_BLOCK)
+    blk = block_cycles(mr, nr, wide, target, sram)
+    tiles = _ceil(m, mr) * _ceil(n, nr)
+    rows = _ceil(m, mr) * mr
+    tables = 0.0 if sram else target.miss_cycles * nr * TABLE_BYTES / target.line_bytes
+    scalar = tiles * TILE + m * n * REQUANT + rows * (panel_row_cost(k) if panel_row is None else panel_row)
+    total = tiles * (kb * blk + tables) + OVERHEAD_CPI * scalar
+    return blk / (4 * mr * nr), total / (m * n * k)
 
 
 # ------------------------------------------------------------------ layers
@@ -211,45 +301,133 @@ def _gather_fraction(op: Operator, graph: Graph) -> float:
 
 
 def _board_limits(board) -> tuple[int, int]:
-    """(stack budget for the panel, flash budget for weights) in bytes."""
+    """(stack budget for the panel, flash the weights may take at most) in bytes."""
     if board is None:
         return int(DEFAULT_STACK * STACK_FRACTION), int(DEFAULT_FLASH * FLASH_FRACTION)
     flash = board.memories["flash"].size if "flash" in board.memories else DEFAULT_FLASH
     return int(board.stack_size * STACK_FRACTION), int(flash * FLASH_FRACTION)
 
 
-# Test hook: force the weight format ("int8" / "int16") regardless of the budget.
+# Test hooks: force the weight format ("int8" / "int16"), the tile ((mr, nr)) or the
+# placement (True: SRAM) regardless of the cost model and the budgets.
 FORCE_WEIGHTS: str | None = None
+FORCE_TILE: tuple[int, int] | None = None
+FORCE_SRAM: bool | None = None
+# --flash-budget BYTES: the ROM the optimised build may take (None: the reference build's + 10 %).
+FLASH_BUDGET: int | None = None
+
+
+def set_flash_budget(nbytes: int | None) -> None:
+    global FLASH_BUDGET
+    FLASH_BUDGET = nbytes  # plans are cached per budget
 
 
 def _graph_const_bytes(graph: Graph) -> int:
     return sum(t.nbytes for t in graph.tensors if t.is_constant)
 
 
-def _wide_plan(graph: Graph, flash_budget: int, stack_budget: int) -> set[int]:
-    """Operator indices given int16 weights: by instructions saved per extra flash
-    byte, while the int16 copies plus every constant fit the flash budget."""
-    spare = flash_budget - _graph_const_bytes(graph)
-    candidates = []
-    for op in graph.operators:
-        shape = matmul_shape(op, graph)
-        if shape is None:
-            continue
-        kind, m, n, k = shape
-        kb = _ceil(k, K_BLOCK)
-        mr, nr = choose_tile(m, kb, stack_budget)
-        saved = (block_instructions(mr, nr, False) - block_instructions(mr, nr, True)) * kb * _ceil(m, mr) * _ceil(n, nr)
-        extra = _ceil(n, nr) * nr * kb * 4  # the int16 copy replaces the int8 weights: +1 byte each
-        candidates.append((saved / extra, op.index, extra))
-    chosen: set[int] = set()
-    for _, index, extra in sorted(candidates, reverse=True):
+def rom_spare(graph: Graph, board) -> int:
+    """ROM bytes int16 weight copies may add: within --flash-budget when given, else
+    within 10 % of the reference build's ROM (its weights + REFERENCE_CODE) less what the
+    optimised kernels add anyway (OPT_RESERVE); never past FLASH_FRACTION of the flash."""
+    consts = _graph_const_bytes(graph)
+    if FLASH_BUDGET is not None:
+        spare = FLASH_BUDGET - (consts + REFERENCE_CODE + OPT_RESERVE)
+    else:
+        spare = ROM_MARGIN * (consts + REFERENCE_CODE) - OPT_RESERVE
+    return int(max(0, min(spare, _board_limits(board)[1] - consts)))
+
+
+def ram_spare(graph: Graph, board) -> int:
+    """RAM bytes weights copied to SRAM may take: the board's RAM (the stack's region,
+    where .data lives) less the stack, every activation tensor (an upper bound on the
+    arena) and RAM_RESERVE. No board: none (the host build has no flash to avoid)."""
+    if board is None or not getattr(board, "memories", None):
+        return 0
+    region = board.memories.get(getattr(board, "stack_region", "ram")) or board.memories.get("ram")
+    if region is None:
+        return 0
+    activations = sum(t.nbytes for t in graph.tensors if not t.is_constant)
+    return max(0, region.size - board.stack_size - activations - RAM_RESERVE)
+
+
+@dataclass(frozen=True)
+class _Layer:
+    kind: str
+    m: int
+    n: int
+    k: int
+    row: float          # panel row instructions
+    stack_budget: int
+    target: Target
+
+    @property
+    def macs(self) -> int:
+        return self.m * self.n * self.k
+
+    def tiles(self) -> list[tuple[int, int]]:
+        kb = _ceil(self.k, K_BLOCK)
+        return [(mr, nr) for mr, nr in TILES
+                if mr == 1 or (self.m >= mr and panel_bytes(mr, kb) <= self.stack_budget)]
+
+    def cycles(self, tile: tuple[int, int], wide: bool, sram: bool) -> float:
+        return predict_cycles(self.m, self.n, self.k, tile[0], tile[1], wide, self.target, sram, self.row)[1] \
+            * self.macs
+
+    def best(self, wide: bool, sram: bool) -> tuple[tuple[int, int], float]:
+        """The tile with the fewest estimated cycles of the whole layer, and those cycles."""
+        tiles = [FORCE_TILE] if FORCE_TILE in self.tiles() else self.tiles()
+        tile = min(tiles, key=lambda t: self.cycles(t, wide, sram))
+        return tile, self.cycles(tile, wide, sram)
+
+    def weight_bytes(self, tile: tuple[int, int], wide: bool) -> int:
+        return _ceil(self.n, tile[1]) * tile[1] * _ceil(self.k, K_BLOCK) * K_BLOCK * (2 if wide else 1)
+
+
+def _layer(op: Operator, graph: Graph, board) -> _Layer:
+    kind, m, n, k = matmul_shape(op, graph)
+    geometry = None
+    if _conv_like(op, graph):
+        from microtile.ops.conv import _conv_geometry
+        geometry = _conv_geometry(op, graph)
+    row = panel_row_cost(k, geometry, _gather_fraction(op, graph))
+    return _Layer(kind, m, n, k, row, _board_limits(board)[0], target_of(board))
+
+
+def _plan(graph: Graph, board) -> dict[int, tuple[bool, bool]]:
+    """Per matmul-shaped layer the optimised kernels run: (int16 weights, weights in
+    SRAM). int16 copies by estimated cycles saved per extra ROM byte within rom_spare,
+    then SRAM placement by cycles saved per RAM byte within ram_spare."""
+    from microtile.ops.conv import optimized_supported
+
+    layers = {op.index: _layer(op, graph, board) for op in graph.operators
+              if matmul_shape(op, graph) is not None and optimized_supported(op, graph)}
+    plan = {index: (False, False) for index in layers}
+    spare = rom_spare(graph, board)
+    gains = []
+    for index, layer in layers.items():
+        (t8, c8), (t16, c16) = layer.best(False, False), layer.best(True, False)
+        extra = layer.weight_bytes(t16, True) - layer.weight_bytes(t8, False)
+        if c16 < c8 and extra > 0:
+            gains.append(((c8 - c16) / extra, index, extra))
+    for _, index, extra in sorted(gains, reverse=True):
         if extra <= spare:
-            chosen.add(index)
+            plan[index] = (True, False)
             spare -= extra
-    return chosen
+    room = ram_spare(graph, board)
+    gains = []
+    for index, layer in layers.items():
+        wide = plan[index][0]
+        (tf, cf), (ts, cs) = layer.best(wide, False), layer.best(wide, True)
+        size = layer.weight_bytes(ts, wide) + _ceil(layer.n, ts[1]) * ts[1] * TABLE_BYTES
+        if cs < cf:
+            gains.append(((cf - cs) / size, index, size))
+    for _, index, size in sorted(gains, reverse=True):
+        if size <= room:
+            plan[index] = (plan[index][0], True)
+            room -= size
+    return plan
 
-
-_PLANS: dict[tuple[int, int, int], set[int]] = {}
 
 
 def schedule_for(op: Operator, graph: Graph, board=None) -> Schedule:
@@ -257,28 +435,30 @@ def schedule_for(op: Operator, graph: Graph, board=None) -> Schedule:
     shape = matmul_shape(op, graph)
     if shape is None:
         raise ValueError(f"operator #{op.index} {op.opcode} is not matmul-shaped")
-    kind, m, n, k = shape
-    stack_budget, flash_budget = _board_limits(board)
-    kb = _ceil(k, K_BLOCK)
-    mr, nr = choose_tile(m, kb, stack_budget)
+    layer = _layer(op, graph, board)
+    # cached per graph object (an id() key could be reused by a later graph)
+    plans = graph.__dict__.setdefault("_schedule_plans", {})
+    key = (getattr(board, "name", None), FLASH_BUDGET)
+    if key not in plans:
+        plans[key] = _plan(graph, board)
+    wide, sram = plans[key].get(op.index, (False, False))
     if FORCE_WEIGHTS is not None:
         wide = FORCE_WEIGHTS == "int16"
-    else:
-        key = (id(graph), flash_budget, stack_budget)
-        if key not in _PLANS:
-            _PLANS[key] = _wide_plan(graph, flash_budget, stack_budget)
-        wide = op.index in _PLANS[key]
-    geometry = None
-    if _conv_like(op, graph):
-        from microtile.ops.conv import _conv_geometry
-        geometry = _conv_geometry(op, graph)
-    row = panel_row_cost(k, geometry, _gather_fraction(op, graph))
-    inner, total = predict(kind, m, n, k, mr, nr, wide, row)
-    order = ("k-first: the %dx%d output tile stays in registers for the whole reduction; "
-             "%s" % (mr, nr, "the weight pair of a block is reused by %d rows" % mr if mr > 1
-                     else "the input pair of a block is reused by %d channels" % nr))
+    if FORCE_SRAM is not None:
+        sram = FORCE_SRAM
+    (mr, nr), cycles = layer.best(wide, sram)
+    kind, m, n, k = shape
+    kb = _ceil(k, K_BLOCK)
+    inner, total = predict(kind, m, n, k, mr, nr, wide, layer.row)
+    inner_c = predict_cycles(m, n, k, mr, nr, wide, layer.target, sram, layer.row)[0]
+    reuse = ("the weight pair of a block is reused by %d rows" % mr if mr > 1
+             else "the input pair of a block is reused by %d channels" % nr)
+    if mr > 1 and nr > 1:
+        reuse = "each panel pair meets %d channels, each weight pair %d rows" % (nr, mr)
+    order = "k-first: the %dx%d output tile stays in registers for the whole reduction; %s" % (mr, nr, reuse)
     return Schedule(op.opcode, kind, m, n, k, mr, nr, wide, order, K_BLOCK * K_UNROLL, kb,
-                    panel_bytes(mr, kb, kind), round(inner, 4), round(total, 4))
+                    panel_bytes(mr, kb, kind), round(inner, 4), round(total, 4), sram,
+                    round(cycles / layer.macs, 4), round(inner_c, 4))
 
 
 def _optimized_schedule(op: Operator, graph: Graph, board) -> dict:
@@ -289,11 +469,13 @@ def _optimized_schedule(op: Operator, graph: Graph, board) -> dict:
         vector = explain_op(op, graph)
         if vector is None:
             return {}
-        return {"loop_order": vector["schedule"], "predicted_ipm": vector["predicted_ipm"]}
+        return {"loop_order": vector["schedule"], "predicted_ipm": vector["predicted_ipm"],
+                "predicted_cpm": vector["predicted_cpm"]}
     s = schedule_for(op, graph, board)
     return {"kind": s.kind, "M": s.m, "N": s.n, "K": s.k, "tile": s.tile,
-            "weights": "int16" if s.wide else "int8", "loop_order": s.loop_order,
-            "k_unroll": s.k_unroll, "predicted_ipm": s.predicted_ipm, "inner_ipm": s.inner_ipm}
+            "weights": s.weights, "loop_order": s.loop_order,
+            "k_unroll": s.k_unroll, "predicted_ipm": s.predicted_ipm, "inner_ipm": s.inner_ipm,
+            "predicted_cpm": s.predicted_cpm}
 
 
 def explain(compiled) -> list[dict]:
