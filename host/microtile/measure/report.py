@@ -21,30 +21,53 @@ TOP1_TOLERANCE = 0.005  # half a percentage point of Top-1
 
 # ---- analysis (one run's per-layer costs) ----
 
-def _elf_symbols(elf: Path) -> tuple[dict[str, int], dict[int, int], int]:
-    """(function name -> size, layer index -> weight bytes, code bytes) of a firmware ELF.
-    Weights are model.c's per-layer constants, named l<layer>_...; code is every
-    executable section."""
+def _elf_symbols(elf: Path) -> tuple[dict[str, int], dict[str, set[str]], dict[int, int], int]:
+    """(function -> size, function -> the functions it calls, layer index -> weight
+    bytes, code bytes) of a firmware ELF. Calls are the Thumb BL / B.W instructions whose
+    target starts a function (capstone); weights are model.c's per-layer constants, named
+    l<layer>_...; code is every executable section."""
+    from capstone import CS_ARCH_ARM, CS_MODE_THUMB, Cs
     from elftools.elf.elffile import ELFFile
 
-    funcs: dict[str, int] = {}
+    funcs: dict[str, tuple[int, int]] = {}
     weights: dict[int, int] = defaultdict(int)
     code = 0
+    sections = []
     with open(elf, "rb") as f:
         ef = ELFFile(f)
         for sec in ef.iter_sections():
             if sec["sh_flags"] & 2 and sec["sh_flags"] & 4:  # SHF_ALLOC | SHF_EXECINSTR
                 code += sec["sh_size"]
+                sections.append((sec["sh_addr"], sec.data()))
         symtab = ef.get_section_by_name(".symtab")
         if symtab is None:
             raise MicrotileError(f"{elf}: no symbol table, so no per-layer ROM")
         for sym in symtab.iter_symbols():
             kind = sym["st_info"]["type"]
-            if kind == "STT_FUNC":
-                funcs[sym.name] = max(funcs.get(sym.name, 0), sym["st_size"])
+            if kind == "STT_FUNC" and sym["st_size"]:
+                funcs[sym.name] = (sym["st_value"] & ~1, sym["st_size"])
             elif kind == "STT_OBJECT" and (m := re.fullmatch(r"l(\d+)_\w+", sym.name)):
                 weights[int(m.group(1))] += sym["st_size"]
-    return funcs, dict(weights), code
+    starts = {addr: name for name, (addr, _) in funcs.items()}
+    md = Cs(CS_ARCH_ARM, CS_MODE_THUMB)
+    calls: dict[str, set[str]] = {}
+    for name, (addr, size) in funcs.items():
+        body = next((data[addr - base:addr - base + size] for base, data in sections
+                     if base <= addr < base + len(data)), b"")
+        calls[name] = {starts[t] for insn in md.disasm(body, addr) if insn.mnemonic in ("bl", "b.w", "b")
+                       and insn.op_str.startswith("#") and (t := int(insn.op_str[1:], 16)) in starts
+                       and starts[t] != name}
+    return {n: sz for n, (_, sz) in funcs.items()}, calls, dict(weights), code
+
+
+def _closure(roots: list[str], calls: dict[str, set[str]]) -> set[str]:
+    seen, todo = set(), list(roots)
+    while todo:
+        fn = todo.pop()
+        if fn not in seen:
+            seen.add(fn)
+            todo += calls.get(fn, ())
+    return seen
 
 
 def layer_kernels(model_c: str) -> list[list[str]]:
@@ -55,11 +78,22 @@ def layer_kernels(model_c: str) -> list[list[str]]:
 
 
 def live_activation_bytes(compiled) -> list[int]:
-    """Per layer, the arena bytes live while it runs: every activation tensor whose lifetime
-    covers that step (its inputs and outputs included)."""
+    """Per layer, the arena bytes in use while it runs: the union of the byte ranges of
+    every activation tensor whose lifetime covers that step (the planner lets some share
+    bytes, so this is not the sum of their sizes)."""
     plan = compiled.plan
-    return [sum(plan.sizes[t] for t, (a, b) in plan.lifetimes.items() if a <= step <= b and t in plan.sizes)
-            for step in range(len(compiled.device_ops))]
+    out = []
+    for step in range(len(compiled.device_ops)):
+        spans = sorted((plan.offsets[t], plan.offsets[t] + plan.sizes[t]) for t, (a, b) in plan.lifetimes.items()
+                       if a <= step <= b and t in plan.offsets and t in plan.sizes)
+        used, end = 0, 0
+        for lo, hi in spans:
+            lo = max(lo, end)
+            if hi > lo:
+                used += hi - lo
+                end = hi
+        out.append(used)
+    return out
 
 
 def analyze(result) -> dict:
@@ -67,11 +101,12 @@ def analyze(result) -> dict:
     several layers is counted in each and marked shared), activation RAM, estimated cycles
     and the measured count. Totals: weights, all code in the image, arena."""
     compiled = result.compiled
-    funcs, weights, code_total = _elf_symbols(Path(result.firmware.elf))
+    funcs, calls, weights, code_total = _elf_symbols(Path(result.firmware.elf))
     kernels = layer_kernels(compiled.model_c)
     users: dict[str, int] = defaultdict(int)
-    for ks in kernels:
-        for k in ks:
+    closures = [_closure([k for k in ks if k in funcs], calls) for ks in kernels]
+    for fns in closures:
+        for k in fns:
             users[k] += 1
     live = live_activation_bytes(compiled)
     data = result.to_json()
@@ -79,12 +114,15 @@ def analyze(result) -> dict:
     layers = []
     for i, (layer, op) in enumerate(zip(data["layers"], compiled.device_ops)):
         ks = kernels[i] if i < len(kernels) else []
+        fns = closures[i] if i < len(closures) else set()
+        inlined = [k for k in ks if k not in funcs]  # static inline kernels live in run_layer
         layers.append({
             "index": layer["index"], "op": layer["op"], "macs": layer["macs"],
             "shape": list(compiled.graph.tensor(op.outputs[0]).shape),
             "weight_bytes": weights.get(i, 0),
-            "code_bytes": sum(funcs.get(k, 0) for k in ks),
-            "kernels": [{"name": k, "bytes": funcs.get(k), "shared": users[k] > 1} for k in ks],
+            "code_bytes": None if inlined else sum(funcs[k] for k in fns),
+            "kernels": [{"name": k, "bytes": None if k in inlined else sum(funcs[f] for f in _closure([k], calls)),
+                         "shared": users.get(k, 0) > 1, "inlined": k in inlined} for k in ks],
             "activation_bytes": live[i],
             "est_cycles": layer.get("est_cycles"),
             "measured": layer.get(unit) if unit in ("instructions", "cycles") else None,
@@ -92,10 +130,12 @@ def analyze(result) -> dict:
     return {"counter_unit": unit, "layers": layers,
             "total": {"macs": sum(x["macs"] for x in layers), "weight_bytes": sum(weights.values()),
                       "code_bytes": code_total, "arena_bytes": compiled.plan.arena_size,
-                      "rom_bytes": result.firmware.sizes.rom_bytes},
-            "code_note": "code ROM per layer: the sizes (ELF symbols) of the kernel functions the layer calls; "
-                         "a kernel shared by several layers is counted in each (marked shared). The total is "
-                         "every executable section of the image (startup, link protocol and libc included)."}
+                      "rom_bytes": result.firmware.sizes.rom_bytes, "run_layer_bytes": funcs.get("run_layer")},
+            "code_note": "code ROM per layer: the sizes (ELF symbols) of the kernel functions the layer calls and "
+                         "of the functions they call (BL targets); a kernel shared by several layers is counted in "
+                         "each (marked shared); n/a where the kernel is inlined into model.c's run_layer (its code "
+                         "is in run_layer's size, given in the total). The total is every executable section of the "
+                         "image (startup, link protocol and libc included)."}
 
 
 # ---- figures out of one cell ----

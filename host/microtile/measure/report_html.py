@@ -108,7 +108,7 @@ def memory_plot(model: str, analysis: dict, name: str) -> str:
     xs = range(len(layers))
     fig, (rom, ram) = plt.subplots(2, 1, figsize=(max(6, 0.5 * len(labels) + 2), 5.5))
     w = [x["weight_bytes"] for x in layers]
-    c = [x["code_bytes"] for x in layers]
+    c = [x["code_bytes"] or 0 for x in layers]  # n/a (inlined into run_layer) drawn as 0
     rom.bar(xs, w, label="weights + parameters")
     rom.bar(xs, c, bottom=w, label="code (its kernels; shared ones in each)")
     rom.set_title(f"{model} ({name}): ROM per layer, bytes", fontsize=10)
@@ -161,14 +161,16 @@ def analysis_table(analysis: dict) -> str:
     unit = analysis["counter_unit"]
     rows = []
     for x in analysis["layers"]:
-        kernels = ", ".join(k["name"] + (" (shared)" if k["shared"] else "") for k in x["kernels"]) or "-"
+        kernels = ", ".join(k["name"] + (" (inlined)" if k.get("inlined") else " (shared)" if k["shared"] else "")
+                            for k in x["kernels"]) or "-"
         rows.append([x["index"], x["op"], "x".join(map(str, x["shape"][1:])), x["macs"], x["weight_bytes"],
                      x["code_bytes"], x["activation_bytes"], x["est_cycles"], x["measured"], kernels])
     t = analysis["total"]
     rows.append(["", "total", "", t["macs"], t["weight_bytes"], t["code_bytes"], t["arena_bytes"],
                  sum(x["est_cycles"] for x in analysis["layers"]) if all(x["est_cycles"] is not None for x in analysis["layers"]) else None,
                  sum(x["measured"] for x in analysis["layers"]) if all(x["measured"] is not None for x in analysis["layers"]) else None,
-                 f"image ROM {t['rom_bytes']:,} B"])
+                 f"image ROM {t['rom_bytes']:,} B" + (f"; run_layer {t['run_layer_bytes']:,} B"
+                                                      if t.get("run_layer_bytes") else "")])
     measured = unit if unit in ("instructions", "cycles") else "measured (no counter)"
     return _table(["#", "op", "output", "MACs", "weight ROM B", "code ROM B", "activation RAM B", "est. cycles",
                    measured, "kernels"], rows) + f'<p class="note">{html.escape(analysis["code_note"])} '\
