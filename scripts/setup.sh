@@ -13,6 +13,7 @@ command -v ninja >/dev/null || need_apt+=(ninja-build)
 command -v qemu-system-arm >/dev/null || need_apt+=(qemu-system-arm)
 command -v gcc >/dev/null || need_apt+=(gcc)
 python3 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
+command -v chromium >/dev/null || need_apt+=(chromium)  # the lab report's browser test
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
@@ -30,4 +31,14 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
   .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
   echo "$want" > "$stamp"
+fi
+
+# labgrid in a venv of its own (requirements-labgrid.txt says why)
+lg_stamp=.venv-labgrid/.microtile-setup
+lg_want=$(sha256sum requirements-labgrid.txt | cut -d' ' -f1)
+if [ ! -f "$lg_stamp" ] || [ "$(cat "$lg_stamp")" != "$lg_want" ]; then
+  echo "setup: creating the labgrid environment in .venv-labgrid"
+  python3 -m venv .venv-labgrid
+  .venv-labgrid/bin/pip install -q --disable-pip-version-check -r requirements-labgrid.txt
+  echo "$lg_want" > "$lg_stamp"
 fi
