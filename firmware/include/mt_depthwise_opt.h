@@ -1,24 +1,37 @@
-/* Optimised DEPTHWISE_CONV_2D, int8, depth multiplier 1; bit-exact with TFLM.
+/* Optimised DEPTHWISE_CONV_2D, int8, any depth multiplier; bit-exact with TFLM.
  *
- * Schedule: output pixel by output pixel; per pixel, 4 channels at a time: one
- * word load brings 4 channels of one tap, two SXTAB16 add the input offset and
- * split them into (c0, c2) and (c1, c3) halfword pairs, and SMLABB/SMLATT
- * accumulate each channel against weights stored offline as doubled int16 pairs
- * in the same order. Per tap and 4 channels: LDR, 2 SXTAB16, 2 weight words,
- * 4 multiply-accumulates. A 3x3 window inside the image is fully unrolled with
- * constant offsets; border pixels walk the clipped window. Requantisation is
- * mt_requant_fast (SMMULR, shift, saturate), results are packed into one word and
- * clamped to the activation range with byte-SIMD max/min.
+ * Schedule: channel group outer, pixels inner. Output channels go in groups of 4
+ * (one word); a group's constants (34 words) are read over and over for all its
+ * pixels, so they stay in the flash accelerator's data cache instead of streaming
+ * the whole layer's weights from flash at every pixel. Per pixel and tap: one word
+ * load brings the group's 4 input channels, two SXTB16 (SXTAB16 where the input
+ * offset is added per tap) split them into (c0, c2) and (c1, c3) halfword pairs,
+ * and SMLABB/SMLATT accumulate against weights stored offline as doubled int16
+ * pairs in the same order. Interior pixels of a 3x3 kernel run two at a time
+ * (horizontally adjacent outputs share each weight load), fully unrolled with
+ * constant offsets and the input offset folded into the bias offline (no offset
+ * per tap, no bounds checks); border pixels walk the clipped window and add the
+ * offset per tap. Requantisation: SMMLAR + sign fix + shift + SSAT (see
+ * MT_DW_REQ_PAIR), packed into one word per pixel, clamped with byte SIMD.
+ *
+ * Gathered source plane: with a depth multiplier M > 1 the 4 output channels of a
+ * group read input channels (4g + j) / M, and in place (output over its own input)
+ * the group's input would be overwritten while still needed; both copy the group's
+ * source channels of every input pixel into `scratch` (in_h * in_w * 4 bytes) first
+ * and run the group from there. In place is safe because a group writes only the
+ * bytes of its own channels (same channel count in and out) at output pixels
+ * oy * out_w + ox < in_h * in_w, and those bytes were copied before the first write.
  *
  * mt_depthwise_s8_opt is always inlined: model.c calls it with a static const
  * parameter struct, so the compiler specialises it per layer (channel count, row
  * stride, kernel size become immediates).
  *
- * Parameter stream `data` (int32 words, written by host/microtile/ops/conv.py):
- *   per group of 4 channels: bias2[4], taps x {W02, W13}, {mult, k} x 4, right[4]
- *   then per remaining channel (channels % 4): bias2, mult, k, right, taps x w2
- * where bias2 = 2 * bias, W02 = (2w[c0], 2w[c2]) and W13 = (2w[c1], 2w[c3]) as
- * halfword pairs, w2 = 2w. */
+ * Parameter stream `data` (int32 words, written by host/microtile/ops/depthwise_opt.py):
+ *   per group of 4 output channels: bias2[4], bias2f[4], taps x {W02, W13}, {mult, k, right} x 4
+ *   then per remaining output channel (out channels % 4): bias2, mult, k, right, taps x w2
+ * where bias2 = 2 * bias, bias2f = 2 * (bias + input_offset * sum over taps of w) (the
+ * interior's folded offset, modulo 2^32), W02 = (2w[c0], 2w[c2]) and
+ * W13 = (2w[c1], 2w[c3]) as halfword pairs, w2 = 2w. */
 #ifndef MT_DEPTHWISE_OPT_H
 #define MT_DEPTHWISE_OPT_H
 
@@ -29,24 +42,26 @@
 
 typedef struct {
     int32_t batches;
-    int32_t in_h, in_w, channels;
+    int32_t in_h, in_w, channels;  /* input channels */
     int32_t out_h, out_w;
     int32_t k_h, k_w;
     int32_t stride_h, stride_w;
     int32_t pad_h, pad_w;
     int32_t input_offset;      /* -input zero point */
     int32_t act_min, act_max;  /* within [-128, 127] */
+    int32_t depth_mult;        /* output channels = channels * depth_mult */
+    int32_t in_place;          /* 1: output is the input buffer (needs scratch) */
     const int32_t *data;       /* parameter stream, see above */
 } mt_depthwise_opt_params;
 
 /* The per-group stream length in words for `taps` filter taps. */
-#define MT_DW_GROUP_WORDS(taps) (4 + 2 * (taps) + 12)
+#define MT_DW_GROUP_WORDS(taps) (8 + 2 * (taps) + 12)
 #define MT_DW_REM_WORDS(taps) (4 + (taps))
 
 #if MT_HAS_DSP
-/* One tap, 4 channels. One volatile asm block per tap keeps the compiler from
- * hoisting the loads of all taps ahead of the arithmetic (and spilling them):
- * LDR, LDRD, 2 SXTAB16, 4 SMLAxy. */
+/* One tap, 4 channels, input offset added per tap (border pixels). One volatile asm
+ * block per tap keeps the compiler from hoisting the loads of all taps ahead of the
+ * arithmetic (and spilling them). */
 #define MT_DW_TAP(ptr, wp) do { \
         uint32_t x_, e_, w0_, w1_; \
         __asm__ volatile( \
@@ -64,27 +79,88 @@ typedef struct {
               [w] "m"(*(const uint64_t *)(const void *)(wp)), [off] "r"(off2)); \
     } while (0)
 
-/* Requantise two channels: q points at {mult, k} x 2, rights at right[2]. */
-#define MT_DW_REQ2(X, Y, Q, R) do { \
-        uint32_t t0_, t1_; \
+/* One tap, 4 channels, offset folded into the bias (interior): three chained loads. */
+#define MT_DW_TAPF(ptr, wp) do { \
+        uint32_t x_, e_, w0_, w1_; \
         __asm__ volatile( \
-            "ldrd %[t0], %[t1], %[mk0]\n\t" \
-            "smmulr %[ax], %[ax], %[t0]\n\t" \
-            "add %[ax], %[ax], %[ax], asr #31\n\t" \
-            "add %[ax], %[ax], %[t1]\n\t" \
-            "ldrd %[t0], %[t1], %[mk1]\n\t" \
-            "smmulr %[ay], %[ay], %[t0]\n\t" \
-            "add %[ay], %[ay], %[ay], asr #31\n\t" \
-            "add %[ay], %[ay], %[t1]\n\t" \
-            "ldrd %[t0], %[t1], %[r]\n\t" \
-            "asr %[ax], %[ax], %[t0]\n\t" \
-            "asr %[ay], %[ay], %[t1]\n\t" \
+            "ldr %[x], %[in]\n\t" \
+            "ldr %[w0], %[wa]\n\t" \
+            "ldr %[w1], %[wb]\n\t" \
+            "sxtb16 %[e], %[x]\n\t" \
+            "sxtb16 %[x], %[x], ror #8\n\t" \
+            "smlabb %[a0], %[e], %[w0], %[a0]\n\t" \
+            "smlatt %[a2], %[e], %[w0], %[a2]\n\t" \
+            "smlabb %[a1], %[x], %[w1], %[a1]\n\t" \
+            "smlatt %[a3], %[x], %[w1], %[a3]" \
+            : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), \
+              [x] "=&r"(x_), [e] "=&r"(e_), [w0] "=&r"(w0_), [w1] "=&r"(w1_) \
+            : [in] "m"(*(const uint32_t *)(const void *)(ptr)), \
+              [wa] "m"(*(const uint32_t *)(const void *)(wp)), \
+              [wb] "m"(*(const uint32_t *)(const void *)((wp) + 1))); \
+    } while (0)
+
+/* One tap of two pixels (a at pa, b at pb) sharing the weight words; offset folded. */
+#define MT_DW_TAP2(pa, pb, wp) do { \
+        uint32_t x_, e_, w0_, w1_; \
+        __asm__ volatile( \
+            "ldr %[w0], %[wa]\n\t" \
+            "ldr %[w1], %[wb]\n\t" \
+            "ldr %[x], %[ina]\n\t" \
+            "sxtb16 %[e], %[x]\n\t" \
+            "sxtb16 %[x], %[x], ror #8\n\t" \
+            "smlabb %[a0], %[e], %[w0], %[a0]\n\t" \
+            "smlatt %[a2], %[e], %[w0], %[a2]\n\t" \
+            "smlabb %[a1], %[x], %[w1], %[a1]\n\t" \
+            "smlatt %[a3], %[x], %[w1], %[a3]\n\t" \
+            "ldr %[x], %[inb]\n\t" \
+            "sxtb16 %[e], %[x]\n\t" \
+            "sxtb16 %[x], %[x], ror #8\n\t" \
+            "smlabb %[b0], %[e], %[w0], %[b0]\n\t" \
+            "smlatt %[b2], %[e], %[w0], %[b2]\n\t" \
+            "smlabb %[b1], %[x], %[w1], %[b1]\n\t" \
+            "smlatt %[b3], %[x], %[w1], %[b3]" \
+            : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), \
+              [b0] "+r"(b0), [b1] "+r"(b1), [b2] "+r"(b2), [b3] "+r"(b3), \
+              [x] "=&r"(x_), [e] "=&r"(e_), [w0] "=&r"(w0_), [w1] "=&r"(w1_) \
+            : [ina] "m"(*(const uint32_t *)(const void *)(pa)), \
+              [inb] "m"(*(const uint32_t *)(const void *)(pb)), \
+              [wa] "m"(*(const uint32_t *)(const void *)(wp)), \
+              [wb] "m"(*(const uint32_t *)(const void *)((wp) + 1))); \
+    } while (0)
+
+/* Requantise channel j of two pixels (X, Y); q points at {mult, k, right}.
+ * SMMLAR(2acc, m, k) = SMMULR(2acc, m) + k, and the sign fix uses the sign of acc
+ * instead of the high product h: they differ only when h = 0 > acc, where
+ * (k - 1) >> right = k >> right since k = 2^(right-1) + (zp << right). */
+#define MT_DW_REQ_PAIR(X, Y, Q) do { \
+        uint32_t m_, k_, r_, t_; \
+        __asm__ volatile( \
+            "ldr %[m], %[qm]\n\t" \
+            "ldr %[k], %[qk]\n\t" \
+            "ldr %[r], %[qr]\n\t" \
+            "smmlar %[t], %[ax], %[m], %[k]\n\t" \
+            "add %[ax], %[t], %[ax], asr #31\n\t" \
+            "smmlar %[t], %[ay], %[m], %[k]\n\t" \
+            "add %[ay], %[t], %[ay], asr #31\n\t" \
+            "asr %[ax], %[ax], %[r]\n\t" \
+            "asr %[ay], %[ay], %[r]\n\t" \
             "ssat %[ax], #8, %[ax]\n\t" \
             "ssat %[ay], #8, %[ay]" \
-            : [ax] "+r"(X), [ay] "+r"(Y), [t0] "=&r"(t0_), [t1] "=&r"(t1_) \
-            : [mk0] "m"(*(const uint64_t *)(const void *)(Q)), \
-              [mk1] "m"(*(const uint64_t *)(const void *)((Q) + 2)), \
-              [r] "m"(*(const uint64_t *)(const void *)(R))); \
+            : [ax] "+r"(X), [ay] "+r"(Y), [m] "=&r"(m_), [k] "=&r"(k_), [r] "=&r"(r_), [t] "=&r"(t_) \
+            : [qm] "m"((Q)[0]), [qk] "m"((Q)[1]), [qr] "m"((Q)[2])); \
+    } while (0)
+#define MT_DW_REQ1(X, Q) do { \
+        uint32_t m_, k_, r_, t_; \
+        __asm__ volatile( \
+            "ldr %[m], %[qm]\n\t" \
+            "ldr %[k], %[qk]\n\t" \
+            "ldr %[r], %[qr]\n\t" \
+            "smmlar %[t], %[ax], %[m], %[k]\n\t" \
+            "add %[ax], %[t], %[ax], asr #31\n\t" \
+            "asr %[ax], %[ax], %[r]\n\t" \
+            "ssat %[ax], #8, %[ax]" \
+            : [ax] "+r"(X), [m] "=&r"(m_), [k] "=&r"(k_), [r] "=&r"(r_), [t] "=&r"(t_) \
+            : [qm] "m"((Q)[0]), [qk] "m"((Q)[1]), [qr] "m"((Q)[2])); \
     } while (0)
 #else
 #define MT_DW_TAP(ptr, wp) do { \
@@ -99,20 +175,34 @@ typedef struct {
         a3 = mt_smlatt(o_, w1_, a3); \
     } while (0)
 
-#define MT_DW_REQ2(x, y, q, rights) do { \
-        x = mt_ssat8(mt_requant_fast(x, (q)[0], (q)[1], (rights)[0])); \
-        y = mt_ssat8(mt_requant_fast(y, (q)[2], (q)[3], (rights)[1])); \
+#define MT_DW_TAP_ONE(ptr, w0_, w1_, A0, A1, A2, A3) do { \
+        const uint32_t x_ = mt_read_u32(ptr); \
+        const uint32_t e_ = mt_sxtb16(x_); \
+        const uint32_t o_ = mt_sxtb16_ror8(x_); \
+        A0 = mt_smlabb(e_, w0_, A0); \
+        A2 = mt_smlatt(e_, w0_, A2); \
+        A1 = mt_smlabb(o_, w1_, A1); \
+        A3 = mt_smlatt(o_, w1_, A3); \
     } while (0)
+#define MT_DW_TAPF(ptr, wp) do { \
+        const uint32_t w0_ = (uint32_t)(wp)[0], w1_ = (uint32_t)(wp)[1]; \
+        MT_DW_TAP_ONE(ptr, w0_, w1_, a0, a1, a2, a3); \
+    } while (0)
+#define MT_DW_TAP2(pa, pb, wp) do { \
+        const uint32_t w0_ = (uint32_t)(wp)[0], w1_ = (uint32_t)(wp)[1]; \
+        MT_DW_TAP_ONE(pa, w0_, w1_, a0, a1, a2, a3); \
+        MT_DW_TAP_ONE(pb, w0_, w1_, b0, b1, b2, b3); \
+    } while (0)
+
+/* The same arithmetic as the DSP version, through the portable requantisation
+ * (equal by the sign-fix argument above; tests/test_depthwise_opt.py checks it). */
+#define MT_DW_REQ1(X, Q) do { X = mt_ssat8(mt_requant_fast(X, (Q)[0], (Q)[1], (Q)[2])); } while (0)
+#define MT_DW_REQ_PAIR(X, Y, Q) do { MT_DW_REQ1(X, Q); MT_DW_REQ1(Y, Q); } while (0)
 #endif
 
-/* Requantise, pack, clamp and store the 4 channels of one group;
- * q = {mult, k} x 4 channels, right[4]. */
-static MT_ALWAYS_INLINE void mt_dw_store4(const mt_depthwise_opt_params *p, const int32_t *q,
-                                          int32_t a0, int32_t a1, int32_t a2, int32_t a3, int8_t *out)
+/* Clamp 4 packed results to the activation range and store them as one word. */
+static MT_ALWAYS_INLINE void mt_dw_clamp_store(const mt_depthwise_opt_params *p, uint32_t v, int8_t *out)
 {
-    MT_DW_REQ2(a0, a1, q, q + 8);
-    MT_DW_REQ2(a2, a3, q + 4, q + 10);
-    uint32_t v = mt_pack_s8x4(a0, a1, a2, a3);
     if (p->act_min > -128) {
         v = mt_max_s8x4(v, (uint32_t)(uint8_t)p->act_min * 0x01010101u);
     }
@@ -120,6 +210,17 @@ static MT_ALWAYS_INLINE void mt_dw_store4(const mt_depthwise_opt_params *p, cons
         v = mt_min_s8x4(v, (uint32_t)(uint8_t)p->act_max * 0x01010101u);
     }
     mt_write_u32(out, v);
+}
+
+/* Requantise, pack, clamp and store one pixel of a group; q = {mult, k, right} x 4. */
+static MT_ALWAYS_INLINE void mt_dw_store4(const mt_depthwise_opt_params *p, const int32_t *q,
+                                          int32_t a0, int32_t a1, int32_t a2, int32_t a3, int8_t *out)
+{
+    MT_DW_REQ1(a0, q);
+    MT_DW_REQ1(a1, q + 3);
+    MT_DW_REQ1(a2, q + 6);
+    MT_DW_REQ1(a3, q + 9);
+    mt_dw_clamp_store(p, mt_pack_s8x4(a0, a1, a2, a3), out);
 }
 
 static MT_ALWAYS_INLINE int8_t mt_dw_store1(const mt_depthwise_opt_params *p, const int32_t *q, int32_t acc)
@@ -130,177 +231,274 @@ static MT_ALWAYS_INLINE int8_t mt_dw_store1(const mt_depthwise_opt_params *p, co
     return (int8_t)r;
 }
 
-/* One output pixel, window clipped to rows [0, ky_n) x cols [0, kx_n) starting at
- * tap (ky0, kx0); `in` points at the input pixel of tap (ky0, kx0), channel 0. */
+/* One pixel of a group, window clipped to rows [0, ky_n) x cols [0, kx_n) starting
+ * at tap (ky0, kx0); `in` points at the source pixel of tap (ky0, kx0); px = bytes
+ * per source pixel; d = the group's stream. */
 static MT_ALWAYS_INLINE void mt_dw_pixel_clipped(const mt_depthwise_opt_params *p, const int8_t *in,
-                                                 int32_t ky0, int32_t kx0, int32_t ky_n, int32_t kx_n,
-                                                 int8_t *out)
+                                                 const int32_t px, const int32_t *d, int32_t ky0, int32_t kx0,
+                                                 int32_t ky_n, int32_t kx_n, int8_t *out)
 {
-    const int32_t c_n = p->channels;
-    const int32_t taps = p->k_h * p->k_w;
-    const int32_t in_row = p->in_w * c_n;
+    const int32_t in_row = p->in_w * px;
     const uint32_t off2 = (uint32_t)(uint16_t)p->input_offset * 0x00010001u;
-    const int32_t *d = p->data;
-    for (int32_t g = 0; g < c_n / 4; g++) {
-        uint32_t b0, b1, b2, b3;
-        mt_read_2x32(d, &b0, &b1);
-        mt_read_2x32(d + 2, &b2, &b3);
-        int32_t a0 = (int32_t)b0, a1 = (int32_t)b1, a2 = (int32_t)b2, a3 = (int32_t)b3;
-        const int32_t *w = d + 4 + 2 * (ky0 * p->k_w + kx0);
-        const int8_t *row = in + 4 * g;
-        for (int32_t ky = 0; ky < ky_n; ky++) {
-            const int8_t *ip = row;
-            const int32_t *wk = w;
-            for (int32_t kx = 0; kx < kx_n; kx++) {
-                MT_DW_TAP(ip, wk);
-                ip += c_n;
-                wk += 2;
-            }
-            row += in_row;
-            w += 2 * p->k_w;
+    uint32_t b0, b1, b2, b3;
+    mt_read_2x32(d, &b0, &b1);
+    mt_read_2x32(d + 2, &b2, &b3);
+    int32_t a0 = (int32_t)b0, a1 = (int32_t)b1, a2 = (int32_t)b2, a3 = (int32_t)b3;
+    const int32_t *w = d + 8 + 2 * (ky0 * p->k_w + kx0);
+    for (int32_t ky = 0; ky < ky_n; ky++) {
+        const int8_t *ip = in;
+        const int32_t *wk = w;
+        for (int32_t kx = 0; kx < kx_n; kx++) {
+            MT_DW_TAP(ip, wk);
+            ip += px;
+            wk += 2;
         }
-        d += 4 + 2 * taps;
-        mt_dw_store4(p, d, a0, a1, a2, a3, out + 4 * g);
-        d += 12;
+        in += in_row;
+        w += 2 * p->k_w;
     }
-    for (int32_t c = c_n & ~3; c < c_n; c++) {
-        int32_t acc = d[0];
-        const int32_t *w = d + 4 + ky0 * p->k_w + kx0;
-        const int8_t *row = in + c;
-        for (int32_t ky = 0; ky < ky_n; ky++) {
-            for (int32_t kx = 0; kx < kx_n; kx++) {
-                acc += w[kx] * ((int32_t)row[kx * c_n] + p->input_offset);
-            }
-            row += in_row;
-            w += p->k_w;
-        }
-        out[c] = mt_dw_store1(p, d + 1, acc);
-        d += 4 + taps;
-    }
+    mt_dw_store4(p, d + 8 + 2 * p->k_h * p->k_w, a0, a1, a2, a3, out);
 }
 
-/* One output pixel, full 3x3 window, channels % 4 == 0; `in` points at the
- * window's top-left input pixel. */
-static MT_ALWAYS_INLINE void mt_dw_pixel_3x3(const mt_depthwise_opt_params *p, const int8_t *in, int8_t *out)
-{
-    const int32_t c_n = p->channels;
-    const int32_t r = p->in_w * c_n;
-    const uint32_t off2 = (uint32_t)(uint16_t)p->input_offset * 0x00010001u;
-    const int32_t *d = p->data;
-    for (int32_t g = 0; g < c_n / 4; g++) {
-        uint32_t b0, b1, b2, b3;
-        mt_read_2x32(d, &b0, &b1);
-        mt_read_2x32(d + 2, &b2, &b3);
-        int32_t a0 = (int32_t)b0, a1 = (int32_t)b1, a2 = (int32_t)b2, a3 = (int32_t)b3;
-        const int32_t *w = d + 4;
-        const int8_t *ip = in + 4 * g;
-        MT_DW_TAP(ip, w + 0);
-        MT_DW_TAP(ip + c_n, w + 2);
-        MT_DW_TAP(ip + 2 * c_n, w + 4);
-        MT_DW_TAP(ip + r, w + 6);
-        MT_DW_TAP(ip + r + c_n, w + 8);
-        MT_DW_TAP(ip + r + 2 * c_n, w + 10);
-        MT_DW_TAP(ip + 2 * r, w + 12);
-        MT_DW_TAP(ip + 2 * r + c_n, w + 14);
-        MT_DW_TAP(ip + 2 * r + 2 * c_n, w + 16);
-        d += 4 + 18;
-        mt_dw_store4(p, d, a0, a1, a2, a3, out + 4 * g);
-        d += 12;
-    }
-}
-
-/* A border pixel of a 3-wide kernel (channels % 4 == 0): ky_n rows of kx_n taps,
- * kx_n a constant after inlining (1, 2 or 3), so each row is unrolled. */
+/* A border pixel of a 3-wide kernel: ky_n rows of kx_n taps, kx_n a constant after
+ * inlining (2 or 3), so each row is unrolled. */
 static MT_ALWAYS_INLINE void mt_dw_pixel_rows3(const mt_depthwise_opt_params *p, const int8_t *in,
-                                               int32_t tap0, int32_t ky_n, const int32_t kx_n, int8_t *out)
+                                               const int32_t px, const int32_t *d, int32_t tap0, int32_t ky_n,
+                                               const int32_t kx_n, int8_t *out)
 {
-    const int32_t c_n = p->channels;
-    const int32_t in_row = p->in_w * c_n;
+    const int32_t in_row = p->in_w * px;
     const uint32_t off2 = (uint32_t)(uint16_t)p->input_offset * 0x00010001u;
-    const int32_t *d = p->data;
-    for (int32_t g = 0; g < c_n / 4; g++) {
-        uint32_t b0, b1, b2, b3;
-        mt_read_2x32(d, &b0, &b1);
-        mt_read_2x32(d + 2, &b2, &b3);
-        int32_t a0 = (int32_t)b0, a1 = (int32_t)b1, a2 = (int32_t)b2, a3 = (int32_t)b3;
-        const int32_t *w = d + 4 + 2 * tap0;
-        const int8_t *ip = in + 4 * g;
-        for (int32_t ky = 0; ky < ky_n; ky++) {
-            MT_DW_TAP(ip, w);
-            if (kx_n > 1) {
-                MT_DW_TAP(ip + c_n, w + 2);
-            }
-            if (kx_n > 2) {
-                MT_DW_TAP(ip + 2 * c_n, w + 4);
-            }
-            ip += in_row;
-            w += 6;
+    uint32_t b0, b1, b2, b3;
+    mt_read_2x32(d, &b0, &b1);
+    mt_read_2x32(d + 2, &b2, &b3);
+    int32_t a0 = (int32_t)b0, a1 = (int32_t)b1, a2 = (int32_t)b2, a3 = (int32_t)b3;
+    const int32_t *w = d + 8 + 2 * tap0;
+    for (int32_t ky = 0; ky < ky_n; ky++) {
+        MT_DW_TAP(in, w);
+        MT_DW_TAP(in + px, w + 2);
+        if (kx_n > 2) {
+            MT_DW_TAP(in + 2 * px, w + 4);
         }
-        d += 4 + 2 * 3 * p->k_h;
-        mt_dw_store4(p, d, a0, a1, a2, a3, out + 4 * g);
-        d += 12;
+        in += in_row;
+        w += 6;
     }
+    mt_dw_store4(p, d + 8 + 2 * 3 * p->k_h, a0, a1, a2, a3, out);
 }
 
-/* Any output pixel of row y0 (window rows [ky0, ky1) inside the image). */
-static MT_ALWAYS_INLINE void mt_dw_pixel_any(const mt_depthwise_opt_params *p, const int8_t *in_b, int32_t y0,
-                                             int32_t ky0, int32_t ky1, int32_t ox, int8_t *output)
+/* One interior pixel of a 3x3 kernel (offset folded); `in` = window's top-left. */
+static MT_ALWAYS_INLINE void mt_dw_pixel_3x3(const mt_depthwise_opt_params *p, const int8_t *in, const int32_t px,
+                                             const int32_t *d, int8_t *out)
 {
-    const int32_t c_n = p->channels;
+    const int32_t r = p->in_w * px;
+    uint32_t b0, b1, b2, b3;
+    mt_read_2x32(d + 4, &b0, &b1);
+    mt_read_2x32(d + 6, &b2, &b3);
+    int32_t a0 = (int32_t)b0, a1 = (int32_t)b1, a2 = (int32_t)b2, a3 = (int32_t)b3;
+    const int32_t *w = d + 8;
+    MT_DW_TAPF(in, w + 0);
+    MT_DW_TAPF(in + px, w + 2);
+    MT_DW_TAPF(in + 2 * px, w + 4);
+    MT_DW_TAPF(in + r, w + 6);
+    MT_DW_TAPF(in + r + px, w + 8);
+    MT_DW_TAPF(in + r + 2 * px, w + 10);
+    MT_DW_TAPF(in + 2 * r, w + 12);
+    MT_DW_TAPF(in + 2 * r + px, w + 14);
+    MT_DW_TAPF(in + 2 * r + 2 * px, w + 16);
+    mt_dw_store4(p, d + 26, a0, a1, a2, a3, out);
+}
+
+/* Two horizontally adjacent interior pixels of a 3x3 kernel: pixel b's window starts
+ * `step` bytes after pixel a's; outputs at out and out + out_px. */
+static MT_ALWAYS_INLINE void mt_dw_pixel2_3x3(const mt_depthwise_opt_params *p, const int8_t *in,
+                                              const int32_t px, const int32_t step, const int32_t *d,
+                                              int8_t *out, const int32_t out_px)
+{
+    const int32_t r = p->in_w * px;
+    uint32_t c0, c1, c2, c3;
+    mt_read_2x32(d + 4, &c0, &c1);
+    mt_read_2x32(d + 6, &c2, &c3);
+    int32_t a0 = (int32_t)c0, a1 = (int32_t)c1, a2 = (int32_t)c2, a3 = (int32_t)c3;
+    int32_t b0 = a0, b1 = a1, b2 = a2, b3 = a3;
+    const int32_t *w = d + 8;
+    const int8_t *jn = in + step;
+    MT_DW_TAP2(in, jn, w + 0);
+    MT_DW_TAP2(in + px, jn + px, w + 2);
+    MT_DW_TAP2(in + 2 * px, jn + 2 * px, w + 4);
+    MT_DW_TAP2(in + r, jn + r, w + 6);
+    MT_DW_TAP2(in + r + px, jn + r + px, w + 8);
+    MT_DW_TAP2(in + r + 2 * px, jn + r + 2 * px, w + 10);
+    MT_DW_TAP2(in + 2 * r, jn + 2 * r, w + 12);
+    MT_DW_TAP2(in + 2 * r + px, jn + 2 * r + px, w + 14);
+    MT_DW_TAP2(in + 2 * r + 2 * px, jn + 2 * r + 2 * px, w + 16);
+    const int32_t *q = d + 26;
+    MT_DW_REQ_PAIR(a0, b0, q);
+    MT_DW_REQ_PAIR(a1, b1, q + 3);
+    MT_DW_REQ_PAIR(a2, b2, q + 6);
+    MT_DW_REQ_PAIR(a3, b3, q + 9);
+    mt_dw_clamp_store(p, mt_pack_s8x4(a0, a1, a2, a3), out);
+    mt_dw_clamp_store(p, mt_pack_s8x4(b0, b1, b2, b3), out + out_px);
+}
+
+/* Any pixel of a group in output row with input row y0 (window rows [ky0, ky1)). */
+static MT_ALWAYS_INLINE void mt_dw_pixel_any(const mt_depthwise_opt_params *p, const int8_t *src, const int32_t px,
+                                             const int32_t *d, int32_t y0, int32_t ky0, int32_t ky1, int32_t ox,
+                                             int8_t *out)
+{
     const int32_t x0 = ox * p->stride_w - p->pad_w;
     const int32_t kx0 = x0 < 0 ? -x0 : 0;
     const int32_t kx1 = x0 + p->k_w > p->in_w ? p->in_w - x0 : p->k_w;
-    const int8_t *in_px = in_b + ((y0 + ky0) * p->in_w + x0 + kx0) * c_n;
-    const int rows3 = p->k_w == 3 && (c_n & 3) == 0;
-    if (rows3 && kx1 - kx0 == 3) {
-        mt_dw_pixel_rows3(p, in_px, ky0 * 3 + kx0, ky1 - ky0, 3, output);
-    } else if (rows3 && kx1 - kx0 == 2) {
-        mt_dw_pixel_rows3(p, in_px, ky0 * 3 + kx0, ky1 - ky0, 2, output);
+    const int8_t *in_px = src + ((y0 + ky0) * p->in_w + x0 + kx0) * px;
+    if (p->k_w == 3 && kx1 - kx0 == 3) {
+        mt_dw_pixel_rows3(p, in_px, px, d, ky0 * 3 + kx0, ky1 - ky0, 3, out);
+    } else if (p->k_w == 3 && kx1 - kx0 == 2) {
+        mt_dw_pixel_rows3(p, in_px, px, d, ky0 * 3 + kx0, ky1 - ky0, 2, out);
     } else {
-        mt_dw_pixel_clipped(p, in_px, ky0, kx0, ky1 - ky0, kx1 - kx0, output);
+        mt_dw_pixel_clipped(p, in_px, px, d, ky0, kx0, ky1 - ky0, kx1 - kx0, out);
     }
 }
 
-static MT_ALWAYS_INLINE void mt_depthwise_s8_opt(const mt_depthwise_opt_params *p, const int8_t *input,
-                                                 int8_t *output)
+/* Output columns whose window lies inside the image horizontally: [*lo, *hi). */
+static MT_ALWAYS_INLINE void mt_dw_interior_cols(const mt_depthwise_opt_params *p, int32_t *lo, int32_t *hi)
 {
-    const int32_t c_n = p->channels;
-    const int32_t in_row = p->in_w * c_n;
-    const int full3x3 = p->k_h == 3 && p->k_w == 3 && (c_n & 3) == 0;
-    /* Output columns whose window lies inside the image horizontally: [ox_lo, ox_hi). */
     int32_t ox_lo = (p->pad_w + p->stride_w - 1) / p->stride_w;
     int32_t ox_hi = p->in_w + p->pad_w >= p->k_w ? (p->in_w + p->pad_w - p->k_w) / p->stride_w + 1 : 0;
     ox_lo = ox_lo < p->out_w ? ox_lo : p->out_w;
     ox_hi = ox_hi < ox_lo ? ox_lo : (ox_hi > p->out_w ? p->out_w : ox_hi);
-    for (int32_t b = 0; b < p->batches; b++) {
-        const int8_t *in_b = input + b * p->in_h * in_row;
-        for (int32_t oy = 0; oy < p->out_h; oy++) {
-            const int32_t y0 = oy * p->stride_h - p->pad_h;
-            const int32_t ky0 = y0 < 0 ? -y0 : 0;
-            const int32_t ky1 = y0 + p->k_h > p->in_h ? p->in_h - y0 : p->k_h;
-            int32_t ox = 0;
-            for (; ox < ox_lo; ox++) {
-                mt_dw_pixel_any(p, in_b, y0, ky0, ky1, ox, output);
-                output += c_n;
+    *lo = ox_lo;
+    *hi = ox_hi;
+}
+
+/* Every output pixel of one group of 4 output channels. src: the group's 4 source
+ * channels at px bytes per input pixel (the input itself, or the gathered plane);
+ * out: the group's first output channel. */
+static MT_ALWAYS_INLINE void mt_dw_group4(const mt_depthwise_opt_params *p, const int8_t *src, const int32_t px,
+                                          const int32_t *d, int8_t *out)
+{
+    const int32_t out_px = p->channels * p->depth_mult;
+    const int32_t in_row = p->in_w * px;
+    const int full3x3 = p->k_h == 3 && p->k_w == 3;
+    int32_t ox_lo, ox_hi;
+    mt_dw_interior_cols(p, &ox_lo, &ox_hi);
+    for (int32_t oy = 0; oy < p->out_h; oy++) {
+        const int32_t y0 = oy * p->stride_h - p->pad_h;
+        const int32_t ky0 = y0 < 0 ? -y0 : 0;
+        const int32_t ky1 = y0 + p->k_h > p->in_h ? p->in_h - y0 : p->k_h;
+        int32_t ox = 0;
+        for (; ox < ox_lo; ox++) {
+            mt_dw_pixel_any(p, src, px, d, y0, ky0, ky1, ox, out);
+            out += out_px;
+        }
+        if (full3x3 && ky0 == 0 && ky1 == 3) {
+            const int32_t step = p->stride_w * px;
+            const int8_t *in_px = src + y0 * in_row + (ox * p->stride_w - p->pad_w) * px;
+            for (; ox < ox_hi; ox++) {
+                mt_dw_pixel_3x3(p, in_px, px, d, out);
+                in_px += step;
+                out += out_px;
             }
-            if (full3x3 && ky0 == 0 && ky1 == 3) {
-                const int8_t *in_px = in_b + y0 * in_row + (ox * p->stride_w - p->pad_w) * c_n;
-                for (; ox < ox_hi; ox++) {
-                    mt_dw_pixel_3x3(p, in_px, output);
-                    in_px += p->stride_w * c_n;
-                    output += c_n;
+        }
+        for (; ox < p->out_w; ox++) {
+            mt_dw_pixel_any(p, src, px, d, y0, ky0, ky1, ox, out);
+            out += out_px;
+        }
+    }
+}
+
+/* Every output pixel of one output channel beyond the groups of 4 (scalar); src
+ * points at its source channel, px bytes per input pixel; d = {bias2, mult, k,
+ * right, taps x w2}. */
+static MT_ALWAYS_INLINE void mt_dw_channel1(const mt_depthwise_opt_params *p, const int8_t *src, const int32_t px,
+                                            const int32_t *d, int8_t *out)
+{
+    const int32_t out_px = p->channels * p->depth_mult;
+    const int32_t in_row = p->in_w * px;
+    for (int32_t oy = 0; oy < p->out_h; oy++) {
+        const int32_t y0 = oy * p->stride_h - p->pad_h;
+        const int32_t ky0 = y0 < 0 ? -y0 : 0;
+        const int32_t ky1 = y0 + p->k_h > p->in_h ? p->in_h - y0 : p->k_h;
+        for (int32_t ox = 0; ox < p->out_w; ox++) {
+            const int32_t x0 = ox * p->stride_w - p->pad_w;
+            const int32_t kx0 = x0 < 0 ? -x0 : 0;
+            const int32_t kx1 = x0 + p->k_w > p->in_w ? p->in_w - x0 : p->k_w;
+            int32_t acc = d[0];
+            const int32_t *w = d + 4 + ky0 * p->k_w + kx0;
+            const int8_t *row = src + ((y0 + ky0) * p->in_w + x0 + kx0) * px;
+            for (int32_t ky = ky0; ky < ky1; ky++) {
+                for (int32_t kx = 0; kx < kx1 - kx0; kx++) {
+                    acc += w[kx] * ((int32_t)row[kx * px] + p->input_offset);
                 }
+                row += in_row;
+                w += p->k_w;
             }
-            for (; ox < p->out_w; ox++) {
-                mt_dw_pixel_any(p, in_b, y0, ky0, ky1, ox, output);
-                output += c_n;
+            *out = mt_dw_store1(p, d + 1, acc);
+            out += out_px;
+        }
+    }
+}
+
+/* Copy source channels first_oc / M .. (first_oc + n - 1) / M of every input pixel
+ * into plane (n bytes per pixel, output channel order). */
+static MT_ALWAYS_INLINE void mt_dw_gather(const mt_depthwise_opt_params *p, const int8_t *in, int32_t first_oc,
+                                          const int32_t n, int8_t *plane)
+{
+    const int32_t pixels = p->in_h * p->in_w;
+    const int32_t c_n = p->channels;
+    const int32_t m = p->depth_mult;
+    if (m == 1 && n == 4) {
+        in += first_oc;
+        for (int32_t i = 0; i < pixels; i++) {
+            mt_write_u32(plane, mt_read_u32(in));
+            in += c_n;
+            plane += 4;
+        }
+        return;
+    }
+    for (int32_t i = 0; i < pixels; i++) {
+        for (int32_t j = 0; j < n; j++) {
+            plane[j] = in[(first_oc + j) / m];
+        }
+        in += c_n;
+        plane += n;
+    }
+}
+
+static MT_ALWAYS_INLINE void mt_depthwise_s8_opt(const mt_depthwise_opt_params *p, const int8_t *input,
+                                                 int8_t *output, int8_t *scratch)
+{
+    const int32_t oc_n = p->channels * p->depth_mult;
+    const int32_t taps = p->k_h * p->k_w;
+    const int gather = p->depth_mult > 1 || p->in_place;
+    for (int32_t b = 0; b < p->batches; b++) {
+        const int8_t *in_b = input + b * p->in_h * p->in_w * p->channels;
+        int8_t *out_b = output + b * p->out_h * p->out_w * oc_n;
+        const int32_t *d = p->data;
+        int32_t oc = 0;
+        for (; oc + 4 <= oc_n; oc += 4) {
+            if (gather) {
+                mt_dw_gather(p, in_b, oc, 4, scratch);
+                mt_dw_group4(p, scratch, 4, d, out_b + oc);
+            } else {
+                mt_dw_group4(p, in_b + oc, p->channels, d, out_b + oc);
             }
+            d += MT_DW_GROUP_WORDS(taps);
+        }
+        const int32_t rem = oc_n - oc;
+        if (rem > 0 && p->in_place) {
+            mt_dw_gather(p, in_b, oc, rem, scratch);
+        }
+        for (int32_t j = 0; j < rem; j++) {
+            if (p->in_place) {
+                mt_dw_channel1(p, scratch + j, rem, d, out_b + oc + j);
+            } else {
+                mt_dw_channel1(p, in_b + (oc + j) / p->depth_mult, p->channels, d, out_b + oc + j);
+            }
+            d += MT_DW_REM_WORDS(taps);
         }
     }
 }
 
 /* The same kernel, not specialised: one shared copy for layers where per-layer
  * code is not worth its flash (mt_depthwise_opt.c). */
-void mt_depthwise_s8_opt_shared(const mt_depthwise_opt_params *p, const int8_t *input, int8_t *output);
+void mt_depthwise_s8_opt_shared(const mt_depthwise_opt_params *p, const int8_t *input, int8_t *output,
+                                int8_t *scratch);
 
 #endif /* MT_DEPTHWISE_OPT_H */

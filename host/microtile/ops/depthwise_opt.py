@@ -1,40 +1,47 @@
 """Offline preparation of the optimised DEPTHWISE_CONV_2D kernel (firmware/include/mt_depthwise_opt.h).
 
 The kernel reads one stream of int32 words (see the header for the layout): per group
-of 4 channels the doubled bias, the doubled weights as halfword pairs (c0, c2) and
-(c1, c3) per tap, and the fast-requantisation constants; then the channels left over
-when the channel count is not a multiple of 4. Layers the fast path cannot take
-(depth multiplier != 1, a non-negative shift, accumulators that could overflow) keep
-the reference kernel, with the reason depthwise_fallback states; a layer with one
-input channel (any depth multiplier) is a CONV_2D and runs as one.
+of 4 output channels the doubled bias (plain, and with the input offset folded in for
+the interior), the doubled weights as halfword pairs (c0, c2) and (c1, c3) per tap,
+and the fast-requantisation constants; then the channels left over when the output
+channel count is not a multiple of 4. Any depth multiplier runs (above 1 the kernel
+gathers each group's source channels into scratch first). Layers the fast path cannot
+take (a non-negative shift, accumulators that could overflow) keep the reference
+kernel, with the reason depthwise_fallback states; a layer with one input channel
+(any depth multiplier) is a CONV_2D and runs as one. ``inplace_scratch_bytes`` tells
+the memory planner when the output may overwrite the input.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from microtile.errors import MicrotileError
 from microtile.importer.ir import Graph, Operator
 from microtile.ops import EmitContext
 from microtile.ops.requant_opt import fast_requant, fast_requant_problem, max_abs_input, pack16
 
 
 def depthwise_stream(weights: np.ndarray, bias: np.ndarray, mult: np.ndarray, k: np.ndarray,
-                     right: np.ndarray) -> np.ndarray:
-    """weights (KH*KW, C) int, bias / mult / k / right (C,) -> the kernel's int32 stream."""
+                     right: np.ndarray, input_offset: int) -> np.ndarray:
+    """weights (KH*KW, OC) int, bias / mult / k / right (OC,) -> the kernel's int32 stream
+    (layout in the header). The interior bias folds the input offset in:
+    2 * (bias + input_offset * sum of the channel's taps), modulo 2**32 (the kernel's
+    accumulator wraps the same way; its final value is the exact sum)."""
     taps, c_n = weights.shape
     w2 = 2 * weights.astype(np.int64)
     b2 = 2 * bias.astype(np.int64)
+    b2f = b2 + input_offset * w2.sum(axis=0)
     words: list[np.ndarray] = []
     for g in range(c_n // 4):
         c = 4 * g
-        words.append(b2[c:c + 4])
+        words += [b2[c:c + 4], b2f[c:c + 4]]
         pairs = np.stack([pack16(w2[:, c], w2[:, c + 2]), pack16(w2[:, c + 1], w2[:, c + 3])], axis=1)
         words.append(pairs.reshape(-1).astype(np.int64))
-        words += [np.stack([mult[c:c + 4], k[c:c + 4]], axis=1).reshape(-1), right[c:c + 4]]
+        words.append(np.stack([mult[c:c + 4], k[c:c + 4], right[c:c + 4]], axis=1).reshape(-1))
     for c in range(c_n & ~3, c_n):
         words.append(np.array([b2[c], mult[c], k[c], right[c]], dtype=np.int64))
         words.append(w2[:, c])
     flat = np.concatenate([np.asarray(w, dtype=np.int64) for w in words]) if words else np.zeros(0, np.int64)
-    assert flat.min(initial=0) >= -(1 << 31) and flat.max(initial=0) < (1 << 32)
     return (flat & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
 
 
@@ -54,8 +61,6 @@ def depthwise_fallback(op: Operator, graph: Graph, p: dict) -> str | None:
     """Why the optimised depthwise kernel does not take this layer, or None."""
     if p["c"] == 1:
         return None  # one input channel: runs as the optimised CONV_2D (see conv.py)
-    if p["dm"] != 1:
-        return f"depth multiplier {p['dm']} with {p['c']} input channels (the optimised kernel takes 1)"
     _, _, bound = _weights_bias_bound(op, graph, p)
     return fast_requant_problem(p["shift"], p["out_zp"], bound)
 
@@ -66,17 +71,73 @@ def depthwise_fast_path(op: Operator, graph: Graph, p: dict) -> np.ndarray | Non
         return None
     weights, bias, bound = _weights_bias_bound(op, graph, p)
     k, right = fast_requant(p["mult"], p["shift"], p["out_zp"], bound)
-    return depthwise_stream(weights, bias, np.asarray(p["mult"], dtype=np.int64), k, right)
+    return depthwise_stream(weights, bias, np.asarray(p["mult"], dtype=np.int64), k, right, -p["in_zp"])
+
+
+def _params(op: Operator, graph: Graph) -> dict:
+    from microtile.ops import kernel_for
+
+    return kernel_for(op).params(op, graph)
+
+
+def inplace_scratch_bytes(op: Operator, graph: Graph, kernels: str = "optimized") -> int | None:
+    """Scratch bytes this DEPTHWISE_CONV_2D needs to write its output over its own
+    input, or None when it cannot run in place.
+
+    How to use it (the memory planner): when this returns n, the planner may give the
+    op's output tensor the same arena offset as its input (the input's lifetime must
+    end at this op) and then emits the op with ``options["in_place"] = True`` (on a
+    copy of the Operator, as ``explicit_padding`` is passed to bands). The emitter then
+    writes in place and takes the n bytes of layer scratch itself (``ctx.scratch``);
+    an ``in_place`` op for which this returns None is refused at emit (MicrotileError).
+    Without the option the output must not overlap the input.
+
+    The kernel runs channel group by channel group (4 channels): it copies the
+    group's input plane (in_h x in_w x 4 bytes, no padding: borders are clipped) into
+    scratch and writes the group's outputs from there. That is safe whenever input and
+    output have the same channel count (depth multiplier 1) and no more pixels
+    (out_h * out_w <= in_h * in_w, true for every stride with SAME or VALID padding):
+    a group then writes only its own channels' bytes, which it copied before its first
+    write, and never another group's. A depth multiplier above 1 makes the output
+    wider than the input (a group's writes land on other channels' bytes): None.
+    None too for the reference kernel set (TFLM's loop structure, not in place), a
+    layer the optimised kernel does not take (``depthwise_fallback``), and one input
+    channel (it runs as a CONV_2D)."""
+    if kernels != "optimized" or op.opcode != "DEPTHWISE_CONV_2D":
+        return None
+    p = _params(op, graph)
+    if p["c"] == 1 or p["dm"] != 1 or depthwise_fallback(op, graph, p) is not None:
+        return None
+    if p["oh"] * p["ow"] > p["h"] * p["w"]:
+        return None
+    return p["h"] * p["w"] * min(4, p["c"])
+
+
+def gather_scratch_bytes(p: dict) -> int:
+    """Scratch of a depth multiplier above 1: one group's gathered source plane."""
+    return p["h"] * p["w"] * min(4, p["oc"]) if p["dm"] > 1 else 0
 
 
 def emit_depthwise_opt(op: Operator, graph: Graph, ctx: EmitContext, p: dict) -> str | None:
-    """The optimised call for DepthwiseConv2D.emit, or None to keep the reference kernel."""
+    """The optimised call for DepthwiseConv2D.emit, or None to keep the reference kernel.
+    In place when op.options["in_place"] is set (see inplace_scratch_bytes)."""
     stream = depthwise_fast_path(op, graph, p)
     if stream is None:
         return None
+    src, dst = ctx.ptr(op.inputs[0]), ctx.ptr(op.outputs[0])
+    in_place = bool(op.options.get("in_place", False))
+    scratch_bytes = gather_scratch_bytes(p)
+    if in_place:
+        need = inplace_scratch_bytes(op, graph, ctx.kernels)
+        if need is None:
+            raise MicrotileError(f"operator {op.index} DEPTHWISE_CONV_2D: in_place asked for a layer that cannot "
+                                 "write over its input (inplace_scratch_bytes is None)")
+        scratch_bytes = max(scratch_bytes, need)
     ctx.include("mt_depthwise_opt.h")
     data = ctx.const_array("dw_opt_data", stream)
     init = (f"{{{p['n']}, {p['h']}, {p['w']}, {p['c']}, {p['oh']}, {p['ow']}, {p['kh']}, {p['kw']}, "
-            f"{p['sh']}, {p['sw']}, {p['ph']}, {p['pw']}, {-p['in_zp']}, {p['act'][0]}, {p['act'][1]}, {data}}}")
+            f"{p['sh']}, {p['sw']}, {p['ph']}, {p['pw']}, {-p['in_zp']}, {p['act'][0]}, {p['act'][1]}, "
+            f"{p['dm']}, {int(in_place)}, {data}}}")
     params = ctx.static_struct("mt_depthwise_opt_params", "dw_opt_params", init)
-    return f"mt_depthwise_s8_opt(&{params}, {ctx.ptr(op.inputs[0])}, {ctx.ptr(op.outputs[0])});"
+    scratch = f"(int8_t *){ctx.scratch(scratch_bytes)}" if scratch_bytes else "NULL"
+    return f"mt_depthwise_s8_opt(&{params}, {src}, {dst}, {scratch});"
