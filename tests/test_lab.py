@@ -239,3 +239,39 @@ window.addEventListener('load', function () {
 </script></body>"""))
     dom = headless(browser, "--dump-dom", probe.as_uri())
     assert f"IMAGES {images}/{images}" in dom.stdout, dom.stdout[-500:] + dom.stderr[-2000:]
+
+
+def test_emulated_board_cells_carry_estimated_cycles_and_energy(tmp_path):
+    """`{board: nucleo_l4r5zi, emulate: true}`: the board's image on the timing model, so
+    the cell has estimated cycles and the estimated energy (datasheet run current), which
+    the CSV and the per-layer plot show."""
+    (tmp_path / "a.tflite").write_bytes(zoo_model_bytes("op_fc_relu"))
+    (tmp_path / "plan.yaml").write_text("models: [a.tflite]\nboards: [{board: nucleo_l4r5zi, emulate: true}]\n"
+                                        "kernels: [optimized]\ninputs: {random: 1}\n")
+    proc = lab("plan.yaml", "--out", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "nucleo_l4r5zi (emulated)" in proc.stdout and "est. cycles" in proc.stdout
+    (row,) = list(csv.DictReader((tmp_path / "out" / "report.csv").open()))
+    assert row["emulate"] == "True" and int(row["est_cycles"]) > 0
+    assert float(row["energy_uj"]) > 0 and row["energy_kind"] == "estimated"
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert f"{float(row['energy_uj']):.3f} (estimated)" in page  # the cells table
+    cell = json.loads((tmp_path / "out" / "report.json").read_text())["cells"][0]
+    assert cell["result"]["total"]["est_energy_uj"] == pytest.approx(float(row["energy_uj"]))
+
+
+def test_settings_take_an_approx_file_and_it_is_part_of_the_cell_key(tmp_path):
+    from microtile.measure.lab import PlanError, load_plan
+
+    (tmp_path / "a.tflite").write_bytes(b"x")
+    (tmp_path / "chosen.json").write_text('{"chosen": {"layers": []}}')
+    (tmp_path / "plan.yaml").write_text("models: [a.tflite]\nsettings: [{name: exact}, {name: pruned, "
+                                        "approx: chosen.json}]\n")
+    exact, pruned = load_plan(tmp_path / "plan.yaml").cells()
+    assert exact.setting == "exact" and dict(pruned.options)["approx"] == str(tmp_path / "chosen.json")
+    key = pruned.key()
+    (tmp_path / "chosen.json").write_text('{"chosen": {"layers": [{"index": 0}]}}')
+    assert pruned.key() != key != exact.key()  # another approx file: measured again
+    (tmp_path / "plan.yaml").write_text("models: [a.tflite]\nsettings: [{name: p, approx: nope.json}]\n")
+    with pytest.raises(PlanError, match="approx nope.json: no such file"):
+        load_plan(tmp_path / "plan.yaml")

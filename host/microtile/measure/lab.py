@@ -4,7 +4,7 @@ x kernel sets x settings x inputs, with reports (report.json, report.csv, report
     models: [a.tflite, b.tflite]          # paths relative to the plan file
     boards: [qemu, {board: nucleo_l4r5zi, emulate: true}, {board: nucleo}]
     kernels: [reference, optimized]
-    settings: [{name: default}]           # extra `run_model` options per setting (optional)
+    settings: [{name: exact}, {name: pruned, approx: chosen.json}]  # optional: approx, or run_model options
     inputs: {random: 2, seed: 0}          # or {labels: y_labels.csv, limit: N}, {inputs: DIR}; or a list
 
 Every cell is written to DIR/cells/<key>.json as soon as it ends (atomically: a temporary
@@ -41,7 +41,8 @@ PLAN_KEYS = ("models", "boards", "kernels", "settings", "inputs")
 INPUT_KINDS = ("random", "inputs", "labels")
 # run_model's arguments that the plan's own axes set; a setting may give any other one
 CELL_ARGS = {"model_path", "board_name", "inputs", "random", "labels", "limit", "progress", "probe",
-             "kernels", "target_options", "seed", "samples"}
+             "kernels", "target_options", "seed", "samples", "graph_hook", "power"}
+SETTING_KEYS = {"approx"}  # `microtile approx --json` output: the pruned model (README "approx")
 CELL_FORMAT = 1  # version of the cell files; a different one is measured again
 
 
@@ -54,13 +55,14 @@ class BoardSpec:
     board: str
     emulate: bool = False
     probe: str | None = None
+    power: str | None = None  # the power probe, as `microtile run --power` takes it
 
     @property
     def label(self) -> str:
         return self.board + (" (emulated)" if self.emulate else "") + (f" probe {self.probe}" if self.probe else "")
 
     def to_json(self) -> dict:
-        return {"board": self.board, "emulate": self.emulate, "probe": self.probe}
+        return {"board": self.board, "emulate": self.emulate, "probe": self.probe, "power": self.power}
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ class Cell:
         for k in ("inputs", "labels"):
             if k in data["inputs"]:
                 data["inputs"][k] = _path_digest(Path(data["inputs"][k]))
+        if "approx" in data["options"]:
+            data["options"]["approx"] = _path_digest(Path(data["options"]["approx"]))
         data["format"] = CELL_FORMAT
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -138,10 +142,10 @@ def _board_spec(item) -> BoardSpec:
         item = {"board": item}
     if not isinstance(item, dict) or not isinstance(item.get("board"), str):
         raise PlanError(f"plan: board entry {item!r}: give a name (qemu) or {{board: NAME, emulate: true}}")
-    extra = set(item) - {"board", "emulate", "probe"}
+    extra = set(item) - {"board", "emulate", "probe", "power"}
     if extra:
         raise PlanError(f"plan: board {item['board']}: unknown key(s) {', '.join(sorted(extra))} "
-                        "(known: board, emulate, probe)")
+                        "(known: board, emulate, probe, power)")
     name = item["board"]
     if name != GENERIC_BOARD:
         try:
@@ -153,8 +157,8 @@ def _board_spec(item) -> BoardSpec:
         raise PlanError(f"plan: board {name}: emulate must be true or false, not {emulate!r}")
     if emulate and name == GENERIC_BOARD:
         raise PlanError("plan: board nucleo with emulate: name the board to emulate, e.g. nucleo_l4r5zi")
-    probe = item.get("probe")
-    return BoardSpec(name, emulate, None if probe is None else str(probe))
+    probe, power = item.get("probe"), item.get("power")
+    return BoardSpec(name, emulate, None if probe is None else str(probe), None if power is None else str(power))
 
 
 def _input_spec(item, base: Path) -> dict:
@@ -189,8 +193,8 @@ def _input_spec(item, base: Path) -> dict:
     return spec
 
 
-def _settings(items) -> list[tuple[str, dict]]:
-    allowed = set(inspect.signature(run_model).parameters) - CELL_ARGS
+def _settings(items, base: Path) -> list[tuple[str, dict]]:
+    allowed = (set(inspect.signature(run_model).parameters) - CELL_ARGS) | SETTING_KEYS
     out, names = [], set()
     for k, item in enumerate(items):
         if not isinstance(item, dict):
@@ -200,6 +204,11 @@ def _settings(items) -> list[tuple[str, dict]]:
         if unknown:
             raise PlanError(f"plan: setting {item.get('name', k)}: unknown option(s) {', '.join(sorted(unknown))} "
                             f"(known: {', '.join(sorted(allowed)) or 'none'})")
+        if "approx" in opts:
+            approx = (base / str(opts["approx"])).resolve()
+            if not approx.is_file():
+                raise PlanError(f"plan: setting {item.get('name', k)}: approx {opts['approx']}: no such file")
+            opts["approx"] = str(approx)
         name = str(item.get("name") or ("default" if not opts else ",".join(f"{a}={b}" for a, b in opts.items())))
         if name in names:
             raise PlanError(f"plan: two settings are named {name}; give each its own name")
@@ -236,7 +245,7 @@ def load_plan(path: str | Path) -> Plan:
     for k in kernels:
         if k not in KERNEL_SETS:
             raise PlanError(f"plan: kernels {k}: use {' or '.join(KERNEL_SETS)}")
-    settings = _settings(_as_list(raw.get("settings", [{"name": "default"}]), "settings"))
+    settings = _settings(_as_list(raw.get("settings", [{"name": "default"}]), "settings"), base)
     inputs = [_input_spec(i, base) for i in _as_list(raw.get("inputs", {"random": 1}), "inputs")]
     for what, items in (("models", models), ("boards", boards), ("kernels", kernels), ("inputs", inputs)):
         if len(set(map(str, items))) != len(items):
@@ -267,10 +276,23 @@ def run_cell(cell: Cell, probe: str | None = None, run: Callable[..., RunResult]
     record = {"format": CELL_FORMAT, "key": cell.key(), "cell": cell.to_json(), "probe": probe,
               "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     start = time.monotonic()
+    options = dict(cell.options)
+    if cell.board.power:
+        options["power"] = cell.board.power
     try:
-        result = run(cell.model, cell.board.board, probe=probe, kernels=cell.kernels, progress=progress,
+        model = cell.model
+        if "approx" in options:  # the pruned network of `microtile approx`, as `run --approx` runs it
+            import tempfile
+
+            from microtile.measure.approx_search import pruned_model_file
+            from microtile.passes.approx import mark_pruned
+
+            model, pruned = pruned_model_file(cell.model, options.pop("approx"),
+                                              Path(tempfile.mkdtemp(prefix="microtile-lab-approx-")))
+            options["graph_hook"] = lambda g: mark_pruned(g, pruned)
+        result = run(model, cell.board.board, probe=probe, kernels=cell.kernels, progress=progress,
                      target_options={"emulate": cell.board.emulate, **({"port": port} if port else {})},
-                     **kwargs, **dict(cell.options))
+                     **kwargs, **options)
     except MicrotileError as exc:  # refused before running (bad model, missing tool, no board)
         record.update(status="failed", exit_code=exit_code(exc), error=str(exc), result=None, analysis=None)
     else:

@@ -155,11 +155,16 @@ def energy_of(run: dict | None) -> tuple[float | None, str | None]:
     return None, None
 
 
-def layer_energy(layer: dict) -> float | None:
-    for key in ("energy_uj", "est_energy_uj"):
-        if isinstance(layer.get(key), (int, float)):
-            return float(layer[key])
-    return None
+def layer_energy(run: dict) -> list[float | None]:
+    """µJ per layer: the power probe's per-layer median where measured, else the timing
+    model's estimate (est_energy_uj)."""
+    # the probe's layers are numbered by position among the device layers, like run["layers"]
+    measured = {x.get("index"): x.get("median_uj") for x in (run.get("energy") or {}).get("layers") or []}
+    out = []
+    for pos, layer in enumerate(run["layers"]):
+        value = measured.get(pos, layer.get("est_energy_uj"))
+        out.append(float(value) if isinstance(value, (int, float)) else None)
+    return out
 
 
 def cell_row(record: dict) -> dict:

@@ -77,9 +77,9 @@ def per_layer_plot(model: str, recs: list[dict]) -> str | None:
         metrics.append((f"{unit} (measured{', QEMU: executed instructions' if unit == 'instructions' else ''})", series))
     est = [(_cell_name(r), [layer.get("est_cycles") for layer in r["result"]["layers"]]) for r in recs]
     metrics.append(("estimated cycles (timing model)", est))
-    energy = [(_cell_name(r), [layer_energy(layer) for layer in r["result"]["layers"]]) for r in recs]
+    energy = [(_cell_name(r), layer_energy(r["result"])) for r in recs]
     if any(v is not None for _, vals in energy for v in vals):
-        metrics.append(("energy µJ per layer", energy))
+        metrics.append(("energy µJ per layer (measured median, else estimated)", energy))
     metrics = [(t, [(n, v) for n, v in s if any(x is not None for x in v)]) for t, s in metrics]
     metrics = [(t, s) for t, s in metrics if s]
     if not metrics:
