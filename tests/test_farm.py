@@ -166,3 +166,17 @@ def test_lab_spreads_cells_over_the_attached_boards(tmp_path):
 
 def outcome_records_of(outcome):
     return outcome.records
+
+
+def test_a_session_without_xdist_locks_its_board_too(pytester, lock_dir):
+    """`pytest --board nucleo` (no -n) on a board another run holds: its device tests fail
+    saying which process holds it."""
+    pytester.makeconftest(FARM_CONFTEST.replace('("BOARD_A", "BOARD_B")', '("BOARD_A",)')
+                          + "import microtile.targets.discovery as discovery\ndiscovery.list_attached = _attached\n")
+    pytester.makepyfile(test_inner="def test_device(board):\n    assert board\n")
+    with ProbeLock("BOARD_A"):
+        result = pytester.runpytest_subprocess("--board", "nucleo", "-p", "no:cacheprovider")
+    assert result.parseoutcomes().get("errors") == 1
+    result.stdout.fnmatch_lines(["*probe BOARD_A is in use by another run (pid *)*"])
+    result = pytester.runpytest_subprocess("--board", "nucleo", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)

@@ -135,14 +135,22 @@ def _farm_board(config: pytest.Config, name: str, probe: str | None):
     """The board of this process: a labgrid place's ST-LINK when --labgrid is given; under
     pytest-xdist one board per worker, locked (targets/farm.py); else the one attached."""
     from microtile.targets.discovery import resolve_board
-    from microtile.targets.farm import BoardBusyError, claim_board, worker_index
+    from microtile.targets.farm import BoardBusyError, ProbeLock, claim_board, worker_index
 
     place = config.stash.get(_farm_key, None)
     if place is not None and probe is None:
         probe = place.target()["probe"]
     worker = worker_index()
     if worker is None:
-        return resolve_board(name, probe)
+        resolved, device = resolve_board(name, probe)
+        if device is not None:  # locked too, so a lab run or another session keeps off it
+            lock = ProbeLock(device.unique_id)
+            if not lock.acquire():
+                raise BoardBusyError(f"probe {device.unique_id} is in use by another run ({lock.holder()}); "
+                                     "wait for it, or choose another board with --probe", board=resolved)
+            config.stash[_farm_key] = lock
+            config.add_cleanup(lock.release)
+        return resolved, device
     try:
         device, lock = claim_board(name, probe, worker)
     except BoardBusyError as exc:  # keep the test ids of the workers that have a board
