@@ -237,8 +237,6 @@ static inline uint64_t mt_ld64(const uint64_t *p)
 #define MT_ASM_KLOOP6(BLOCK)                                                          \
     do {                                                                              \
         const void *pb_ = b;                                                          \
-        const uint64_t *const end_ = a + 3 * kb;                                      \
-        const int32_t odd_ = kb & 1, two_ = kb & 2;                                   \
         __asm__ volatile("ldr    r10, %[odd]\n\t"                                      \
                          "cmp    r10, #0\n\t"                                         \
                          "beq    1f\n\t"                                              \
@@ -260,7 +258,7 @@ static inline uint64_t mt_ld64(const uint64_t *p)
                          : [s0] "+r"(s[0]), [s1] "+r"(s[1]), [s2] "+r"(s[2]),         \
                            [s3] "+r"(s[3]), [s4] "+r"(s[4]), [s5] "+r"(s[5]),         \
                            [pa] "+r"(a), [pb] "+r"(pb_)                               \
-                         : [end] "m"(end_), [odd] "m"(odd_), [two] "m"(two_)          \
+                         : [end] "m"(a_end), [odd] "m"(k_odd), [two] "m"(k_two)       \
                          : "r8", "r9", "r10", "r11", "r12", "lr", "cc", "memory");    \
         b = pb_;                                                                      \
     } while (0)
@@ -319,10 +317,17 @@ static inline int8_t mt_out8(int32_t acc, int32_t m, int32_t q1, int32_t q2, int
         (void)zp;                                                                     \
         (void)lo;                                                                     \
         (void)hi;                                                                     \
+        /* per call, not per tile: the panel's end and the reduction's remainder */   \
+        const int32_t k_blocks = g->k_blocks;                                         \
+        const uint64_t *const a_end = panel + (MR) * k_blocks;                        \
+        const int32_t k_odd = k_blocks & 1, k_two = k_blocks & 2;                     \
+        (void)a_end;                                                                  \
+        (void)k_odd;                                                                  \
+        (void)k_two;                                                                  \
         for (int32_t n0 = 0; n0 < n_out; n0 += (NR)) {                                \
             int32_t s[(MR) * (NR)];                                                   \
             const uint64_t *a = panel;                                                \
-            int32_t kb = g->k_blocks;                                                 \
+            int32_t kb = k_blocks;                                                    \
             _Pragma("GCC unroll 8")                                                   \
             for (int j = 0; j < (NR); j++) {                                          \
                 _Pragma("GCC unroll 8")                                               \
