@@ -2,8 +2,8 @@
 
 1. The first N labelled inputs are the calibration split, the rest the held-out split;
    the search reads only the calibration split.
-2. Significance of every (channel tile, k-block) unit from the calibration activations
-   (passes/approx.py).
+2. Significance of every (channel tile, k-block) unit from the calibration activations,
+   and the bias correction of the dropped units (passes/approx.py).
 3. Cost: the exact optimised build and two pruned probe builds are measured on the
    target (instructions) and the timing model (estimated cycles); per layer, the pruned
    kernel's count is linear in its kept k-blocks, fitted through the two probes.
@@ -36,7 +36,7 @@ from microtile.importer.tflite_format import load_tflite, write_tflite
 from microtile.passes import approx
 
 FRACTIONS = tuple(round(0.1 * i, 1) for i in range(10))  # 0.0 .. 0.9 per layer
-PROBES = (0.25, 0.75)
+PROBES = (0.2, 0.8)  # two grid fractions: the cost line of each layer
 
 
 # ---------------------------------------------------------------- batched reference
@@ -97,10 +97,11 @@ class Search:
         self.exact_values = all_values(graph, x_cal)
         self.exact_top1 = top1(self.exact_values, graph, y_cal)
         self.exact_out = self.exact_values[graph.outputs[0]].astype(np.float64)
-        self.sig = {}
+        self.sig, self.mean = {}, {}
         for layer in self.layers:
-            x = self.exact_values[layer.op.inputs[0]]
-            self.sig[layer.op.index] = approx.block_significance(layer, approx.input_mean_abs(layer.op, graph, x))
+            mean, spread = approx.input_statistics(layer.op, graph, self.exact_values[layer.op.inputs[0]])
+            self.sig[layer.op.index] = approx.block_significance(layer, spread)
+            self.mean[layer.op.index] = mean
         self.masks = {L.op.index: {f: approx.keep_mask(self.sig[L.op.index], f) for f in FRACTIONS}
                       for L in self.layers}
         self.kept = {L.op.index: {f: approx.kept_blocks(L, approx.apply_mask(L, m)) for f, m in ms.items()}
@@ -141,7 +142,11 @@ class Search:
     # -- accuracy
     def prune_at(self, levels: dict[int, float], mark: bool = True) -> Graph:
         masks = {i: self.masks[i][f] for i, f in levels.items() if f > 0}
-        return approx.prune_graph(self.graph, self.layers, masks, mark=mark)
+        return approx.prune_graph(self.graph, self.layers, masks, mark=mark, bias_delta=self.bias_deltas(masks))
+
+    def bias_deltas(self, masks: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        by_index = {L.op.index: L for L in self.layers}
+        return {i: approx.bias_correction(by_index[i], m, self.mean[i]) for i, m in masks.items()}
 
     def evaluate(self, levels: dict[int, float], changed: int | None = None,
                  base: dict | None = None) -> tuple[float, float, dict]:
@@ -176,12 +181,18 @@ class Search:
             best, best_score = None, -math.inf
             now = self.predicted(levels)["est_cycles"]
             for i, f in levels.items():
-                if i in frozen or f >= FRACTIONS[-1]:
+                if i in frozen:
                     continue
-                nxt = FRACTIONS[FRACTIONS.index(f) + 1]
-                saved = now - self.predicted({**levels, i: nxt})["est_cycles"]
+                # the next fraction that saves cycles: a lightly pruned layer can cost more
+                # than the exact kernel (one ADD per kept block, int8 instead of int16 weights)
+                for nxt in FRACTIONS[FRACTIONS.index(f) + 1:]:
+                    saved = now - self.predicted({**levels, i: nxt})["est_cycles"]
+                    if saved > 0:
+                        break
+                else:
+                    continue
                 score = saved / (max(sens[i][nxt] - sens[i][f], 0.0) + 1e-6)
-                if saved > 0 and score > best_score:
+                if score > best_score:
                     best, best_score = (i, nxt), score
             if best is None:
                 return points
@@ -214,7 +225,8 @@ class Search:
             m = self.masks[L.op.index][f]
             records.append({"index": L.op.index, "op": L.op.opcode, "fraction": f, "tile": f"{L.mr}x{L.nr}",
                             "k_blocks": L.k_blocks, "kept_blocks": self.kept[L.op.index][f],
-                            "blocks": int(m.size), "keep": ["".join("1" if v else "0" for v in row) for row in m]})
+                            "blocks": int(m.size), "keep": ["".join("1" if v else "0" for v in row) for row in m],
+                            "bias_delta": self.bias_deltas({L.op.index: m})[L.op.index].tolist()})
         return records
 
 
@@ -227,10 +239,10 @@ def mark_pareto(points: list[dict]) -> None:
             for q in points)
 
 
-def masks_from_records(graph: Graph, records: list[dict], board=None) -> tuple[list, dict[int, np.ndarray]]:
+def masks_from_records(graph: Graph, records: list[dict], board=None) -> tuple[list, dict, dict]:
     layers = approx.prunable_layers(graph, board)
     by_index = {L.op.index: L for L in layers}
-    masks = {}
+    masks, deltas = {}, {}
     for r in records:
         L = by_index.get(r.get("index"))
         keep = r.get("keep")
@@ -242,7 +254,12 @@ def masks_from_records(graph: Graph, records: list[dict], board=None) -> tuple[l
             raise MicrotileError(f"--approx: layer {L.op.index} mask is {m.shape}, the model needs "
                                  f"{(L.n_tiles, L.k_blocks)}; use the JSON written for this model and board")
         masks[L.op.index] = m
-    return layers, masks
+        delta = np.asarray(r.get("bias_delta", np.zeros(L.w2d.shape[0])), dtype=np.int64)
+        if delta.shape != (L.w2d.shape[0],):
+            raise MicrotileError(f"--approx: layer {L.op.index} bias_delta has {delta.size} values, the model "
+                                 f"needs {L.w2d.shape[0]}; use the JSON written for this model")
+        deltas[L.op.index] = delta
+    return layers, masks, deltas
 
 
 def pruned_model_file(model: str | Path, approx_json: str | Path, out_dir: Path, board=None) -> tuple[Path, set[int]]:
@@ -258,8 +275,8 @@ def pruned_model_file(model: str | Path, approx_json: str | Path, out_dir: Path,
     if not isinstance(records, list):
         raise MicrotileError(f"--approx {approx_json}: no `chosen.layers` in it; give the file `microtile approx --json` wrote")
     graph = load_tflite(model)
-    layers, masks = masks_from_records(graph, records, board)
-    pruned = approx.prune_graph(graph, layers, masks, mark=False)
+    layers, masks, deltas = masks_from_records(graph, records, board)
+    pruned = approx.prune_graph(graph, layers, masks, mark=False, bias_delta=deltas)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{Path(model).stem}.pruned.tflite"
     path.write_bytes(write_tflite(pruned, "microtile approx: pruned k-blocks"))

@@ -6,11 +6,13 @@ register tile's channels (1 channel for the 4x1 tile, 4 channels for the 1x4 til
 FC at batch 1). Its significance, from calibration activations, is
 
     sig[tile, block] = mean over the tile's channels of
-                       sum_{k in block} |w[n, k]| * mean|x_k - zp|  /  sum_k |w[n, k]| * mean|x_k - zp|
+                       sum_{k in block} |w[n, k]| * s_k  /  sum_k |w[n, k]| * s_k,
+    s_k = mean |x_k - mean(x_k)|  (x_k - zp, the kernel's zero-centred input)
 
 (each channel's share of its own absolute contribution, so per-channel weight scales do
 not matter). Pruning a layer at fraction f zeroes the weights of its f * blocks least
-significant (tile, block) units. The result is an ordinary int8 network with zeroed
+significant (tile, block) units, and adds their mean contribution (calibration
+mean of x - zp times the dropped weights) to the bias. The result is an ordinary int8 network with zeroed
 weights (written as .tflite, so TFLM checks it too); a layer marked with
 ``options["microtile_prune"]`` is compiled to mt_pruned_s8_opt (mt_pruned_opt.h), whose
 weight stream holds only the tile's non-zero blocks: no branch per MAC, every skipped
@@ -101,21 +103,31 @@ def prunable_layers(graph: Graph, board=None) -> list[Layer]:
 
 # ---------------------------------------------------------------- significance
 
-def input_mean_abs(op: Operator, graph: Graph, x: np.ndarray) -> np.ndarray:
-    """mean |x - zp| per reduction position k of the layer, over batch and output pixels
-    (taps in the padding count as 0: they cancel in the kernel). x: the layer's input,
-    batch first."""
+def input_statistics(op: Operator, graph: Graph, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per reduction position k of the layer, over batch and output pixels (taps in the
+    padding count as x = zp: they cancel in the kernel): (mean of x - zp, mean |x - that
+    mean|). x: the layer's input, batch first."""
     from microtile.ops.conv import _conv_geometry, _patches
 
     t = graph.tensor(op.inputs[0])
-    d = np.abs(np.asarray(x, dtype=np.int64) - t.zero_point)
+    d = np.asarray(x, dtype=np.int64) - t.zero_point
     if op.opcode == "FULLY_CONNECTED":
-        k = graph.tensor(op.inputs[1]).shape[1]
-        return d.reshape(-1, k).mean(axis=0)
-    g = _conv_geometry(op, graph)
-    d = d.reshape(-1, g["h"], g["w"], g["c"])
-    win = _patches(d, g["kh"], g["kw"], g["sh"], g["sw"], g["ph"], g["pw"], g["oh"], g["ow"])
-    return win.reshape(-1, g["kh"] * g["kw"] * g["c"]).mean(axis=0)
+        rows = d.reshape(-1, graph.tensor(op.inputs[1]).shape[1]).astype(np.float64)
+    else:
+        g = _conv_geometry(op, graph)
+        d = d.reshape(-1, g["h"], g["w"], g["c"])
+        win = _patches(d, g["kh"], g["kw"], g["sh"], g["sw"], g["ph"], g["pw"], g["oh"], g["ow"])
+        rows = win.reshape(-1, g["kh"] * g["kw"] * g["c"]).astype(np.float64)
+    mean = rows.mean(axis=0)
+    return mean, np.abs(rows - mean).mean(axis=0)
+
+
+def bias_correction(layer: Layer, keep: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """int32 per output channel: the mean contribution of the dropped weights,
+    sum_k w[n, k] * mean(x_k - zp), folded into the bias, so pruning removes only the
+    varying part of the input (significance is measured on that part)."""
+    dropped = layer.w2d.astype(np.float64) - apply_mask(layer, keep)
+    return np.rint(dropped @ np.asarray(mean, dtype=np.float64)).astype(np.int64)
 
 
 def block_significance(layer: Layer, mean_abs: np.ndarray) -> np.ndarray:
@@ -145,9 +157,10 @@ def apply_mask(layer: Layer, keep: np.ndarray) -> np.ndarray:
 
 
 def prune_graph(graph: Graph, layers: list[Layer], masks: dict[int, np.ndarray],
-                mark: bool = True) -> Graph:
-    """A copy of the graph with the masked weights zeroed; pruned layers carry PRUNE_KEY
-    (mark=False: the plain int8 network, for the .tflite writer)."""
+                mark: bool = True, bias_delta: dict[int, np.ndarray] | None = None) -> Graph:
+    """A copy of the graph with the masked weights zeroed and bias_delta (bias_correction)
+    added to the biases; pruned layers carry PRUNE_KEY (mark=False: the plain int8
+    network, for the .tflite writer)."""
     out = copy.copy(graph)
     out.tensors = list(graph.tensors)
     out.operators = list(graph.operators)
@@ -164,6 +177,11 @@ def prune_graph(graph: Graph, layers: list[Layer], masks: dict[int, np.ndarray],
         idx = op.inputs[1]
         out.tensors[idx] = copy.copy(graph.tensor(idx))
         _set_weight_matrix(op, out, apply_mask(layer, keep))
+        delta = (bias_delta or {}).get(op.index)
+        if delta is not None and len(op.inputs) > 2 and op.inputs[2] >= 0:
+            b = copy.copy(graph.tensor(op.inputs[2]))
+            b.data = np.clip(b.data.astype(np.int64) + delta, -2 ** 31, 2 ** 31 - 1).astype(np.int32)
+            out.tensors[op.inputs[2]] = b
     return out
 
 

@@ -1,0 +1,166 @@
+"""Issue 10: approximate kernels that skip insignificant k-blocks. Significance, the
+pruned weight stream, the pruned kernels natively (against the numpy reference of the
+pruned network and TFLM on the pruned .tflite) and on QEMU, the split, CLI errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from microtile.check.oracle import TflmOracle
+from microtile.check.reference import run_reference
+from microtile.cli import main
+from microtile.errors import MicrotileError
+from microtile.importer.tflite_format import write_tflite
+from microtile.measure.approx_search import check_budget, split_samples
+from microtile.passes import approx
+from microtile_models.zoo import build
+
+
+def _layer(w2d, mr=4, nr=1):
+    return approx.Layer(op=None, w2d=np.asarray(w2d, dtype=np.int8), mr=mr, nr=nr, m=8, exact_loop=0.0)
+
+
+def test_significance_is_each_channels_share_of_its_contribution():
+    # channel 0: block 1 carries the large weights; channel 1: block 0 the large input
+    w = np.array([[1, 1, 1, 1, 9, 9, 9, 9], [2, 2, 2, 2, 2, 2, 2, 2]])
+    x = np.array([1, 1, 1, 1, 1, 1, 1, 1.0])
+    x[:4] = 3.0
+    sig = approx.block_significance(_layer(w), x)
+    assert sig.shape == (2, 2)
+    np.testing.assert_allclose(sig.sum(axis=1), 1.0)
+    np.testing.assert_allclose(sig[0], [12 / 48, 36 / 48])
+    np.testing.assert_allclose(sig[1], [0.75, 0.25])
+    keep = approx.keep_mask(sig, 0.5)  # drop the 2 least significant of 4 units
+    assert keep.tolist() == [[False, True], [True, False]]
+    # a 1x4 tile: one pattern for the 4 channels, the mean of their shares
+    sig4 = approx.block_significance(_layer(np.vstack([w, w]), mr=1, nr=4), x)
+    np.testing.assert_allclose(sig4, [[0.5, 0.5]])
+
+
+def test_pruned_stream_holds_only_kept_blocks_with_panel_deltas():
+    w = np.zeros((2, 12), dtype=np.int8)
+    w[0, 4:8] = [1, 2, 3, 4]        # channel 0 keeps block 1
+    w[1, 0:4] = [-1, 0, 0, 0]       # channel 1 keeps blocks 0 and 2
+    w[1, 8:12] = [5, 6, 7, -8]
+    stream, kept = approx.pruned_stream(w, mr=4, nr=1)
+    word = lambda b: int(np.frombuffer(np.array(b, dtype=np.int8).tobytes(), "<i4")[0])
+    # delta = skipped blocks * 4 rows * 8 bytes
+    assert stream.tolist() == [32, word([1, 2, 3, 4]), 0, word([-1, 0, 0, 0]), 32, word([5, 6, 7, -8])]
+    assert kept.tolist() == [1, 2]
+    # 1x4 tile: a block is kept when any of the group's channels has a weight there
+    stream4, kept4 = approx.pruned_stream(w, mr=1, nr=4)
+    assert kept4.tolist() == [3] and stream4[0::5].tolist() == [0, 0, 0]
+
+
+def _pruned(name, fraction, seed=0):
+    g = build(name)
+    layers = approx.prunable_layers(g)
+    rng = np.random.default_rng(seed)
+    masks = {L.op.index: approx.keep_mask(approx.block_significance(L, rng.random(L.w2d.shape[1])), fraction)
+             for L in layers}
+    return g, layers, masks
+
+
+@pytest.mark.parametrize("name", ["op_conv_3x3_same_relu", "op_conv_5x3_same_s2", "op_conv_1x1", "op_fc_relu"])
+def test_pruned_kernels_native_bit_exact_with_the_pruned_reference_and_tflm(name, tmp_path):
+    from microtile.build.native import NativeModel
+
+    g, layers, masks = _pruned(name, 0.5)
+    pruned = approx.prune_graph(g, layers, masks)
+    native = NativeModel.build(pruned, "optimized")
+    assert all(f"l{L.op.index}_pruned" in native.compiled.model_c for L in layers)
+    path = tmp_path / "pruned.tflite"
+    path.write_bytes(write_tflite(approx.prune_graph(g, layers, masks, mark=False)))
+    oracle = TflmOracle(path)
+    rng = np.random.default_rng(1)
+    t = g.tensor(g.inputs[0])
+    for _ in range(3):
+        x = rng.integers(-128, 128, t.shape).astype(np.int8)
+        got, ref, tflm = native.run([x])[0], run_reference(pruned, [x])[0], oracle([x])[0]
+        np.testing.assert_array_equal(got, ref)
+        np.testing.assert_array_equal(ref, tflm)
+    exact = run_reference(g, [x])[0]
+    assert not np.array_equal(exact, ref) or name == "op_fc_relu"  # pruning changed the network
+
+
+def test_first_layer_pruned_blocks_are_zero_in_the_weights():
+    g, layers, masks = _pruned("ds_cnn_kws", 0.4)
+    pruned = approx.prune_graph(g, layers, masks)
+    first = layers[0]
+    w = approx.weight_matrix(next(o for o in pruned.operators if o.index == first.op.index), pruned)
+    kept = approx.kept_blocks(first, w)
+    assert kept == int(masks[first.op.index].sum()) and kept < first.n_tiles * first.k_blocks
+    assert not np.array_equal(w, first.w2d)
+
+
+def test_split_keeps_the_first_n_for_calibration_and_refuses_no_holdout():
+    cal, held = split_samples(list(range(10)), 6, "y.csv")
+    assert cal == list(range(6)) and held == [6, 7, 8, 9]
+    for n in (0, 10, 11):
+        with pytest.raises(MicrotileError, match="held out"):
+            split_samples(list(range(10)), n, "y.csv")
+    assert check_budget("0.5") == 0.5
+    for bad in ("abc", "-1", "nan", "inf", "101"):
+        with pytest.raises(MicrotileError, match="--budget"):
+            check_budget(bad)
+
+
+@pytest.fixture
+def labelled(tmp_path):
+    g = build("op_conv_3x3_same_relu")  # one 3x3 conv, 9 k-blocks, the 4x1 SMLAD kernel
+    t = g.tensor(g.inputs[0])
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(6):
+        name = f"in{i}.bin"
+        (tmp_path / name).write_bytes(rng.integers(-128, 128, t.shape).astype(np.int8).tobytes())
+        lines.append(f"{name},{t.size},{i * 7}")
+    (tmp_path / "y_labels.csv").write_text("\n".join(lines) + "\n")
+    model = tmp_path / "conv.tflite"
+    model.write_bytes(write_tflite(g))
+    return model, tmp_path / "y_labels.csv"
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--calibrate", "6", "--budget", "0.5"], "--calibrate 6"),
+    (["--calibrate", "9", "--budget", "0.5"], "--calibrate 9"),
+    (["--calibrate", "3", "--budget", "lots"], "--budget lots"),
+    (["--calibrate", "3", "--budget", "-2"], "--budget -2"),
+])
+def test_cli_errors_are_one_line_exit_2(labelled, capsys, extra, expected):
+    model, labels = labelled
+    assert main(["approx", str(model), "--labels", str(labels), *extra]) == 2
+    out = capsys.readouterr().out.strip()
+    assert len(out.splitlines()) == 1 and expected in out and "Traceback" not in out
+
+
+def test_run_approx_rejects_a_json_for_another_model(labelled, tmp_path, capsys):
+    model, _ = labelled
+    bad = tmp_path / "chosen.json"
+    bad.write_text('{"chosen": {"layers": [{"index": 99, "keep": ["1"]}]}}')
+    assert main(["run", str(model), "--approx", str(bad), "--random", "1"]) == 2
+    out = capsys.readouterr().out.strip()
+    assert len(out.splitlines()) == 1 and "not a prunable layer" in out
+
+
+@pytest.mark.qemu
+def test_approx_end_to_end_on_qemu_bit_exact_with_the_pruned_reference(labelled, tmp_path):
+    """Random inputs and labels: the split and the device check are real, the accuracy
+    means nothing (random data measures no accuracy)."""
+    import json
+
+    model, labels = labelled
+    out = tmp_path / "apx.json"
+    code = main(["approx", str(model), "--labels", str(labels), "--calibrate", "4", "--budget", "100",
+                 "--json", str(out), "--device-limit", "2"])
+    data = json.loads(out.read_text())
+    assert code == 0
+    assert data["split"]["calibration"] == 4 and data["split"]["heldout"] == 2
+    assert data["split"]["heldout_range"] == ["in4.bin", "in5.bin"]
+    c, e = data["chosen"], data["exact"]
+    assert c["device_mismatches"] == 0 and c["device_samples"] == 2 and c["reference_mismatches"] == 0
+    assert c["layers"] and c["instructions"] < e["instructions"] and c["est_cycles"] < e["est_cycles"]
+    assert len(data["pareto"]) > 1 and any(p["pareto"] for p in data["pareto"])
+    assert out.with_suffix(".png").stat().st_size > 1000
+    # the chosen point builds and runs like any model, bit-exact with TFLM on the pruned file
+    assert main(["run", str(model), "--approx", str(out), "--random", "1"]) == 0
