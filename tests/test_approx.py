@@ -17,7 +17,7 @@ from microtile_models.zoo import build
 
 
 def _layer(w2d, mr=4, nr=1):
-    return approx.Layer(op=None, w2d=np.asarray(w2d, dtype=np.int8), mr=mr, nr=nr, m=8, exact_loop=0.0)
+    return approx.Layer(op=None, w2d=np.asarray(w2d, dtype=np.int8), mr=mr, nr=nr, m=8, wide=False)
 
 
 def test_significance_is_each_channels_share_of_its_contribution():
@@ -50,6 +50,10 @@ def test_pruned_stream_holds_only_kept_blocks_with_panel_deltas():
     # 1x4 tile: a block is kept when any of the group's channels has a weight there
     stream4, kept4 = approx.pruned_stream(w, mr=1, nr=4)
     assert kept4.tolist() == [3] and stream4[0::5].tolist() == [0, 0, 0]
+    # int16 pairs (w0, w2), (w1, w3) per channel: two words after the delta
+    wide, _ = approx.pruned_stream(w, mr=4, nr=1, wide=True)
+    pair = lambda lo, hi: (lo & 0xFFFF) | ((hi & 0xFFFF) << 16)
+    assert wide[:3].view(np.uint32).tolist() == [32, pair(1, 3), pair(2, 4)]
 
 
 def _pruned(name, fraction, seed=0):
@@ -62,9 +66,12 @@ def _pruned(name, fraction, seed=0):
 
 
 @pytest.mark.parametrize("name", ["op_conv_3x3_same_relu", "op_conv_5x3_same_s2", "op_conv_1x1", "op_fc_relu"])
-def test_pruned_kernels_native_bit_exact_with_the_pruned_reference_and_tflm(name, tmp_path):
+@pytest.mark.parametrize("weights", ["int8", "int16"])
+def test_pruned_kernels_native_bit_exact_with_the_pruned_reference_and_tflm(name, weights, tmp_path, monkeypatch):
     from microtile.build.native import NativeModel
+    from microtile.passes import schedule
 
+    monkeypatch.setattr(schedule, "FORCE_WEIGHTS", weights)
     g, layers, masks = _pruned(name, 0.5)
     pruned = approx.prune_graph(g, layers, masks)
     native = NativeModel.build(pruned, "optimized")
@@ -164,3 +171,24 @@ def test_approx_end_to_end_on_qemu_bit_exact_with_the_pruned_reference(labelled,
     assert out.with_suffix(".png").stat().st_size > 1000
     # the chosen point builds and runs like any model, bit-exact with TFLM on the pruned file
     assert main(["run", str(model), "--approx", str(out), "--random", "1"]) == 0
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("weights", ["int8", "int16"])
+def test_pruned_smlad_kernels_on_qemu_bit_exact_and_fewer_instructions(weights, tmp_path, monkeypatch):
+    """Both hand-scheduled 4x1 loops (int8 and int16 weight streams) on the Cortex-M4."""
+    from microtile.measure.runner import run_model
+    from microtile.passes import schedule
+
+    monkeypatch.setattr(schedule, "FORCE_WEIGHTS", weights)
+    g, layers, masks = _pruned("op_conv_3x3_same_relu", 0.6)
+    assert [(L.mr, L.nr) for L in layers] == [(4, 1)]
+    exact, pruned = tmp_path / "exact.tflite", tmp_path / "pruned.tflite"
+    exact.write_bytes(write_tflite(g))
+    pruned.write_bytes(write_tflite(approx.prune_graph(g, layers, masks, mark=False)))
+    indices = {L.op.index for L in layers}
+    r = run_model(pruned, "qemu", random=2, graph_hook=lambda gr: approx.mark_pruned(gr, indices))
+    assert f"{weights} */" in r.compiled.model_c and "mt_pruned_s8_opt(" in r.compiled.model_c
+    assert r.error is None and r.samples == 2 and r.mismatch_count == 0
+    r0 = run_model(exact, "qemu", random=1)
+    assert sum(r.mean_counts()) < 0.85 * sum(r0.mean_counts())  # panel and requantisation stay

@@ -10,12 +10,14 @@
  * bounds, never in a branch: per channel tile (nr channels), kept[t] k-blocks, each
  * stored as
  *
- *     [delta, w_0, ..., w_{nr-1}]   (int32 words; w_j = 4 int8 weights of channel j)
+ *     [delta, w_0, ..., w_{nr-1}]   (int32 words; w_j = 4 int8 weights of channel j,
+ *                                    or with c.g.wide two words of int16 pairs
+ *                                    (w0, w2), (w1, w3), pre-extended as in mt_matmul_opt)
  *
  * where delta is the byte distance from the panel position after the previous kept
  * block (the panel start for the first) to this block's panel rows. Per kept block
- * this costs one ADD more than the exact kernel's int8 block; every skipped block
- * removes its loads, SXTB16s and SMLADs. */
+ * this costs one ADD more than the exact kernel's int8 block (two more for int16:
+ * a load and an ADD); every skipped block removes its loads, SXTB16s and SMLADs. */
 #ifndef MT_PRUNED_OPT_H
 #define MT_PRUNED_OPT_H
 
@@ -24,7 +26,7 @@
 #include "mt_matmul_opt.h"
 
 typedef struct {
-    mt_conv_opt_params c;     /* geometry + gemm; c.g.weights is the pruned stream, c.g.wide = 0 */
+    mt_conv_opt_params c;     /* geometry + gemm; c.g.weights is the pruned stream */
     const int32_t *kept;      /* [c.g.n_tiles] kept k-blocks per channel tile */
 } mt_pruned_opt_params;
 

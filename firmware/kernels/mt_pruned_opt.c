@@ -7,8 +7,9 @@
 #include "mt_requant_opt.h"
 
 /* One kept block of an MR x NR tile, portable C: skip to the block's panel rows, then
- * as in mt_matmul_opt.c (weights extended once, reused by the MR rows). */
-#define MT_PBLOCK(MR, NR)                                                             \
+ * as in mt_matmul_opt.c (weights extended once, or read pre-extended, reused by the
+ * MR rows). */
+#define MT_PBLOCK(MR, NR, WIDE)                                                       \
     do {                                                                              \
         uint32_t al[(MR)], ah[(MR)];                                                  \
         a = (const uint64_t *)(const void *)((const uint8_t *)a + (uint32_t)*w++);   \
@@ -20,8 +21,16 @@
         }                                                                             \
         _Pragma("GCC unroll 8")                                                       \
         for (int j = 0; j < (NR); j++) {                                              \
-            const uint32_t wj = (uint32_t)*w++;                                       \
-            const uint32_t wl = mt_sxtb16(wj), wh = mt_sxtb16_ror8(wj);               \
+            uint32_t wl, wh;                                                          \
+            if (WIDE) {                                                               \
+                wl = (uint32_t)w[0];                                                  \
+                wh = (uint32_t)w[1];                                                  \
+                w += 2;                                                               \
+            } else {                                                                  \
+                const uint32_t wj = (uint32_t)*w++;                                   \
+                wl = mt_sxtb16(wj);                                                   \
+                wh = mt_sxtb16_ror8(wj);                                              \
+            }                                                                         \
             _Pragma("GCC unroll 8")                                                   \
             for (int i = 0; i < (MR); i++) {                                          \
                 s[i * (NR) + j] = mt_smlad(al[i], wl, s[i * (NR) + j]);               \
@@ -30,21 +39,21 @@
         }                                                                             \
     } while (0)
 
-#define MT_PKLOOP_C(MR, NR)                                                           \
+#define MT_PKLOOP_C(MR, NR, WIDE)                                                     \
     do {                                                                              \
         if (kb & 1) {                                                                 \
-            MT_PBLOCK(MR, NR);                                                        \
+            MT_PBLOCK(MR, NR, WIDE);                                                  \
         }                                                                             \
         for (kb >>= 1; kb != 0; kb--) {                                               \
-            MT_PBLOCK(MR, NR);                                                        \
-            MT_PBLOCK(MR, NR);                                                        \
+            MT_PBLOCK(MR, NR, WIDE);                                                  \
+            MT_PBLOCK(MR, NR, WIDE);                                                  \
         }                                                                             \
     } while (0)
 
 #if MT_HAS_DSP
-/* 4 pixels x 1 channel: LDRD (delta, weights), ADD, 2 LDM (two panel rows each),
- * 2 SXTB16, 8 SMLAD: one instruction more than the exact int8 block. */
-#define MT_PASM_4x1_BLOCK                                                             \
+/* 4 pixels x 1 channel, int8 weights: LDRD (delta, weights), ADD, 2 LDM (two panel
+ * rows each), 2 SXTB16, 8 SMLAD: one instruction more than the exact int8 block. */
+#define MT_PASM_4x1_W0_BLOCK                                                          \
     "ldrd   %[t], %[w], [%[pb]], #8\n\t"                                              \
     "add    %[pa], %[pa], %[t]\n\t"                                                   \
     "ldmia  %[pa]!, {r8, r9, r10, r11}\n\t"                                           \
@@ -60,11 +69,28 @@
     "smlad  %[s3], r10, %[t], %[s3]\n\t"                                              \
     "smlad  %[s3], r11, %[w], %[s3]\n\t"
 
-#define MT_PKLOOP_4x1(MR, NR)                                                         \
+/* 4 pixels x 1 channel, int16 weights: LDR delta, ADD, LDRD weights, 2 LDM, 8 SMLAD:
+ * two instructions more than the exact int16 block. */
+#define MT_PASM_4x1_W1_BLOCK                                                          \
+    "ldr    %[t], [%[pb]], #4\n\t"                                                    \
+    "add    %[pa], %[pa], %[t]\n\t"                                                   \
+    "ldrd   %[t], %[w], [%[pb]], #8\n\t"                                              \
+    "ldmia  %[pa]!, {r8, r9, r10, r11}\n\t"                                           \
+    "smlad  %[s0], r8, %[t], %[s0]\n\t"                                               \
+    "smlad  %[s0], r9, %[w], %[s0]\n\t"                                               \
+    "smlad  %[s1], r10, %[t], %[s1]\n\t"                                              \
+    "smlad  %[s1], r11, %[w], %[s1]\n\t"                                              \
+    "ldmia  %[pa]!, {r8, r9, r10, r11}\n\t"                                           \
+    "smlad  %[s2], r8, %[t], %[s2]\n\t"                                               \
+    "smlad  %[s2], r9, %[w], %[s2]\n\t"                                               \
+    "smlad  %[s3], r10, %[t], %[s3]\n\t"                                              \
+    "smlad  %[s3], r11, %[w], %[s3]\n\t"
+
+#define MT_PASM_KLOOP(BLOCK)                                                          \
     do {                                                                              \
         uint32_t w_, t_;                                                              \
         if (kb & 1) {                                                                 \
-            __asm__ volatile(MT_PASM_4x1_BLOCK                                        \
+            __asm__ volatile(BLOCK                                                    \
                              : [s0] "+r"(s[0]), [s1] "+r"(s[1]), [s2] "+r"(s[2]),     \
                                [s3] "+r"(s[3]), [pa] "+r"(a), [pb] "+r"(w),           \
                                [w] "=&r"(w_), [t] "=&r"(t_)                           \
@@ -73,7 +99,7 @@
         }                                                                             \
         kb >>= 1;                                                                     \
         if (kb != 0) {                                                                \
-            __asm__ volatile("1:\n\t" MT_PASM_4x1_BLOCK MT_PASM_4x1_BLOCK             \
+            __asm__ volatile("1:\n\t" BLOCK BLOCK                                     \
                              "subs   %[kb], %[kb], #1\n\t"                            \
                              "bne    1b\n\t"                                          \
                              : [s0] "+r"(s[0]), [s1] "+r"(s[1]), [s2] "+r"(s[2]),     \
@@ -83,16 +109,20 @@
                              : "r8", "r9", "r10", "r11", "cc", "memory");             \
         }                                                                             \
     } while (0)
+#define MT_PKLOOP_4x1_w0(MR, NR, WIDE) MT_PASM_KLOOP(MT_PASM_4x1_W0_BLOCK)
+#define MT_PKLOOP_4x1_w1(MR, NR, WIDE) MT_PASM_KLOOP(MT_PASM_4x1_W1_BLOCK)
 #else
-#define MT_PKLOOP_4x1 MT_PKLOOP_C
+#define MT_PKLOOP_4x1_w0 MT_PKLOOP_C
+#define MT_PKLOOP_4x1_w1 MT_PKLOOP_C
 #endif
-#define MT_PKLOOP_1x4 MT_PKLOOP_C
+#define MT_PKLOOP_1x4_w0 MT_PKLOOP_C
+#define MT_PKLOOP_1x4_w1 MT_PKLOOP_C
 
 /* rows (<= MR) panel rows x all N channels, tile by tile (k-first). MODE as in
  * mt_matmul_opt.c: 0 exact requantisation + clamp, 1 mt_requant_fast + clamp,
  * 2 mt_requant_fast + SSAT. */
-#define MT_DEFINE_PRUNED_ROWS(MR, NR, MODE)                                           \
-    static void mt_pruned_rows_##MR##x##NR##_m##MODE(const mt_pruned_opt_params *p, \
+#define MT_DEFINE_PRUNED_ROWS(MR, NR, WIDE, MODE)                                     \
+    static void mt_pruned_rows_##MR##x##NR##_w##WIDE##_m##MODE(const mt_pruned_opt_params *p, \
                                                      const uint64_t *panel,          \
                                                      int32_t rows, int8_t *output)   \
     {                                                                                 \
@@ -118,7 +148,7 @@
                 }                                                                     \
             }                                                                         \
             bias += (NR);                                                             \
-            MT_PKLOOP_##MR##x##NR(MR, NR);                                            \
+            MT_PKLOOP_##MR##x##NR##_w##WIDE(MR, NR, WIDE);                                            \
             _Pragma("GCC unroll 8")                                                   \
             for (int j = 0; j < (NR); j++) {                                          \
                 if ((NR) == 1 || n0 + j < n_out) {                                    \
@@ -149,27 +179,33 @@
         }                                                                             \
     }
 
-#define MT_DEFINE_PRUNED_TILE(MR, NR)                                                 \
-    MT_DEFINE_PRUNED_ROWS(MR, NR, 0)                                                  \
-    MT_DEFINE_PRUNED_ROWS(MR, NR, 1)                                                  \
-    MT_DEFINE_PRUNED_ROWS(MR, NR, 2)
+#define MT_DEFINE_PRUNED_TILE(MR, NR, WIDE)                                           \
+    MT_DEFINE_PRUNED_ROWS(MR, NR, WIDE, 0)                                            \
+    MT_DEFINE_PRUNED_ROWS(MR, NR, WIDE, 1)                                            \
+    MT_DEFINE_PRUNED_ROWS(MR, NR, WIDE, 2)
 
-MT_DEFINE_PRUNED_TILE(4, 1)
-MT_DEFINE_PRUNED_TILE(1, 4)
+MT_DEFINE_PRUNED_TILE(4, 1, 0)
+MT_DEFINE_PRUNED_TILE(4, 1, 1)
+MT_DEFINE_PRUNED_TILE(1, 4, 0)
+MT_DEFINE_PRUNED_TILE(1, 4, 1)
+
+#define MT_PCODE(mr, nr, wide, mode) (((mr) << 8) | ((nr) << 4) | ((wide) << 2) | (mode))
+#define MT_PCASE(mr, nr, wide, mode)                                                  \
+    case MT_PCODE(mr, nr, wide, mode):                                                \
+        mt_pruned_rows_##mr##x##nr##_w##wide##_m##mode(p, panel, rows, output);       \
+        break;
+#define MT_PCASES(mr, nr, wide) MT_PCASE(mr, nr, wide, 0) MT_PCASE(mr, nr, wide, 1) MT_PCASE(mr, nr, wide, 2)
 
 static void mt_pruned_rows(const mt_pruned_opt_params *p, const uint64_t *panel, int32_t rows,
                            int8_t *output)
 {
     const mt_gemm_opt *g = &p->c.g;
     const int32_t mode = g->fast ? (g->act_min == -128 && g->act_max == 127 ? 2 : 1) : 0;
-    const int32_t code = (g->mr << 8) | (g->nr << 4) | mode;
-    switch (code) {
-    case 0x410: mt_pruned_rows_4x1_m0(p, panel, rows, output); break;
-    case 0x411: mt_pruned_rows_4x1_m1(p, panel, rows, output); break;
-    case 0x412: mt_pruned_rows_4x1_m2(p, panel, rows, output); break;
-    case 0x140: mt_pruned_rows_1x4_m0(p, panel, rows, output); break;
-    case 0x141: mt_pruned_rows_1x4_m1(p, panel, rows, output); break;
-    case 0x142: mt_pruned_rows_1x4_m2(p, panel, rows, output); break;
+    switch (MT_PCODE(g->mr, g->nr, g->wide, mode)) {
+    MT_PCASES(4, 1, 0)
+    MT_PCASES(4, 1, 1)
+    MT_PCASES(1, 4, 0)
+    MT_PCASES(1, 4, 1)
     default: break; /* the host emits only the tiles above */
     }
 }

@@ -29,13 +29,6 @@ from microtile.importer.ir import Graph, Operator
 
 PRUNE_KEY = "microtile_prune"  # Operator.options marker: compile with the pruned kernel
 
-# Instructions of the pruned kernel's reduction loop, per kept k-block (SUBS/BNE share
-# included) and per channel tile and row block (kept count, odd-block test), fitted on
-# QEMU (docs/schedules.md, "Pruned k-blocks").
-PRUNED_BLOCK = {(4, 1): 15, (1, 4): 21}
-PRUNED_TILE = {(4, 1): 2, (1, 4): 2}
-
-
 def pruned_tile(m: int, k_blocks: int, board=None) -> tuple[int, int]:
     """The pruned kernel's register tile: 4 pixels x 1 channel (the skip pattern per
     channel) when 4 rows exist and their panel fits the stack budget, else 1 x 4 (the
@@ -54,7 +47,7 @@ class Layer:
     mr: int          # pruned kernel tile
     nr: int
     m: int           # rows of A (pixels or batches)
-    exact_loop: float  # the exact kernel's reduction-loop instructions (schedule's model)
+    wide: bool       # int16 weight pairs (the exact schedule's flash-budgeted choice)
 
     @property
     def n_tiles(self) -> int:
@@ -97,7 +90,7 @@ def prunable_layers(graph: Graph, board=None) -> list[Layer]:
             continue
         s = schedule_for(op, graph, board)
         mr, nr = pruned_tile(s.m, s.k_blocks, board)
-        layers.append(Layer(op, weight_matrix(op, graph), mr, nr, s.m, s.inner_ipm * s.m * s.n * s.k))
+        layers.append(Layer(op, weight_matrix(op, graph), mr, nr, s.m, s.wide))
     return layers
 
 
@@ -195,21 +188,26 @@ def mark_pruned(graph: Graph, indices) -> Graph:
 
 # ---------------------------------------------------------------- packing and emission
 
-def pruned_stream(w2d: np.ndarray, mr: int, nr: int) -> tuple[np.ndarray, np.ndarray]:
+def pruned_stream(w2d: np.ndarray, mr: int, nr: int, wide: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """[N, K] int8 -> (int32 weight stream, kept blocks per tile) of mt_pruned_opt.h:
-    per tile, per k-block with any non-zero weight, [delta bytes, w_0 .. w_{nr-1}]."""
+    per tile, per k-block with any non-zero weight, [delta bytes, w_0 .. w_{nr-1}]
+    (wide: each w_j two words of int16 pairs (w0, w2), (w1, w3), as pack_weights)."""
     n, k = w2d.shape
     kb, tiles = -(-k // 4), -(-n // nr)
     full = np.zeros((tiles * nr, kb * 4), dtype=np.int8)
     full[:n, :k] = w2d
-    words = np.ascontiguousarray(full).view("<i4").reshape(tiles, nr, kb)
-    nonzero = (words != 0).any(axis=1)  # [tiles, kb]
+    nonzero = (full.reshape(tiles, nr, kb, 4) != 0).any(axis=(1, 3))  # [tiles, kb]
+    if wide:
+        pairs = full.reshape(tiles * nr, kb, 4)[..., [0, 2, 1, 3]].astype("<i2")
+        words = np.ascontiguousarray(pairs).view("<i4").reshape(tiles, nr, kb, 2)
+    else:
+        words = np.ascontiguousarray(full).view("<i4").reshape(tiles, nr, kb, 1)
     stream: list[int] = []
     for t in range(tiles):
         prev_end = 0
         for b in np.flatnonzero(nonzero[t]):
             stream.append(int(b - prev_end) * mr * 8)  # panel block = mr rows of 8 bytes
-            stream.extend(int(v) for v in words[t, :, b])
+            stream.extend(int(v) for v in words[t, :, b].reshape(-1))
             prev_end = int(b) + 1
     return np.asarray(stream, dtype=np.int32), nonzero.sum(axis=1).astype(np.int32)
 
@@ -230,7 +228,7 @@ def emit_pruned(op: Operator, graph: Graph, ctx, p: dict, w2d: np.ndarray) -> st
         in_zp, geo = p["in_zp"], p
     n = w2d.shape[0]
     padded = -(-n // nr) * nr
-    stream, kept = pruned_stream(w2d, mr, nr)
+    stream, kept = pruned_stream(w2d, mr, nr, s.wide)
     bias_t = graph.tensor(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
     bias_data = None if bias_t is None else bias_t.data
     bias = folded_bias(w2d, bias_data, in_zp, padded)
@@ -242,7 +240,7 @@ def emit_pruned(op: Operator, graph: Graph, ctx, p: dict, w2d: np.ndarray) -> st
     qname = ctx.const_array("pruned_requant", table)
     kb = -(-w2d.shape[1] // 4)
     act = p["act"]
-    gemm = (f"{{{mr}, {nr}, 0, {kb}, {n}, {padded // nr}, {p['out_zp']}, {act[0]}, {act[1]}, "
+    gemm = (f"{{{mr}, {nr}, {int(s.wide)}, {kb}, {n}, {padded // nr}, {p['out_zp']}, {act[0]}, {act[1]}, "
             f"{int(fast)}, {wname}, {bname}, {qname}}}")
     init = (f"{{{{{gemm}, {geo['n']}, {geo['h']}, {geo['w']}, {geo['c']}, {geo['oh']}, {geo['ow']}, "
             f"{geo['kh']}, {geo['kw']}, {geo['sh']}, {geo['sw']}, {geo['ph']}, {geo['pw']}, {in_zp}}}, {kname}}}")
@@ -251,22 +249,11 @@ def emit_pruned(op: Operator, graph: Graph, ctx, p: dict, w2d: np.ndarray) -> st
     scratch = ctx.scratch(scratch_bytes)
     kept_total, units = int(kept.sum()), padded // nr * kb
     return (f"mt_pruned_s8_opt(&{params}, {ctx.ptr(op.inputs[0])}, {ctx.ptr(op.outputs[0])}, {scratch});"
-            f" /* pruned: {kept_total} of {units} k-blocks kept, {mr}x{nr} tile */")
+            f" /* pruned: {kept_total} of {units} k-blocks kept, {mr}x{nr} tile, {'int16' if s.wide else 'int8'} */")
 
 
-# ---------------------------------------------------------------- cost model
+# ---------------------------------------------------------------- cost
 
 def kept_blocks(layer: Layer, w2d: np.ndarray) -> int:
     """Non-zero (tile, k-block) units of pruned weights: what the pruned kernel runs."""
     return int(pruned_stream(w2d, layer.mr, layer.nr)[1].sum())
-
-
-def predicted_instructions(layer: Layer, exact_count: float, w2d: np.ndarray | None) -> float:
-    """Instructions of the layer, from its measured exact count: the exact reduction loop
-    replaced by the pruned one (None: not pruned, the exact kernel)."""
-    if w2d is None:
-        return float(exact_count)
-    tile = (layer.mr, layer.nr)
-    pruned_loop = layer.row_tiles * (kept_blocks(layer, w2d) * PRUNED_BLOCK[tile]
-                                     + layer.n_tiles * PRUNED_TILE[tile])
-    return float(exact_count) - layer.exact_loop + pruned_loop
