@@ -15,7 +15,8 @@ operand pairs. Each tile kernel's k-block is a fixed instruction sequence
 (``BLOCK_OPS``, the asm in mt_matmul_opt.c), costed with TIMING:
 
   tile 3x2 (6 accumulators, 2 pointers, no counter: the loop ends at the panel's end)
-      int8:  LDRD weights, 3 LDRD panel rows, 4 SXTB16, 12 SMLAD     28 cycles / 24 MACs
+      int8:  4 LDR (2 weight words, row 0; pipelined), 2 LDRD rows,
+             4 SXTB16, 12 SMLAD                                     27 cycles / 24 MACs
       int16: LDM 4 weights, 3 LDRD panel rows, 12 SMLAD              26 cycles
   tile 4x1 (4 accumulators + counter)
       int8:  LDR, 2 LDM 4 panel words, 2 SXTB16, 8 SMLAD             22 cycles / 16 MACs
@@ -24,7 +25,7 @@ operand pairs. Each tile kernel's k-block is a fixed instruction sequence
       int8:  LDRD input, LDM 4 weights, 8 SXTB16, 8 SMLAD            24 cycles / 16 MACs
       int16: LDRD input, 2 LDM 4 weights, 8 SMLAD                    21 cycles
 
-plus the loop (per 2 blocks: SUBS + taken BNE, or LDR end + CMP + taken BNE for 3x2),
+plus the loop (per 2 blocks: SUBS + taken BNE; for 3x2 per 4 blocks: LDR end + CMP + taken BNE),
 plus the weights' flash traffic: weights are read once per panel (they do not fit the
 8-line ART data cache), so each k-block pays wait_states * (weight bytes / line bytes)
 when the weights live in flash and nothing when they live in SRAM. Requantisation,
@@ -60,14 +61,16 @@ K_UNROLL = 2          # blocks per loop iteration
 # (timing class, registers for LDM or None, count). "multiple" costs TIMING's 1+N.
 TILES = ((3, 2), (4, 1), (1, 4))
 BLOCK_OPS = {
-    (3, 2, False): [("load_dual", None, 4), ("dsp", None, 4 + 12)],
+    (3, 2, False): [("load", None, 1), ("load_pipelined", None, 3), ("load_dual", None, 2), ("dsp", None, 4 + 12)],
     (3, 2, True): [("multiple", 4, 1), ("load_dual", None, 3), ("dsp", None, 12)],
     (4, 1, False): [("load", None, 1), ("multiple", 4, 2), ("dsp", None, 2 + 8)],
     (4, 1, True): [("load_dual", None, 1), ("multiple", 4, 2), ("dsp", None, 8)],
     (1, 4, False): [("load_dual", None, 1), ("multiple", 4, 1), ("dsp", None, 8 + 8)],
     (1, 4, True): [("load_dual", None, 1), ("multiple", 4, 2), ("dsp", None, 8)],
 }
-# The loop per K_UNROLL blocks (the BNE is taken: + P): 3x2 reads the panel end from the stack.
+# The loop per LOOP_BLOCKS[mr] blocks (the BNE is taken: + P): 3x2 reads the panel end
+# from the stack, 4 blocks per iteration; 4x1 and 1x4 count down, 2 blocks (K_UNROLL).
+LOOP_BLOCKS = {3: 4, 4: K_UNROLL, 1: K_UNROLL}
 LOOP_OPS = {3: [("load", None, 1), ("alu", None, 1), ("branch", None, 1)],
             1: [("alu", None, 1), ("branch", None, 1)], 4: [("alu", None, 1), ("branch", None, 1)]}
 
@@ -185,7 +188,7 @@ def block_cycles(mr: int, nr: int, wide: bool, target: Target = Target(), sram: 
     c = _op_cycles(BLOCK_OPS[(mr, nr, wide)], target.core)
     loop = _op_cycles(LOOP_OPS[mr], target.core) + TIMING[target.core]["P"]
     flash = 0.0 if sram else target.miss_cycles * weight_bytes_per_block(nr, wide) / target.line_bytes
-    return c + loop / K_UNROLL + flash
+    return c + loop / LOOP_BLOCKS[mr] + flash
 
 
 def weight_bytes_per_block(nr: int, wide: bool) -> int:
@@ -195,7 +198,7 @@ def weight_bytes_per_block(nr: int, wide: bool) -> int:
 def block_instructions(mr: int, nr: int, wide: bool) -> float:
     """I_blk: instructions per k-block (4 reduction steps) of an mr x nr tile."""
     body = sum(count for _, _, count in BLOCK_OPS[(mr, nr, wide)])
-    return body + sum(count for _, _, count in LOOP_OPS[mr]) / K_UNROLL
+    return body + sum(count for _, _, count in LOOP_OPS[mr]) / LOOP_BLOCKS[mr]
 
 
 def choose_tile(m: int, k_blocks: int, stack_budget: int, wide: bool = False,
@@ -456,7 +459,7 @@ def schedule_for(op: Operator, graph: Graph, board=None) -> Schedule:
     if mr > 1 and nr > 1:
         reuse = "each panel pair meets %d channels, each weight pair %d rows" % (nr, mr)
     order = "k-first: the %dx%d output tile stays in registers for the whole reduction; %s" % (mr, nr, reuse)
-    return Schedule(op.opcode, kind, m, n, k, mr, nr, wide, order, K_BLOCK * K_UNROLL, kb,
+    return Schedule(op.opcode, kind, m, n, k, mr, nr, wide, order, K_BLOCK * LOOP_BLOCKS[mr], kb,
                     panel_bytes(mr, kb, kind), round(inner, 4), round(total, 4), sram,
                     round(cycles / layer.macs, 4), round(inner_c, 4))
 
