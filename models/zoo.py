@@ -244,6 +244,55 @@ UNSUPPORTED_MODELS: dict[str, tuple[str, dict]] = {
     "unsupported_dilated_conv": ("CONV_2D", {"dilation": 2}),
 }
 
+# ---- models shaped to exercise the RAM techniques (issue 9) ----------------
+
+def _mbv2_block(net: FloatNet, x: int, out_ch: int, stride: int, expansion: int = 6) -> int:
+    """A MobileNetV2 inverted bottleneck: 1x1 expansion, 3x3 depthwise, 1x1 projection,
+    with a residual ADD when the shape allows."""
+    cin = net.shape(x)[3]
+    y = net.conv2d(x, cin * expansion, (1, 1), activation="RELU6")
+    y = net.depthwise_conv2d(y, (3, 3), stride=stride, activation="RELU6")
+    y = net.conv2d(y, out_ch, (1, 1), activation="NONE")
+    return net.add(x, y) if stride == 1 and cin == out_ch else y
+
+
+def _ram_techniques(seed: int) -> FloatNet:
+    """Small, but with every RAM technique's case: a PAD before a VALID conv, a residual
+    MobileNetV2 block (expansion 6), a strided block, two branches joined by a
+    CONCATENATION of contiguous slices, RESHAPEs."""
+    net = FloatNet("ram_techniques", seed)
+    x = net.input((1, 20, 20, 3), -1.0, 1.0)
+    x = net.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
+    x = net.conv2d(x, 8, (3, 3), stride=2, padding="VALID", activation="RELU6")
+    x = _mbv2_block(net, x, 8, 1)
+    x = _mbv2_block(net, x, 16, 2)
+    a = net.reshape(net.avg_pool(x, (5, 5)), (1, 16))
+    b = net.reshape(net.max_pool(x, (5, 5)), (1, 16))
+    x = net.concatenation([a, b], axis=1)
+    x = net.fully_connected(x, 4, activation="NONE", gain=2.0)
+    net.output(net.softmax(x))
+    return net
+
+
+def _mcunet_vww(seed: int) -> FloatNet:
+    """MCUNet-VWW class (TinyEngine's VWW examples): 80x80x3 input, MobileNetV2 blocks with
+    expansion 6 and residual ADDs, a 2-class head."""
+    net = FloatNet("mcunet_vww", seed)
+    x = net.input((1, 80, 80, 3), -1.0, 1.0)
+    x = net.conv2d(x, 16, (3, 3), stride=2, activation="RELU6")             # 40x40x16
+    x = net.depthwise_conv2d(x, (3, 3), activation="RELU6")
+    x = net.conv2d(x, 8, (1, 1), activation="NONE")                         # 40x40x8
+    for out_ch, stride in ((8, 1), (16, 2), (16, 1), (24, 2), (24, 1), (40, 2), (40, 1), (48, 1), (96, 2), (96, 1)):
+        x = _mbv2_block(net, x, out_ch, stride)
+    x = net.avg_pool(x, (3, 3))
+    x = net.reshape(x, (1, 96))
+    x = net.fully_connected(x, 2, activation="NONE", gain=2.0)
+    net.output(net.softmax(x))
+    return net
+
+
+RAM_MODELS: dict[str, NetBuilder] = {"ram_techniques": _ram_techniques, "mcunet_vww": _mcunet_vww}
+
 MLPERF_MODELS: dict[str, NetBuilder] = {
     "ds_cnn_kws": _ds_cnn_kws,
     "mobilenet_v1_vww": _mobilenet_v1_vww,
@@ -265,6 +314,7 @@ FLOAT_EDGE_MODELS: dict[str, NetBuilder] = {
 
 ZOO: dict[str, NetBuilder] = dict(MLPERF_MODELS)
 ZOO.update(FLOAT_EDGE_MODELS)
+ZOO.update(RAM_MODELS)
 ZOO.update({n: _single(n, op, prm) for n, (op, prm) in SINGLE_OP_MODELS.items()})
 ZOO.update({n: _single(n, op, prm) for n, (op, prm) in UNSUPPORTED_MODELS.items()})
 

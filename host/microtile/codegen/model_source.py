@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from microtile.errors import DoesNotFitError, MicrotileError, UnsupportedOperatorError
-from microtile.importer.ir import Graph, Operator, Tensor
+from microtile.importer.ir import Graph, Operator
 from microtile.ops import kernel_for
 from microtile.ops.float_edge import is_float_edge_op, kernel_for_op
-from microtile.passes.inplace import BandPlan, find_aliases
+from microtile.passes.inplace import BandPlan, band_operator, find_aliases
 from microtile.passes.pipeline import RamConfig, run_passes
 from microtile.passes.planner import ALIGN, MemoryPlan, plan_memory
 from microtile.importer.quant import MultiplierRangeError
@@ -315,33 +315,28 @@ def _emit_banded(op: Operator, graph: Graph, em: _Emitter, bp: BandPlan) -> str:
     into the layer's scratch (after the kernel's own), then the band's rows are written
     into the output, which overlaps the input (passes/inplace.py)."""
     sub = em.band_graph
-    x, y = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
     in_off, out_off = em.offsets[op.inputs[0]], em.offsets[op.outputs[0]]
     kernel = kernel_for(op)
     calls, kernel_scratch = [], 0
-    for b in bp.bands:
-        ti = Tensor(len(sub.tensors), f"{x.name}_rows{b.in_rows[0]}", (1, b.in_rows[1] - b.in_rows[0], *x.shape[2:]),
-                    x.dtype, x.quant)
-        sub.tensors.append(ti)
-        to = Tensor(len(sub.tensors), f"{y.name}_rows{b.out_rows[0]}", (1, b.out_rows[1] - b.out_rows[0], *y.shape[2:]),
-                    y.dtype, y.quant)
-        sub.tensors.append(to)
-        band_op = Operator(op.index, op.opcode, [ti.index, *op.inputs[1:]], [to.index],
-                           {**op.options, "explicit_padding": (b.pad_top, bp.pad_left)})
+    for b in (reversed(bp.bands) if bp.reverse else bp.bands):  # bottom-up bands: the output sits after the input
+        band_op = band_operator(op, sub, b, bp)
+        ti, to = band_op.inputs[0], band_op.outputs[0]
         before = em.scratch_bytes.get(em.layer, 0)
         em.scratch_bytes[em.layer] = 0
-        em.pointers[ti.index] = f"((int8_t *)(arena + @BAND@))"
-        em.pointers[to.index] = f"((int8_t *)(arena + {out_off + b.out_rows[0] * bp.out_row_bytes}))"
+        em.pointers[ti] = ("((int8_t *)(arena + @BAND@))" if bp.copy
+                           else f"((int8_t *)(arena + {in_off + b.in_rows[0] * bp.in_row_bytes}))")
+        em.pointers[to] = f"((int8_t *)(arena + {out_off + b.out_rows[0] * bp.out_row_bytes}))"
         call = kernel.emit(band_op, sub, em).strip()
         kernel_scratch = max(kernel_scratch, em.scratch_bytes[em.layer])
         em.scratch_bytes[em.layer] = max(before, em.scratch_bytes[em.layer])
         nbytes = (b.in_rows[1] - b.in_rows[0]) * bp.in_row_bytes
-        calls.append(f"memcpy(arena + @BAND@, arena + {in_off + b.in_rows[0] * bp.in_row_bytes}, {nbytes}u); "
-                     f"/* input rows {b.in_rows[0]}..{b.in_rows[1] - 1} */\n{call}")
+        rows = f"/* input rows {b.in_rows[0]}..{b.in_rows[1] - 1} */"
+        calls.append(f"memcpy(arena + @BAND@, arena + {in_off + b.in_rows[0] * bp.in_row_bytes}, {nbytes}u); {rows}\n{call}"
+                     if bp.copy else f"{rows}\n{call}")
     band_at = (kernel_scratch + ALIGN - 1) // ALIGN * ALIGN
     em.scratch_bytes[em.layer] = band_at + bp.scratch_bytes
-    head = (f"/* in place in {len(bp.bands)} bands: output = input {bp.delta:+d} B, "
-            f"{bp.scratch_bytes} B of input rows copied per band */")
+    head = (f"/* in place in {len(bp.bands)} bands{' bottom-up' if bp.reverse else ''}: output = input {bp.delta:+d} B, "
+            f"{bp.scratch_bytes if bp.copy else 'no'} B of input rows copied per band */")
     return head + "\n" + "\n".join(calls).replace("@BAND@", str(em.layer_scratch() + band_at))
 
 

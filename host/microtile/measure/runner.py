@@ -22,6 +22,7 @@ from microtile.codegen.model_source import CompiledModel, compile_model
 from microtile.errors import DeviceFaultError, LinkError, MicrotileError, ToolMissingError
 from microtile.measure.inputs import DEFAULT_SEED, Sample, load_samples
 from microtile.check.oracle import TflmOracle
+from microtile.measure.ram_bench import ram_report, tflm_arena_bytes
 from microtile.measure.provenance import file_sha256, provenance
 from microtile.importer.tflite_format import load_tflite
 from microtile.measure.timing import TimingTarget, estimate, timing_model_info
@@ -92,6 +93,7 @@ class RunResult:
     timing_error: str | None = None  # why there is no estimate (the run itself may be fine)
     timing_target: bool = False  # the timing model ran every sample (a board without a QEMU machine)
     energy: dict | None = None  # measured through a power probe (measure/power, README "Energy")
+    tflm_arena_bytes: int | None = None  # TFLM's arena head for the same model (measure/ram_bench.py)
 
     @property
     def top1(self) -> float | None:
@@ -185,6 +187,7 @@ class RunResult:
                 "stack_reserved_bytes": self.firmware.sizes.stack_reserved_bytes,
                 # what the model needs: static data (arena included) + the stack it used
                 "total_bytes": static + self.stack_bytes if measured else None,
+                **ram_report(self.compiled, self.tflm_arena_bytes),  # peak RAM vs bound and TFLM
             },
             "rom": {"total_bytes": self.firmware.sizes.rom_bytes},
             "error": self.error,
@@ -271,6 +274,7 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
     oracle = TflmOracle(model_path)
 
     result = RunResult(graph.name, board, board.counter_unit, compiled, firmware, timing_target=on_timing_model)
+    result.tflm_arena_bytes = tflm_arena_bytes(oracle.interpreter)
     result.provenance = provenance(board=board.name, build_id=firmware.build_id,
                                    model_sha256=file_sha256(model_path),
                                    seed=seed if not (inputs or labels) else None, kernels=kernels)

@@ -8,10 +8,14 @@
 - CONV_2D (and DEPTHWISE_CONV_2D) in bands of rows over their own input: each band's
   input rows (halo included) are first copied into the layer's scratch, then the band's
   output rows are written; the output sits ``delta`` bytes from the input, the largest
-  offset at which no band overwrites input rows a later band still reads.
+  offset at which no band overwrites input rows a later band still reads. Without the
+  copy ("direct"), a band's output must also miss the band's own input rows: no scratch,
+  a larger delta. Bands run top-down (output at or before the input) or bottom-up
+  (at or after it), whichever keeps the chain of in-place layers from drifting.
 
-Device inputs (and what aliases them) are never written over: the firmware's INVOKE N
-repeats a run on the same inputs. The planner drops any alias that would make two live
+Device inputs (and what aliases them) are written over only with ``input_inplace``:
+microtile's host writes the inputs before every INVOKE 1, but an INVOKE N > 1 then
+repeats the run on overwritten inputs (its counts are right, its outputs are not). The planner drops any alias that would make two live
 buffers share bytes they may not share.
 """
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from microtile.importer.ir import Graph, Operator
+from microtile.importer.ir import Graph, Operator, Tensor
 from microtile.passes.pipeline import RamConfig
 from microtile.passes.planner import ALIGN, Alias, tensor_lifetimes
 
@@ -40,20 +44,45 @@ class BandPlan:
     pad_left: int
     in_row_bytes: int
     out_row_bytes: int
-    delta: int                 # output offset - input offset (bytes, a multiple of ALIGN, <= 0)
+    delta: int                 # output offset - input offset (bytes, a multiple of ALIGN)
+    reverse: bool = False      # bands run bottom-up (the output may then sit after the input)
+    copy: bool = True          # each band's input rows are copied to scratch first (else read in place)
 
     @property
     def scratch_bytes(self) -> int:
+        if not self.copy:
+            return 0
         return max((b.in_rows[1] - b.in_rows[0]) * self.in_row_bytes for b in self.bands)
 
     @property
     def copied_bytes(self) -> int:
+        if not self.copy:
+            return 0
         return sum((b.in_rows[1] - b.in_rows[0]) * self.in_row_bytes for b in self.bands)
 
 
-def band_plan(op: Operator, graph: Graph, max_bands: int = MAX_BANDS) -> BandPlan | None:
+def band_operator(op: Operator, band_graph: Graph, band: Band, bp: BandPlan) -> Operator:
+    """The layer restricted to one band: new input / output tensors (appended to
+    ``band_graph``, a copy of the graph's tensor list) of the band's rows, and the band's
+    explicit padding."""
+    x, y = band_graph.tensor(op.inputs[0]), band_graph.tensor(op.outputs[0])
+    ti = Tensor(len(band_graph.tensors), f"{x.name}_rows{band.in_rows[0]}",
+                (1, band.in_rows[1] - band.in_rows[0], *x.shape[2:]), x.dtype, x.quant)
+    band_graph.tensors.append(ti)
+    to = Tensor(len(band_graph.tensors), f"{y.name}_rows{band.out_rows[0]}",
+                (1, band.out_rows[1] - band.out_rows[0], *y.shape[2:]), y.dtype, y.quant)
+    band_graph.tensors.append(to)
+    return Operator(op.index, op.opcode, [ti.index, *op.inputs[1:]], [to.index],
+                    {**op.options, "explicit_padding": (band.pad_top, bp.pad_left)})
+
+
+def band_plan(op: Operator, graph: Graph, max_bands: int = MAX_BANDS,
+              chain: tuple[int, int, int] | None = None) -> BandPlan | None:
     """How a window op runs in bands over its own input, or None when it cannot (or
-    when it would not save bytes)."""
+    when it would not save bytes). Top-down bands put the output at or before the
+    input, bottom-up ones at or after it, with or without a copy of the band's input:
+    the option that keeps the chain of in-place layers smallest wins. ``chain``: the
+    input's offset in its chain and the chain's extent (position, low, high)."""
     from microtile.ops import kernel_for
 
     x, y = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
@@ -71,12 +100,29 @@ def band_plan(op: Operator, graph: Graph, max_bands: int = MAX_BANDS) -> BandPla
         i0 = max(0, o0 * p["sh"] - p["ph"])
         i1 = min(p["h"], (o1 - 1) * p["sh"] - p["ph"] + p["kh"])
         bands.append(Band((o0, o1), (i0, i1), max(0, p["ph"] - o0 * p["sh"])))
-    # Band b's output ends at o1 * out_rb (+ delta); band b+1 still reads from its first input row.
-    limit = min(nxt.in_rows[0] * in_rb - cur.out_rows[1] * out_rb for cur, nxt in zip(bands, bands[1:]))
-    delta = min(limit, 0) // ALIGN * ALIGN
-    plan = BandPlan(tuple(bands), p["pw"], in_rb, out_rb, delta)
-    union = max(x.nbytes, delta + y.nbytes) - delta
-    if union + plan.scratch_bytes >= x.nbytes + y.nbytes:
+    # Top-down: band b's output ends at o1 * out_rb (+ delta); band b+1 still reads from its
+    # first input row. Bottom-up: band b's output starts at o0 * out_rb; band b-1 reads up to its last.
+    # Without the copy, a band's output must also keep clear of the band's own input rows.
+    down = min(nxt.in_rows[0] * in_rb - cur.out_rows[1] * out_rb for cur, nxt in zip(bands, bands[1:]))
+    up = max(prev.in_rows[1] * in_rb - cur.out_rows[0] * out_rb for prev, cur in zip(bands, bands[1:]))
+    down_direct = min(b.in_rows[0] * in_rb - b.out_rows[1] * out_rb for b in bands)
+    up_direct = max(b.in_rows[1] * in_rb - b.out_rows[0] * out_rb for b in bands)
+    t, pw = tuple(bands), p["pw"]
+    options = [BandPlan(t, pw, in_rb, out_rb, min(down, 0) // ALIGN * ALIGN),
+               BandPlan(t, pw, in_rb, out_rb, -(-max(up, 0) // ALIGN) * ALIGN, True),
+               BandPlan(t, pw, in_rb, out_rb, min(down_direct, 0) // ALIGN * ALIGN, False, False),
+               BandPlan(t, pw, in_rb, out_rb, -(-max(up_direct, 0) // ALIGN) * ALIGN, True, False)]
+
+    def union(bp: BandPlan) -> int:
+        return max(x.nbytes, bp.delta + y.nbytes) - min(bp.delta, 0)
+
+    pos, low, high = chain or (0, 0, x.nbytes)
+
+    def extent(bp: BandPlan) -> int:  # the chain's bytes once this output joins it
+        return max(high, pos + bp.delta + y.nbytes) - min(low, pos + bp.delta)
+
+    plan = min(options, key=lambda bp: (extent(bp) + bp.scratch_bytes, bp.copy, bp.reverse))
+    if union(plan) + plan.scratch_bytes >= x.nbytes + y.nbytes:
         return None
     return plan
 
@@ -86,7 +132,7 @@ def find_aliases(graph: Graph, ops: list[Operator], inputs: list[int], outputs: 
     """The aliases to try, in order (cheapest first), and the band plan of every
     window op with an alias (by step)."""
     life = tensor_lifetimes(graph, ops, inputs, outputs)
-    protected = set(inputs) | set(outputs)
+    protected = set(outputs) | (set() if config.input_inplace else set(inputs))
     if config.reshape_alias:  # a RESHAPE of a device input is its bytes
         for op in ops:
             if op.opcode == "RESHAPE" and op.inputs[0] in protected:
@@ -97,6 +143,20 @@ def find_aliases(graph: Graph, ops: list[Operator], inputs: list[int], outputs: 
 
     aliases: list[Alias] = []
     bands: dict[int, BandPlan] = {}
+    # tensor -> (chain, offset in it); chain -> its extent (low, high), as the planner will group them
+    where: dict[int, tuple[int, int]] = {}
+    extent: dict[int, tuple[int, int]] = {}
+
+    def chain_of(i: int) -> tuple[int, int, int, int]:
+        if i not in where:
+            where[i], extent[i] = (i, 0), (0, graph.tensor(i).nbytes)
+        c, pos = where[i]
+        return c, pos, *extent[c]
+
+    def join(o: int, i: int, delta: int) -> None:
+        c, pos, low, high = chain_of(i)
+        where[o] = (c, pos + delta)
+        extent[c] = (min(low, pos + delta), max(high, pos + delta + graph.tensor(o).nbytes))
     for step, op in enumerate(ops):
         outs = op.outputs
         if op.opcode == "RESHAPE" and config.reshape_alias:
@@ -116,9 +176,12 @@ def find_aliases(graph: Graph, ops: list[Operator], inputs: list[int], outputs: 
                 t = graph.tensor(i)
                 if ends_here(i, step) and t.shape == y.shape and t.dtype == y.dtype:
                     aliases.append(Alias(outs[0], i, 0, "add"))
+                    if outs[0] not in where:
+                        join(outs[0], i, 0)
         elif op.opcode in BAND_OPS and getattr(config, BAND_OPS[op.opcode], False) and ends_here(op.inputs[0], step):
-            plan = band_plan(op, graph)
+            plan = band_plan(op, graph, config.max_bands, chain_of(op.inputs[0])[1:])
             if plan is not None:
                 aliases.append(Alias(outs[0], op.inputs[0], plan.delta, op.opcode.lower()))
                 bands[step] = plan
+                join(outs[0], op.inputs[0], plan.delta)
     return aliases, bands

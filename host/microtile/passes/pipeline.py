@@ -25,21 +25,29 @@ class RamConfig:
     concat_place: bool = True     # CONCATENATION inputs written into their slices of the output
     conv_inplace: bool = True     # CONV_2D run in bands of rows over its own input
     depthwise_inplace: bool = True  # DEPTHWISE_CONV_2D likewise
+    input_inplace: bool = True    # layers may write over the device inputs (see passes/inplace.py)
     reorder: bool = True          # operator order of branchy graphs chosen for the lowest peak
     exact: bool = True            # exact (CP-SAT) offsets, greedy under a time limit
+    max_bands: int = 8            # bands per in-place layer (more: less scratch, more calls)
 
     @classmethod
     def none(cls) -> "RamConfig":
         """The layer-by-layer build: no technique (the planner of before)."""
-        return cls(**{f.name: False for f in fields(cls)})
+        return cls(**{f.name: False for f in fields(cls) if f.type in (bool, "bool")})
 
     @classmethod
     def techniques(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+        return [f.name for f in fields(cls) if f.type in (bool, "bool")]
+
+    def on(self) -> list[str]:
+        return [k for k in self.techniques() if getattr(self, k)]
 
     def label(self) -> str:
-        on = [k for k, v in asdict(self).items() if v]
-        return "+".join(on) if on else "none"
+        """'all', 'none', 'all-X-Y' or 'X+Y' (the shorter), with ':bandsN' when N is not 8."""
+        on, off = self.on(), [k for k in self.techniques() if not getattr(self, k)]
+        text = "all" if not off else "none" if not on else ("all-" + "-".join(off) if len(off) < len(on)
+                                                           else "+".join(on))
+        return text + (f":bands{self.max_bands}" if self.max_bands != 8 and (self.conv_inplace or self.depthwise_inplace) else "")
 
 
 def run_passes(graph: Graph, config: RamConfig) -> Graph:
@@ -65,4 +73,4 @@ def check_pass(before: Graph, after: Graph, inputs: list[np.ndarray]) -> None:
 
 def copy_graph(graph: Graph, **changes) -> Graph:
     """A new Graph sharing the tensors (passes replace lists, never edit them in place)."""
-    return replace(graph, tensors=list(graph.tensors), operators=list(graph.operators), **changes)
+    return replace(graph, **{"tensors": list(graph.tensors), "operators": list(graph.operators), **changes})

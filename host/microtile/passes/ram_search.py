@@ -33,7 +33,7 @@ class Candidate:
     fits: bool = True
 
     def as_dict(self) -> dict:
-        return {"config": self.config.label(), "techniques": [k for k, v in vars(self.config).items() if v],
+        return {"config": self.config.label(), "techniques": self.config.on(), "max_bands": self.config.max_bands,
                 "arena_bytes": self.arena, "est_instructions": round(self.cost),
                 "est_extra_instructions": round(self.extra), "planner": self.method, "fits": self.fits}
 
@@ -63,6 +63,20 @@ class RamSearch:
                 "candidates": [c.as_dict() for c in self.candidates]}
 
 
+_RAM_BUDGET: int | None = None  # --ram-budget of this command (cli.main sets it)
+_FORCED: RamConfig | None = None  # one config to compile with, whatever fits (the RAM benchmark)
+
+
+def force_config(config: RamConfig | None) -> None:
+    global _FORCED
+    _FORCED = config
+
+
+def set_ram_budget(nbytes: int | None) -> None:
+    global _RAM_BUDGET
+    _RAM_BUDGET = nbytes
+
+
 def default_budget(board) -> int | None:
     """The board's RAM minus the stack and the firmware's own buffers (build/firmware.py's
     RAM_BUDGET), or None for a host build."""
@@ -79,6 +93,7 @@ def candidate_configs() -> list[RamConfig]:
     configs = [none, full]
     configs += [replace(none, **{n: True}) for n in names if n != "exact"]
     configs += [replace(full, **{n: False}) for n in names if n != "exact"]
+    configs += [replace(full, max_bands=32)]  # about one output row per band: the least scratch
     return list(dict.fromkeys(configs))
 
 
@@ -122,9 +137,12 @@ def search_ram(graph: Graph, kernels: str, board, budget: int | None = None,
                configs: list[RamConfig] | None = None) -> RamSearch:
     from microtile.codegen.model_source import prepare
 
-    budget = default_budget(board) if budget is None else budget
+    if budget is None:
+        budget = _RAM_BUDGET if _RAM_BUDGET is not None else default_budget(board)
     preps = {}
     search = None
+    if configs is None and _FORCED is not None:
+        configs, budget = [_FORCED], 1 << 30
     for config in configs or candidate_configs():
         prep = prepare(graph, kernels, board, config, exact=False)
         preps[config] = prep
