@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -345,6 +345,8 @@ def emit_layer(op: Operator, graph: Graph, em: _Emitter, step: int, bands: dict[
     """The C statements of one device layer, with the RAM techniques applied."""
     em.layer = step
     with operator_errors(op):
+        if isinstance(bands.get(step), int):  # the depthwise kernel's own in-place mode
+            return kernel_for(op).emit(replace(op, options={**op.options, "in_place": True}), graph, em).strip()
         if step in bands:
             return _emit_banded(op, graph, em, bands[step])
         aliased = plan is not None and any(a.member == op.outputs[0] for a in plan.aliases if a.kind == "reshape")
@@ -362,8 +364,11 @@ def emit_layer(op: Operator, graph: Graph, em: _Emitter, step: int, bands: dict[
         return kernel_for(op).emit(op, graph, em).strip()
 
 
-def prepare(graph: Graph, kernels: str, board, config: RamConfig, exact: bool | None = None) -> Prepared:
-    """Passes, host/device split, aliases, each layer's scratch and the memory plan."""
+def prepare(graph: Graph, kernels: str, board, config: RamConfig, exact: bool | None = None,
+            scratch_cache: dict | None = None) -> Prepared:
+    """Passes, host/device split, aliases, each layer's scratch and the memory plan.
+    ``scratch_cache`` (a search's, while its graphs are alive): layer scratch by
+    (operator, how it runs), so candidates do not emit the same layer again."""
     graph = run_passes(graph, config)
     host_pre, device_ops, host_post = split_boundaries(graph)
     device_inputs, device_outputs = device_boundary(graph, host_pre, device_ops, host_post)
@@ -371,16 +376,24 @@ def prepare(graph: Graph, kernels: str, board, config: RamConfig, exact: bool | 
         raise MicrotileError(f"model {graph.name} has no operators to run on the device")
     if board is not None:
         check_tensor_sizes(graph, device_ops, board)
-    aliases, bands = find_aliases(graph, device_ops, device_inputs, device_outputs, config)
+    aliases, bands = find_aliases(graph, device_ops, device_inputs, device_outputs, config, kernels)
     exact = config.exact if exact is None else exact
-    band_graph = Graph(graph.name, list(graph.tensors), graph.operators, graph.inputs, graph.outputs) if bands else None
+    band_graph = Graph(graph.name, list(graph.tensors), graph.operators, graph.inputs, graph.outputs)
+
+    cache = {} if scratch_cache is None else scratch_cache
 
     def scratch_of(bands: dict) -> dict[int, int]:
         probe = _Emitter(graph, None, kernels, board)
         probe.band_graph = band_graph
+        sizes = {}
         for step, op in enumerate(device_ops):
-            emit_layer(op, graph, probe, step, bands, None)
-        return probe.scratch_bytes
+            key = (id(op), repr(bands.get(step)))
+            if key not in cache:
+                emit_layer(op, graph, probe, step, bands, None)
+                cache[key] = probe.scratch_bytes.get(step, 0)
+            if cache[key]:
+                sizes[step] = cache[key]
+        return sizes
 
     band_kinds = ("conv_2d", "depthwise_conv_2d")
 

@@ -128,9 +128,14 @@ def band_plan(op: Operator, graph: Graph, max_bands: int = MAX_BANDS,
 
 
 def find_aliases(graph: Graph, ops: list[Operator], inputs: list[int], outputs: list[int],
-                 config: RamConfig) -> tuple[list[Alias], dict[int, BandPlan]]:
-    """The aliases to try, in order (cheapest first), and the band plan of every
-    window op with an alias (by step)."""
+                 config: RamConfig, kernels: str = "optimized") -> tuple[list[Alias], dict[int, BandPlan | int]]:
+    """The aliases to try, in order (cheapest first), and how each window op with an
+    alias runs (by step): a BandPlan, or the scratch bytes of the optimised depthwise
+    kernel's own in-place mode (ops/depthwise_opt.inplace_scratch_bytes: output on the
+    input's bytes, one channel group's input plane in scratch), whichever keeps the
+    chain smaller."""
+    from microtile.ops.depthwise_opt import inplace_scratch_bytes
+
     life = tensor_lifetimes(graph, ops, inputs, outputs)
     protected = set(outputs) | (set() if config.input_inplace else set(inputs))
     if config.reshape_alias:  # a RESHAPE of a device input is its bytes
@@ -179,7 +184,19 @@ def find_aliases(graph: Graph, ops: list[Operator], inputs: list[int], outputs: 
                     if outs[0] not in where:
                         join(outs[0], i, 0)
         elif op.opcode in BAND_OPS and getattr(config, BAND_OPS[op.opcode], False) and ends_here(op.inputs[0], step):
-            plan = band_plan(op, graph, config.max_bands, chain_of(op.inputs[0])[1:])
+            chain = chain_of(op.inputs[0])[1:]
+            plan = band_plan(op, graph, config.max_bands, chain)
+            own = inplace_scratch_bytes(op, graph, kernels) if op.opcode == "DEPTHWISE_CONV_2D" else None
+            if own is not None:
+                pos, low, high = chain
+                y = graph.tensor(outs[0]).nbytes
+                own_extent = max(high, pos + y) - min(low, pos)
+                if plan is None or own_extent + own <= max(high, pos + plan.delta + y) - min(low, pos + plan.delta) \
+                        + plan.scratch_bytes:
+                    aliases.append(Alias(outs[0], op.inputs[0], 0, "depthwise_conv_2d"))
+                    bands[step] = own
+                    join(outs[0], op.inputs[0], 0)
+                    continue
             if plan is not None:
                 aliases.append(Alias(outs[0], op.inputs[0], plan.delta, op.opcode.lower()))
                 bands[step] = plan

@@ -20,6 +20,7 @@ from microtile.passes.pipeline import RamConfig
 COPY_BYTE = 0.5     # instructions per byte copied (word copies: LDR + STR + loop per 4 bytes)
 BAND_CALL = 200     # instructions per extra kernel call of a band (parameters, prologue, row set-up)
 COST_SLACK = 0.05   # candidates within 5% of the fastest predicted count are "as fast"
+EXACT_RETRIES = 4   # smallest candidates planned exactly when none fits the budget greedily
 DEFAULT_IPM = 8.0   # instructions per MAC (or element) of a layer with no prediction
 
 
@@ -125,6 +126,8 @@ def extra_instructions(prep) -> float:
     """What the techniques add: band copies and calls, minus the copies they remove."""
     extra = 0.0
     for bp in prep.bands.values():
+        if isinstance(bp, int):  # the depthwise kernel in place: its plane copies cost about what it saves
+            continue
         extra += bp.copied_bytes * COPY_BYTE + (len(bp.bands) - 1) * BAND_CALL
     graph = prep.graph
     for a in prep.plan.aliases:
@@ -139,12 +142,13 @@ def search_ram(graph: Graph, kernels: str, board, budget: int | None = None,
 
     if budget is None:
         budget = _RAM_BUDGET if _RAM_BUDGET is not None else default_budget(board)
-    preps = {}
+    preps: dict = {}  # keeps every candidate's graph alive while the scratch cache is keyed by operator ids
+    cache: dict = {}
     search = None
     if configs is None and _FORCED is not None:
         configs, budget = [_FORCED], 1 << 30
     for config in configs or candidate_configs():
-        prep = prepare(graph, kernels, board, config, exact=False)
+        prep = prepare(graph, kernels, board, config, exact=False, scratch_cache=cache)
         preps[config] = prep
         if search is None:
             search = RamSearch(budget or 0, baseline_instructions(prep, board), prep.plan.layer_bound)
@@ -152,6 +156,13 @@ def search_ram(graph: Graph, kernels: str, board, budget: int | None = None,
         search.candidates.append(Candidate(config, prep.plan.arena_size, extra, search.baseline + extra,
                                            prep.plan.method, budget is None or prep.plan.arena_size <= budget))
     fitting = [c for c in search.candidates if c.fits]
+    if not fitting:  # the exact planner may still bring the smallest ones within the budget
+        for c in sorted(search.candidates, key=lambda c: c.arena)[:EXACT_RETRIES]:
+            if c.config.exact:
+                preps[c.config] = prepare(graph, kernels, board, c.config, scratch_cache=cache)
+                c.arena, c.method = preps[c.config].plan.arena_size, preps[c.config].plan.method
+                c.fits = c.arena <= budget
+        fitting = [c for c in search.candidates if c.fits]
     if not fitting:
         smallest = min(search.candidates, key=lambda c: c.arena)
         raise DoesNotFitError(
@@ -162,8 +173,8 @@ def search_ram(graph: Graph, kernels: str, board, budget: int | None = None,
     near = [c for c in fitting if c.cost <= fastest + COST_SLACK * search.baseline]
     chosen = min(near, key=lambda c: (c.arena, c.cost))
     prep = preps[chosen.config]
-    if chosen.config.exact:
-        prep = prepare(graph, kernels, board, chosen.config)
+    if chosen.config.exact and prep.plan.method == "greedy":
+        prep = prepare(graph, kernels, board, chosen.config, scratch_cache=cache)
         chosen.arena, chosen.method = prep.plan.arena_size, prep.plan.method
     search.chosen, search.chosen_prepared = chosen, prep
     return search
