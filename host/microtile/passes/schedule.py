@@ -33,8 +33,8 @@ tile set-up and the im2col panel are predicted in instructions (constants calibr
 on QEMU) and converted with OVERHEAD_CPI (calibrated on the timing model).
 
 Choices, per layer: the tile with the fewest estimated cycles among those the rows
-allow (3x2 and 4x1 need 3 / 4 rows and their panel within the panel budget, 1x4
-always); the weight format: int16 copies save the SXTB16s but double the weight
+allow (3x2 and 4x1 need 3 / 4 rows and their panel within the panel budget: 3/8 of
+the stack size or 1/32 of the RAM; 1x4 always); the weight format: int16 copies save the SXTB16s but double the weight
 bytes (ROM, and flash traffic), given by cycles saved per extra ROM byte while they
 fit the flash budget (default: the reference build's ROM + 10 %, ``--flash-budget``
 grants more); the placement: weights copied to SRAM (.data, by the startup) by cycles
@@ -93,6 +93,7 @@ TABLE_BYTES = 16      # bias + 3 requantisation words per output channel (read f
 # Budget for a 4-row A panel (bytes), as a share of the board's stack size; the
 # panel itself lives in the arena's scratch region.
 STACK_FRACTION = 3 / 8
+PANEL_RAM_SHARE = 32  # ... or 1/32 of the RAM, whichever is larger (panel_budget)
 DEFAULT_STACK = 0x2000
 DEFAULT_FLASH = 0x100000
 DEFAULT_RAM = 0x20000
@@ -394,7 +395,16 @@ def _layer(op: Operator, graph: Graph, board) -> _Layer:
         from microtile.ops.conv import _conv_geometry
         geometry = _conv_geometry(op, graph)
     row = panel_row_cost(k, geometry, _gather_fraction(op, graph))
-    return _Layer(kind, m, n, k, row, _board_limits(board)[0], target_of(board))
+    return _Layer(kind, m, n, k, row, panel_budget(board), target_of(board))
+
+
+def panel_budget(board) -> int:
+    """Bytes an A panel may take: it lives in the arena's scratch, so besides the
+    historical 3/8 of the stack size it may take 1/32 of the board's RAM (20 KB of the
+    L4R5's 640 KB: ResNet-8's K = 576 layer gets a 3-row panel)."""
+    stack = _board_limits(board)[0]
+    region = None if board is None else getattr(board, "memories", {}).get(getattr(board, "stack_region", "ram"))
+    return max(stack, region.size // PANEL_RAM_SHARE if region is not None else 0)
 
 
 def _plan(graph: Graph, board) -> dict[int, tuple[bool, bool]]:
