@@ -51,14 +51,9 @@
     } while (0)
 
 #if MT_HAS_DSP
-/* 4 pixels x 1 channel, int8 weights: LDRD (delta, weights), ADD, 2 LDM (two panel
- * rows each), 2 SXTB16, 8 SMLAD: one instruction more than the exact int8 block. */
-#define MT_PASM_4x1_W0_BLOCK                                                          \
-    "ldrd   %[t], %[w], [%[pb]], #8\n\t"                                              \
-    "add    %[pa], %[pa], %[t]\n\t"                                                   \
-    "ldmia  %[pa]!, {r8, r9, r10, r11}\n\t"                                           \
-    "sxtb16 %[t], %[w]\n\t"                                                           \
-    "sxtb16 %[w], %[w], ror #8\n\t"                                                   \
+/* The 8 SMLAD of a 4x1 block: the weight pair in t, w, panel rows 0-1 already in
+ * r8..r11; rows 2-3 are loaded half-way. */
+#define MT_PASM_4x1_MACS                                                              \
     "smlad  %[s0], r8, %[t], %[s0]\n\t"                                               \
     "smlad  %[s0], r9, %[w], %[s0]\n\t"                                               \
     "smlad  %[s1], r10, %[t], %[s1]\n\t"                                              \
@@ -69,6 +64,16 @@
     "smlad  %[s3], r10, %[t], %[s3]\n\t"                                              \
     "smlad  %[s3], r11, %[w], %[s3]\n\t"
 
+/* 4 pixels x 1 channel, int8 weights: LDRD (delta, weights), ADD, 2 LDM (two panel
+ * rows each), 2 SXTB16, 8 SMLAD: one instruction more than the exact int8 block. */
+#define MT_PASM_4x1_W0_BLOCK                                                          \
+    "ldrd   %[t], %[w], [%[pb]], #8\n\t"                                              \
+    "add    %[pa], %[pa], %[t]\n\t"                                                   \
+    "ldmia  %[pa]!, {r8, r9, r10, r11}\n\t"                                           \
+    "sxtb16 %[t], %[w]\n\t"                                                           \
+    "sxtb16 %[w], %[w], ror #8\n\t"                                                   \
+    MT_PASM_4x1_MACS
+
 /* 4 pixels x 1 channel, int16 weights: LDR delta, ADD, LDRD weights, 2 LDM, 8 SMLAD:
  * two instructions more than the exact int16 block. */
 #define MT_PASM_4x1_W1_BLOCK                                                          \
@@ -76,15 +81,7 @@
     "add    %[pa], %[pa], %[t]\n\t"                                                   \
     "ldrd   %[t], %[w], [%[pb]], #8\n\t"                                              \
     "ldmia  %[pa]!, {r8, r9, r10, r11}\n\t"                                           \
-    "smlad  %[s0], r8, %[t], %[s0]\n\t"                                               \
-    "smlad  %[s0], r9, %[w], %[s0]\n\t"                                               \
-    "smlad  %[s1], r10, %[t], %[s1]\n\t"                                              \
-    "smlad  %[s1], r11, %[w], %[s1]\n\t"                                              \
-    "ldmia  %[pa]!, {r8, r9, r10, r11}\n\t"                                           \
-    "smlad  %[s2], r8, %[t], %[s2]\n\t"                                               \
-    "smlad  %[s2], r9, %[w], %[s2]\n\t"                                               \
-    "smlad  %[s3], r10, %[t], %[s3]\n\t"                                              \
-    "smlad  %[s3], r11, %[w], %[s3]\n\t"
+    MT_PASM_4x1_MACS
 
 #define MT_PASM_KLOOP(BLOCK)                                                          \
     do {                                                                              \

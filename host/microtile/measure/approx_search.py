@@ -449,3 +449,46 @@ def run_approx(model: str, labels: str, calibrate: int, budget: float, board_nam
                    f"{Path(model).name}: {len(points)} points, budget {budget} pp (calibration split)")
         result["plot"] = str(plot_path)
     return result
+
+
+def write_random_labels(model: str | Path, out_dir: str | Path, count: int, seed: int = 0) -> Path:
+    """Seeded random inputs and a y_labels.csv whose labels are the exact network's own
+    Top-1: approx on them measures agreement with the exact network, not accuracy
+    (random data measures no accuracy)."""
+    from microtile.check.reference import run_reference
+
+    graph = load_tflite(model)
+    t = graph.tensor(graph.inputs[0])
+    if t.dtype != "int8":
+        raise MicrotileError(f"model {graph.name}: input {t.name} is {t.dtype}; random labels need an int8 input")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    classes = int(np.prod(graph.tensor(graph.outputs[0]).shape))
+    lines = []
+    for i in range(count):
+        x = rng.integers(-128, 128, t.shape).astype(np.int8)
+        label = int(np.argmax(run_reference(graph, [x])[0].reshape(-1)))
+        (out / f"rnd_{i:05d}.bin").write_bytes(x.tobytes())
+        lines.append(f"rnd_{i:05d}.bin,{classes},{label}")
+    path = out / "y_labels.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m microtile.measure.approx_search",
+                                 description="write seeded random inputs labelled with the exact network's Top-1")
+    ap.add_argument("model")
+    ap.add_argument("out_dir")
+    ap.add_argument("--count", type=int, default=400)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    try:
+        print(write_random_labels(a.model, a.out_dir, a.count, a.seed))
+    except MicrotileError as exc:
+        print(f"error: {exc}")
+        sys.exit(2)
