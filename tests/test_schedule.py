@@ -227,3 +227,28 @@ def test_rom_within_ten_percent_of_the_reference_build():
         assert schedule.schedule_for(op, graph, board0).wide
     finally:
         schedule.set_flash_budget(None)
+
+
+@pytest.mark.parametrize("command", ["run", "bench", "compile", "export"])
+def test_flash_budget_option(command, capsys):
+    """--flash-budget BYTES on run, bench, compile and export: a bad value is one line
+    and exit 2 (argparse), before anything is built."""
+    from microtile.cli import main
+
+    extra = ["--out", "unused"] if command == "export" else []
+    with pytest.raises(SystemExit) as exc:
+        main([command, "missing.tflite", *extra, "--flash-budget", "-5"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--flash-budget: '-5' is not a positive number of bytes" in err and "Traceback" not in err
+
+
+def test_flash_budget_reaches_the_schedule(tmp_path):
+    """The option sets the budget the schedule plans with (0x... accepted)."""
+    from microtile.cli import main
+
+    code = main(["compile", str(tmp_path / "missing.tflite"), "--flash-budget", "0x200000"])
+    try:
+        assert code == 2 and schedule.FLASH_BUDGET == 0x200000  # the missing model fails after parsing
+    finally:
+        schedule.set_flash_budget(None)
