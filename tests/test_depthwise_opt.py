@@ -19,7 +19,7 @@ from microtile.errors import MicrotileError
 from microtile.importer.ir import Operator
 from microtile.importer.quant import multiply_by_quantized_multiplier
 from microtile.ops import kernel_for
-from microtile.ops.depthwise_opt import emit_depthwise_opt, inplace_scratch_bytes
+from microtile.ops.depthwise_opt import emit_depthwise_opt, inplace_scratch_bytes, plane_bytes
 from microtile.ops.requant_opt import fast_requant, reference_fast_requant
 
 from op_harness import random_int8
@@ -145,7 +145,7 @@ def test_in_place_matches_reference(h, w, c, k, stride, padding, tmp_path):
                        act="RELU6", depthwise=True)
     op = graph.operators[0]
     need = inplace_scratch_bytes(op, graph)
-    assert need == h * w * min(4, c)
+    assert need == h * w * min(4, c) == plane_bytes(kernel_for(op).params(op, graph), True)
     x = random_int8(rng, (1, h, w, c))
     inputs = [x] + [graph.tensor(i).data for i in op.inputs[1:]]
     want = kernel_for(op).reference(op, graph, inputs)[0].reshape(-1)

@@ -304,6 +304,7 @@ QEMU_BAR = {
     "dw3x3_24x24x32_s2": ("DEPTHWISE_CONV_2D", dict(shape=(1, 24, 24, 32), stride=2, activation="RELU6"),
                           8.16 / 1.5),
     "dw5x3_9x7x6_mixed": ("DEPTHWISE_CONV_2D", dict(shape=(1, 9, 7, 6), kernel=(5, 3), stride=(2, 1)), None),
+    "dw3x3_9x9x4_mult2": ("DEPTHWISE_CONV_2D", dict(shape=(1, 9, 9, 4), multiplier=2, padding="VALID"), None),
     "avgpool_25x5x64": ("AVERAGE_POOL_2D", dict(shape=(1, 25, 5, 64), size=(25, 5)), 6.34 / 1.5),
     "maxpool_3x3_s2_13x11x7": ("MAX_POOL_2D", dict(shape=(1, 13, 11, 7), size=(3, 3), stride=2,
                                                    padding="SAME"), None),

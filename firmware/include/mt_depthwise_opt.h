@@ -7,19 +7,20 @@
  * load brings the group's 4 input channels, two SXTB16 (SXTAB16 where the input
  * offset is added per tap) split them into (c0, c2) and (c1, c3) halfword pairs,
  * and SMLABB/SMLATT accumulate against weights stored offline as doubled int16
- * pairs in the same order. Interior pixels of a 3x3 kernel run two at a time
- * (horizontally adjacent outputs share each weight load), fully unrolled with
+ * pairs in the same order. Interior pixels of a 3x3 kernel run fully unrolled with
  * constant offsets and the input offset folded into the bias offline (no offset
  * per tap, no bounds checks); border pixels walk the clipped window and add the
  * offset per tap. Requantisation: SMMLAR + sign fix + shift + SSAT (see
- * MT_DW_REQ_PAIR), packed into one word per pixel, clamped with byte SIMD.
+ * MT_DW_REQ1), packed into one word per pixel, clamped with byte SIMD.
  *
  * Gathered source plane: with a depth multiplier M > 1 the 4 output channels of a
  * group read input channels (4g + j) / M, and in place (output over its own input)
  * the group's input would be overwritten while still needed; both copy the group's
  * source channels of every input pixel into `scratch` (in_h * in_w * 4 bytes) first
- * and run the group from there. In place is safe because a group writes only the
- * bytes of its own channels (same channel count in and out) at output pixels
+ * and run the group from there. A 3x3 layer with M > 1 (`padded`, chosen offline)
+ * gathers into a plane with the padding filled in with the input zero point, so
+ * every pixel takes the unrolled interior path. In place is safe because a group
+ * writes only the bytes of its own channels (same channel count in and out) at output pixels
  * oy * out_w + ox < in_h * in_w, and those bytes were copied before the first write.
  *
  * mt_depthwise_s8_opt is always inlined: model.c calls it with a static const
@@ -51,6 +52,7 @@ typedef struct {
     int32_t act_min, act_max;  /* within [-128, 127] */
     int32_t depth_mult;        /* output channels = channels * depth_mult */
     int32_t in_place;          /* 1: output is the input buffer (needs scratch) */
+    int32_t padded;            /* 1: gather each group into a plane with its padding filled in */
     const int32_t *data;       /* parameter stream, see above */
 } mt_depthwise_opt_params;
 
@@ -79,13 +81,15 @@ typedef struct {
               [w] "m"(*(const uint64_t *)(const void *)(wp)), [off] "r"(off2)); \
     } while (0)
 
-/* One tap, 4 channels, offset folded into the bias (interior): three chained loads. */
-#define MT_DW_TAPF(ptr, wp) do { \
+/* One tap, 4 channels, offset folded into the bias (interior): three chained loads;
+ * the weights at byte offset OFF (a literal) from the base register WB, so the
+ * compiler keeps one weight pointer instead of one spilled address per tap. */
+#define MT_DW_TAPF(ptr, WB, OFF) do { \
         uint32_t x_, e_, w0_, w1_; \
         __asm__ volatile( \
             "ldr %[x], %[in]\n\t" \
-            "ldr %[w0], %[wa]\n\t" \
-            "ldr %[w1], %[wb]\n\t" \
+            "ldr %[w0], [%[wb], #" #OFF "]\n\t" \
+            "ldr %[w1], [%[wb], #" #OFF "+4]\n\t" \
             "sxtb16 %[e], %[x]\n\t" \
             "sxtb16 %[x], %[x], ror #8\n\t" \
             "smlabb %[a0], %[e], %[w0], %[a0]\n\t" \
@@ -94,73 +98,26 @@ typedef struct {
             "smlatt %[a3], %[x], %[w1], %[a3]" \
             : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), \
               [x] "=&r"(x_), [e] "=&r"(e_), [w0] "=&r"(w0_), [w1] "=&r"(w1_) \
-            : [in] "m"(*(const uint32_t *)(const void *)(ptr)), \
-              [wa] "m"(*(const uint32_t *)(const void *)(wp)), \
-              [wb] "m"(*(const uint32_t *)(const void *)((wp) + 1))); \
+            : [in] "m"(*(const uint32_t *)(const void *)(ptr)), [wb] "r"(WB)); \
     } while (0)
 
-/* One tap of two pixels (a at pa, b at pb) sharing the weight words; offset folded. */
-#define MT_DW_TAP2(pa, pb, wp) do { \
-        uint32_t x_, e_, w0_, w1_; \
-        __asm__ volatile( \
-            "ldr %[w0], %[wa]\n\t" \
-            "ldr %[w1], %[wb]\n\t" \
-            "ldr %[x], %[ina]\n\t" \
-            "sxtb16 %[e], %[x]\n\t" \
-            "sxtb16 %[x], %[x], ror #8\n\t" \
-            "smlabb %[a0], %[e], %[w0], %[a0]\n\t" \
-            "smlatt %[a2], %[e], %[w0], %[a2]\n\t" \
-            "smlabb %[a1], %[x], %[w1], %[a1]\n\t" \
-            "smlatt %[a3], %[x], %[w1], %[a3]\n\t" \
-            "ldr %[x], %[inb]\n\t" \
-            "sxtb16 %[e], %[x]\n\t" \
-            "sxtb16 %[x], %[x], ror #8\n\t" \
-            "smlabb %[b0], %[e], %[w0], %[b0]\n\t" \
-            "smlatt %[b2], %[e], %[w0], %[b2]\n\t" \
-            "smlabb %[b1], %[x], %[w1], %[b1]\n\t" \
-            "smlatt %[b3], %[x], %[w1], %[b3]" \
-            : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), \
-              [b0] "+r"(b0), [b1] "+r"(b1), [b2] "+r"(b2), [b3] "+r"(b3), \
-              [x] "=&r"(x_), [e] "=&r"(e_), [w0] "=&r"(w0_), [w1] "=&r"(w1_) \
-            : [ina] "m"(*(const uint32_t *)(const void *)(pa)), \
-              [inb] "m"(*(const uint32_t *)(const void *)(pb)), \
-              [wa] "m"(*(const uint32_t *)(const void *)(wp)), \
-              [wb] "m"(*(const uint32_t *)(const void *)((wp) + 1))); \
-    } while (0)
-
-/* Requantise channel j of two pixels (X, Y); q points at {mult, k, right}.
+/* Requantise one channel; {mult, k, right} at byte offset OFF (a literal) from QB.
  * SMMLAR(2acc, m, k) = SMMULR(2acc, m) + k, and the sign fix uses the sign of acc
  * instead of the high product h: they differ only when h = 0 > acc, where
- * (k - 1) >> right = k >> right since k = 2^(right-1) + (zp << right). */
-#define MT_DW_REQ_PAIR(X, Y, Q) do { \
+ * (k - 1) >> right = k >> right since k = 2^(right-1) + (zp << right). 4 operations
+ * instead of mt_requant_fast's 5 (tests/test_depthwise_opt.py checks the identity). */
+#define MT_DW_REQ1(X, QB, OFF) do { \
         uint32_t m_, k_, r_, t_; \
         __asm__ volatile( \
-            "ldr %[m], %[qm]\n\t" \
-            "ldr %[k], %[qk]\n\t" \
-            "ldr %[r], %[qr]\n\t" \
-            "smmlar %[t], %[ax], %[m], %[k]\n\t" \
-            "add %[ax], %[t], %[ax], asr #31\n\t" \
-            "smmlar %[t], %[ay], %[m], %[k]\n\t" \
-            "add %[ay], %[t], %[ay], asr #31\n\t" \
-            "asr %[ax], %[ax], %[r]\n\t" \
-            "asr %[ay], %[ay], %[r]\n\t" \
-            "ssat %[ax], #8, %[ax]\n\t" \
-            "ssat %[ay], #8, %[ay]" \
-            : [ax] "+r"(X), [ay] "+r"(Y), [m] "=&r"(m_), [k] "=&r"(k_), [r] "=&r"(r_), [t] "=&r"(t_) \
-            : [qm] "m"((Q)[0]), [qk] "m"((Q)[1]), [qr] "m"((Q)[2])); \
-    } while (0)
-#define MT_DW_REQ1(X, Q) do { \
-        uint32_t m_, k_, r_, t_; \
-        __asm__ volatile( \
-            "ldr %[m], %[qm]\n\t" \
-            "ldr %[k], %[qk]\n\t" \
-            "ldr %[r], %[qr]\n\t" \
+            "ldr %[m], [%[qb], #" #OFF "]\n\t" \
+            "ldr %[k], [%[qb], #" #OFF "+4]\n\t" \
+            "ldr %[r], [%[qb], #" #OFF "+8]\n\t" \
             "smmlar %[t], %[ax], %[m], %[k]\n\t" \
             "add %[ax], %[t], %[ax], asr #31\n\t" \
             "asr %[ax], %[ax], %[r]\n\t" \
             "ssat %[ax], #8, %[ax]" \
             : [ax] "+r"(X), [m] "=&r"(m_), [k] "=&r"(k_), [r] "=&r"(r_), [t] "=&r"(t_) \
-            : [qm] "m"((Q)[0]), [qk] "m"((Q)[1]), [qr] "m"((Q)[2])); \
+            : [qb] "r"(QB)); \
     } while (0)
 #else
 #define MT_DW_TAP(ptr, wp) do { \
@@ -184,20 +141,18 @@ typedef struct {
         A1 = mt_smlabb(o_, w1_, A1); \
         A3 = mt_smlatt(o_, w1_, A3); \
     } while (0)
-#define MT_DW_TAPF(ptr, wp) do { \
-        const uint32_t w0_ = (uint32_t)(wp)[0], w1_ = (uint32_t)(wp)[1]; \
+#define MT_DW_WORD(B, OFF) ((uint32_t)*(const int32_t *)(const void *)((const char *)(B) + (OFF)))
+#define MT_DW_TAPF(ptr, WB, OFF) do { \
+        const uint32_t w0_ = MT_DW_WORD(WB, OFF), w1_ = MT_DW_WORD(WB, (OFF) + 4); \
         MT_DW_TAP_ONE(ptr, w0_, w1_, a0, a1, a2, a3); \
-    } while (0)
-#define MT_DW_TAP2(pa, pb, wp) do { \
-        const uint32_t w0_ = (uint32_t)(wp)[0], w1_ = (uint32_t)(wp)[1]; \
-        MT_DW_TAP_ONE(pa, w0_, w1_, a0, a1, a2, a3); \
-        MT_DW_TAP_ONE(pb, w0_, w1_, b0, b1, b2, b3); \
     } while (0)
 
 /* The same arithmetic as the DSP version, through the portable requantisation
- * (equal by the sign-fix argument above; tests/test_depthwise_opt.py checks it). */
-#define MT_DW_REQ1(X, Q) do { X = mt_ssat8(mt_requant_fast(X, (Q)[0], (Q)[1], (Q)[2])); } while (0)
-#define MT_DW_REQ_PAIR(X, Y, Q) do { MT_DW_REQ1(X, Q); MT_DW_REQ1(Y, Q); } while (0)
+ * (equal by the sign-fix argument above). */
+#define MT_DW_REQ1(X, QB, OFF) do { \
+        X = mt_ssat8(mt_requant_fast(X, (int32_t)MT_DW_WORD(QB, OFF), (int32_t)MT_DW_WORD(QB, (OFF) + 4), \
+                                     (int32_t)MT_DW_WORD(QB, (OFF) + 8))); \
+    } while (0)
 #endif
 
 /* Clamp 4 packed results to the activation range and store them as one word. */
@@ -216,10 +171,10 @@ static MT_ALWAYS_INLINE void mt_dw_clamp_store(const mt_depthwise_opt_params *p,
 static MT_ALWAYS_INLINE void mt_dw_store4(const mt_depthwise_opt_params *p, const int32_t *q,
                                           int32_t a0, int32_t a1, int32_t a2, int32_t a3, int8_t *out)
 {
-    MT_DW_REQ1(a0, q);
-    MT_DW_REQ1(a1, q + 3);
-    MT_DW_REQ1(a2, q + 6);
-    MT_DW_REQ1(a3, q + 9);
+    MT_DW_REQ1(a0, q, 0);
+    MT_DW_REQ1(a1, q, 12);
+    MT_DW_REQ1(a2, q, 24);
+    MT_DW_REQ1(a3, q, 36);
     mt_dw_clamp_store(p, mt_pack_s8x4(a0, a1, a2, a3), out);
 }
 
@@ -294,48 +249,16 @@ static MT_ALWAYS_INLINE void mt_dw_pixel_3x3(const mt_depthwise_opt_params *p, c
     mt_read_2x32(d + 6, &b2, &b3);
     int32_t a0 = (int32_t)b0, a1 = (int32_t)b1, a2 = (int32_t)b2, a3 = (int32_t)b3;
     const int32_t *w = d + 8;
-    MT_DW_TAPF(in, w + 0);
-    MT_DW_TAPF(in + px, w + 2);
-    MT_DW_TAPF(in + 2 * px, w + 4);
-    MT_DW_TAPF(in + r, w + 6);
-    MT_DW_TAPF(in + r + px, w + 8);
-    MT_DW_TAPF(in + r + 2 * px, w + 10);
-    MT_DW_TAPF(in + 2 * r, w + 12);
-    MT_DW_TAPF(in + 2 * r + px, w + 14);
-    MT_DW_TAPF(in + 2 * r + 2 * px, w + 16);
+    MT_DW_TAPF(in, w, 0);
+    MT_DW_TAPF(in + px, w, 8);
+    MT_DW_TAPF(in + 2 * px, w, 16);
+    MT_DW_TAPF(in + r, w, 24);
+    MT_DW_TAPF(in + r + px, w, 32);
+    MT_DW_TAPF(in + r + 2 * px, w, 40);
+    MT_DW_TAPF(in + 2 * r, w, 48);
+    MT_DW_TAPF(in + 2 * r + px, w, 56);
+    MT_DW_TAPF(in + 2 * r + 2 * px, w, 64);
     mt_dw_store4(p, d + 26, a0, a1, a2, a3, out);
-}
-
-/* Two horizontally adjacent interior pixels of a 3x3 kernel: pixel b's window starts
- * `step` bytes after pixel a's; outputs at out and out + out_px. */
-static MT_ALWAYS_INLINE void mt_dw_pixel2_3x3(const mt_depthwise_opt_params *p, const int8_t *in,
-                                              const int32_t px, const int32_t step, const int32_t *d,
-                                              int8_t *out, const int32_t out_px)
-{
-    const int32_t r = p->in_w * px;
-    uint32_t c0, c1, c2, c3;
-    mt_read_2x32(d + 4, &c0, &c1);
-    mt_read_2x32(d + 6, &c2, &c3);
-    int32_t a0 = (int32_t)c0, a1 = (int32_t)c1, a2 = (int32_t)c2, a3 = (int32_t)c3;
-    int32_t b0 = a0, b1 = a1, b2 = a2, b3 = a3;
-    const int32_t *w = d + 8;
-    const int8_t *jn = in + step;
-    MT_DW_TAP2(in, jn, w + 0);
-    MT_DW_TAP2(in + px, jn + px, w + 2);
-    MT_DW_TAP2(in + 2 * px, jn + 2 * px, w + 4);
-    MT_DW_TAP2(in + r, jn + r, w + 6);
-    MT_DW_TAP2(in + r + px, jn + r + px, w + 8);
-    MT_DW_TAP2(in + r + 2 * px, jn + r + 2 * px, w + 10);
-    MT_DW_TAP2(in + 2 * r, jn + 2 * r, w + 12);
-    MT_DW_TAP2(in + 2 * r + px, jn + 2 * r + px, w + 14);
-    MT_DW_TAP2(in + 2 * r + 2 * px, jn + 2 * r + 2 * px, w + 16);
-    const int32_t *q = d + 26;
-    MT_DW_REQ_PAIR(a0, b0, q);
-    MT_DW_REQ_PAIR(a1, b1, q + 3);
-    MT_DW_REQ_PAIR(a2, b2, q + 6);
-    MT_DW_REQ_PAIR(a3, b3, q + 9);
-    mt_dw_clamp_store(p, mt_pack_s8x4(a0, a1, a2, a3), out);
-    mt_dw_clamp_store(p, mt_pack_s8x4(b0, b1, b2, b3), out + out_px);
 }
 
 /* Any pixel of a group in output row with input row y0 (window rows [ky0, ky1)). */
@@ -461,19 +384,64 @@ static MT_ALWAYS_INLINE void mt_dw_gather(const mt_depthwise_opt_params *p, cons
     }
 }
 
+/* Copy the 4 source channels of output channels first_oc.. into plane, with the
+ * padding filled in: plane row py, column px is input pixel (py - pad_h, px - pad_w),
+ * or the input zero point outside the image (its taps then add w * (zp + offset) = 0,
+ * as TFLM skips them). The plane is q->in_h x q->in_w (q: the layer over the plane). */
+static MT_ALWAYS_INLINE void mt_dw_gather_padded(const mt_depthwise_opt_params *p, const mt_depthwise_opt_params *q,
+                                                 const int8_t *in, int32_t first_oc, int8_t *plane)
+{
+    const uint32_t zp4 = (uint32_t)(uint8_t)(int8_t)(-p->input_offset) * 0x01010101u;
+    const int32_t c_n = p->channels, m = p->depth_mult;
+    const int32_t x_end = p->pad_w + p->in_w < q->in_w ? p->pad_w + p->in_w : q->in_w;
+    for (int32_t py = 0; py < q->in_h; py++) {
+        const int32_t y = py - p->pad_h;
+        int32_t px = 0;
+        if (y >= 0 && y < p->in_h) {
+            const int8_t *row = in + y * p->in_w * c_n;
+            for (; px < p->pad_w; px++) {
+                mt_write_u32(plane + 4 * px, zp4);
+            }
+            for (; px < x_end; px++) {
+                const int8_t *pix = row + (px - p->pad_w) * c_n;
+                if (m == 1) {
+                    mt_write_u32(plane + 4 * px, mt_read_u32(pix + first_oc));
+                } else {
+                    for (int32_t j = 0; j < 4; j++) {
+                        plane[4 * px + j] = pix[(first_oc + j) / m];
+                    }
+                }
+            }
+        }
+        for (; px < q->in_w; px++) {
+            mt_write_u32(plane + 4 * px, zp4);
+        }
+        plane += 4 * q->in_w;
+    }
+}
+
 static MT_ALWAYS_INLINE void mt_depthwise_s8_opt(const mt_depthwise_opt_params *p, const int8_t *input,
                                                  int8_t *output, int8_t *scratch)
 {
     const int32_t oc_n = p->channels * p->depth_mult;
     const int32_t taps = p->k_h * p->k_w;
     const int gather = p->depth_mult > 1 || p->in_place;
+    /* The layer over the padded plane: VALID, every window inside. */
+    mt_depthwise_opt_params q = *p;
+    q.in_h = (p->out_h - 1) * p->stride_h + p->k_h;
+    q.in_w = (p->out_w - 1) * p->stride_w + p->k_w;
+    q.pad_h = 0;
+    q.pad_w = 0;
     for (int32_t b = 0; b < p->batches; b++) {
         const int8_t *in_b = input + b * p->in_h * p->in_w * p->channels;
         int8_t *out_b = output + b * p->out_h * p->out_w * oc_n;
         const int32_t *d = p->data;
         int32_t oc = 0;
         for (; oc + 4 <= oc_n; oc += 4) {
-            if (gather) {
+            if (p->padded) {
+                mt_dw_gather_padded(p, &q, in_b, oc, scratch);
+                mt_dw_group4(&q, scratch, 4, d, out_b + oc);
+            } else if (gather) {
                 mt_dw_gather(p, in_b, oc, 4, scratch);
                 mt_dw_group4(p, scratch, 4, d, out_b + oc);
             } else {

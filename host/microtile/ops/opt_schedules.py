@@ -13,14 +13,15 @@ import numpy as np
 
 from microtile.importer.ir import Graph, Operator
 
-# Depthwise, per group of 4 channels of one output pixel:
-DW_TAP = 8          # LDR input word, LDRD weight pair, 2 SXTAB16, 4 SMLABB/SMLATT
-DW_GROUP_FIXED = 2 + 26 + 3 + 1 + 4   # bias LDRDs, requantise 4 (3 LDRD, 4x SMMULR/ADD/ADD/ASR/SSAT), BFI x3, STR, loop
+# Depthwise, per group of 4 output channels of one output pixel (channel group outer):
+DW_TAP = 9          # LDR input word, 2 LDR weight words, 2 SXTB16 (SXTAB16 at borders), 4 SMLABB/SMLATT
+DW_GROUP_FIXED = 4 + 28 + 4 + 4   # bias LDRDs, requantise 4 (3 LDR, SMMLAR/ADD/ASR/SSAT each), BFI x3 + STR, pixel loop
 DW_CLAMP_SIDE = 2   # SSUB8 + SEL per clamped side of the activation range
-DW_PIXEL = 10       # per output pixel: pointers, group loop entry
-DW_TAP_LOOP = 3     # per tap of a kernel that is not 3 wide (tap loop) or per row of a border pixel
-DW_SCALAR_TAP = 6   # per tap of a channel beyond a multiple of 4
+DW_TAP_LOOP = 3     # per tap of a kernel that is not 3 wide (tap loop)
+DW_SCALAR_TAP = 10  # per tap of a channel beyond a multiple of 4 (byte load, offset, multiply, loop)
 DW_SCALAR_FIXED = 20
+DW_GATHER = 5       # per input pixel and group when the group's plane is copied (in place: LDR/STR;
+DW_GATHER_BYTES = 14  # depth multiplier > 1: 4 byte loads and stores + index arithmetic)
 
 ADD_ELEMENT = 10    # UBFX x2, 2 table loads, ADD, SMMULR, ADD asr, ADD k, ASR, SSAT
 ADD_WORD = 13       # 2 LDR, 3 BFI, STR, pointer increments, loop (per 4 elements)
@@ -67,17 +68,19 @@ def _explain_op(op: Operator, graph: Graph) -> dict | None:
         if depthwise_fast_path(op, graph, p) is None:
             return None
         taps = p["kh"] * p["kw"]
-        groups, rem = divmod(p["c"], 4)
-        unrolled = p["kw"] == 3 and rem == 0
+        groups, rem = divmod(p["oc"], 4)
         per_group = (DW_GROUP_FIXED + taps * DW_TAP + DW_CLAMP_SIDE * _clamp_sides(p["act"])
-                     + (0 if unrolled else taps * DW_TAP_LOOP))
-        per_pixel = groups * per_group + rem * (DW_SCALAR_FIXED + taps * DW_SCALAR_TAP) + DW_PIXEL
-        ipm = per_pixel / (p["c"] * taps)
-        text = ("pixel by pixel, 4 channels per word: LDR + 2 SXTAB16 (input offset added) per tap, "
+                     + (0 if p["kw"] == 3 else taps * DW_TAP_LOOP))
+        per_pixel = groups * per_group + rem * (DW_SCALAR_FIXED + taps * DW_SCALAR_TAP)
+        if p["dm"] > 1:  # each group's source plane gathered first
+            per_pixel += groups * DW_GATHER_BYTES * p["h"] * p["w"] / (p["oh"] * p["ow"])
+        ipm = per_pixel / (p["oc"] * taps)
+        text = ("channel group outer (its constants stay cached), 4 channels per word: LDR + 2 SXTB16 per tap, "
                 "SMLABB/SMLATT against doubled int16 weight pairs; "
-                + ("3x3 interior unrolled, " if p["kh"] == 3 and unrolled else "")
-                + ("border rows unrolled; " if unrolled else "tap loop; ")
-                + "SMMULR requantisation, byte-SIMD clamp, one word store per 4 channels")
+                + ("3x3 interior unrolled with the input offset folded into the bias, border rows unrolled; "
+                   if p["kh"] == 3 and p["kw"] == 3 else "tap loop at borders; ")
+                + (f"depth multiplier {p['dm']}: each group's source plane gathered; " if p["dm"] > 1 else "")
+                + "SMMLAR requantisation, byte-SIMD clamp, one word store per 4 channels")
         return {"schedule": text, "predicted_ipm": round(ipm, 3)}
     if op.opcode in ("AVERAGE_POOL_2D", "MAX_POOL_2D"):
         p = kernel.params(op, graph)
