@@ -61,6 +61,17 @@ typedef struct {
 #define MT_DW_REM_WORDS(taps) (4 + (taps))
 
 #if MT_HAS_DSP
+/* The 4 multiply-accumulates of a tap: (e, x) = channels (0, 2), (1, 3) of the input
+ * word against the weight pairs (w0, w1); the accumulators and temporaries. */
+#define MT_DW_MAC4_ASM \
+    "smlabb %[a0], %[e], %[w0], %[a0]\n\t" \
+    "smlatt %[a2], %[e], %[w0], %[a2]\n\t" \
+    "smlabb %[a1], %[x], %[w1], %[a1]\n\t" \
+    "smlatt %[a3], %[x], %[w1], %[a3]"
+#define MT_DW_MAC4_OUTPUTS \
+    [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), \
+    [x] "=&r"(x_), [e] "=&r"(e_), [w0] "=&r"(w0_), [w1] "=&r"(w1_)
+
 /* One tap, 4 channels, input offset added per tap (border pixels). One volatile asm
  * block per tap keeps the compiler from hoisting the loads of all taps ahead of the
  * arithmetic (and spilling them). */
@@ -71,12 +82,8 @@ typedef struct {
             "ldrd %[w0], %[w1], %[w]\n\t" \
             "sxtab16 %[e], %[off], %[x]\n\t" \
             "sxtab16 %[x], %[off], %[x], ror #8\n\t" \
-            "smlabb %[a0], %[e], %[w0], %[a0]\n\t" \
-            "smlatt %[a2], %[e], %[w0], %[a2]\n\t" \
-            "smlabb %[a1], %[x], %[w1], %[a1]\n\t" \
-            "smlatt %[a3], %[x], %[w1], %[a3]" \
-            : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), \
-              [x] "=&r"(x_), [e] "=&r"(e_), [w0] "=&r"(w0_), [w1] "=&r"(w1_) \
+            MT_DW_MAC4_ASM \
+            : MT_DW_MAC4_OUTPUTS \
             : [in] "m"(*(const uint32_t *)(const void *)(ptr)), \
               [w] "m"(*(const uint64_t *)(const void *)(wp)), [off] "r"(off2)); \
     } while (0)
@@ -92,12 +99,8 @@ typedef struct {
             "ldr %[w1], [%[wb], #" #OFF "+4]\n\t" \
             "sxtb16 %[e], %[x]\n\t" \
             "sxtb16 %[x], %[x], ror #8\n\t" \
-            "smlabb %[a0], %[e], %[w0], %[a0]\n\t" \
-            "smlatt %[a2], %[e], %[w0], %[a2]\n\t" \
-            "smlabb %[a1], %[x], %[w1], %[a1]\n\t" \
-            "smlatt %[a3], %[x], %[w1], %[a3]" \
-            : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), \
-              [x] "=&r"(x_), [e] "=&r"(e_), [w0] "=&r"(w0_), [w1] "=&r"(w1_) \
+            MT_DW_MAC4_ASM \
+            : MT_DW_MAC4_OUTPUTS \
             : [in] "m"(*(const uint32_t *)(const void *)(ptr)), [wb] "r"(WB)); \
     } while (0)
 
