@@ -20,7 +20,7 @@ from microtile.errors import DoesNotFitError, MicrotileError, UnsupportedOperato
 from microtile.importer.ir import Graph, Operator
 from microtile.ops import kernel_for
 from microtile.ops.float_edge import is_float_edge_op, kernel_for_op
-from microtile.passes.inplace import BandPlan, band_operator, find_aliases
+from microtile.passes.inplace import Band, BandPlan, FusedPlan, band_operator, find_aliases
 from microtile.passes.pipeline import RamConfig, run_passes
 from microtile.passes.planner import ALIGN, MemoryPlan, plan_memory
 from microtile.importer.quant import MultiplierRangeError
@@ -340,11 +340,60 @@ def _emit_banded(op: Operator, graph: Graph, em: _Emitter, bp: BandPlan) -> str:
     return head + "\n" + "\n".join(calls).replace("@BAND@", str(em.layer_scratch() + band_at))
 
 
+def _emit_fused(op: Operator, graph: Graph, em: _Emitter, fp: FusedPlan) -> str:
+    """The 1x1 conv and the depthwise reading it, band by band through a ring of conv
+    output rows in the layer's scratch (passes/inplace.FusedPlan)."""
+    from types import SimpleNamespace
+
+    sub, conv = em.band_graph, fp.conv
+    x_off, y_off = em.offsets[conv.inputs[0]], em.offsets[op.outputs[0]]
+    calls, kernel_scratch, prev = [], 0, None
+    no_pad = SimpleNamespace(pad_left=0)
+    for b in (reversed(fp.bands) if fp.reverse else fp.bands):
+        t0, t1 = b.in_rows
+        lines = []
+        new0, new1 = t0, t1
+        if prev is not None and not fp.reverse and prev[1] > t0:  # rows the last band made: to the ring's front
+            keep0 = max(t0, prev[0])
+            lines.append(f"memmove(arena + @RING@, arena + @RING@ + {(keep0 - prev[0]) * fp.t_row_bytes}, "
+                         f"{(prev[1] - keep0) * fp.t_row_bytes}u);")
+            new0 = prev[1]
+        if prev is not None and fp.reverse and prev[0] < t1:  # bottom-up: they move to the ring's end
+            keep1 = min(t1, prev[1])
+            lines.append(f"memmove(arena + @RING@ + {(prev[0] - t0) * fp.t_row_bytes}, arena + @RING@, "
+                         f"{(keep1 - prev[0]) * fp.t_row_bytes}u);")
+            new1 = prev[0]
+        steps = []
+        if new0 < new1:
+            steps.append((conv, band_operator(conv, sub, Band((new0, new1), (new0, new1), 0), no_pad),
+                          f"((int8_t *)(arena + {x_off + new0 * fp.x_row_bytes}))",
+                          f"((int8_t *)(arena + @RING@ + {(new0 - t0) * fp.t_row_bytes}))"))
+        steps.append((op, band_operator(op, sub, b, fp), "((int8_t *)(arena + @RING@))",
+                      f"((int8_t *)(arena + {y_off + b.out_rows[0] * fp.out_row_bytes}))"))
+        for layer_op, band_op, src, dst in steps:
+            em.pointers[band_op.inputs[0]], em.pointers[band_op.outputs[0]] = src, dst
+            em.scratch_bytes[em.layer] = 0
+            lines.append(kernel_for(layer_op).emit(band_op, sub, em).strip())
+            kernel_scratch = max(kernel_scratch, em.scratch_bytes[em.layer])
+        calls.append(f"/* rows {b.out_rows[0]}..{b.out_rows[1] - 1} from conv rows {t0}..{t1 - 1} */\n"
+                     + "\n".join(lines))
+        prev = (t0, t1)
+    ring_at = (kernel_scratch + ALIGN - 1) // ALIGN * ALIGN
+    em.scratch_bytes[em.layer] = ring_at + fp.scratch_bytes
+    head = (f"/* #{conv.index} CONV_2D fused with this DEPTHWISE_CONV_2D in {len(fp.bands)} bands: a ring of "
+            f"{fp.ring_rows} conv output rows, output = conv input {fp.delta:+d} B */")
+    return head + "\n" + "\n".join(calls).replace("@RING@", str(em.layer_scratch() + ring_at))
+
+
 def emit_layer(op: Operator, graph: Graph, em: _Emitter, step: int, bands: dict[int, BandPlan],
                plan: MemoryPlan | None) -> str:
     """The C statements of one device layer, with the RAM techniques applied."""
     em.layer = step
     with operator_errors(op):
+        if isinstance(bands.get(step + 1), FusedPlan):
+            return f"/* #{op.index} CONV_2D: fused into the next layer */"
+        if isinstance(bands.get(step), FusedPlan):
+            return _emit_fused(op, graph, em, bands[step])
         if isinstance(bands.get(step), int):  # the depthwise kernel's own in-place mode
             return kernel_for(op).emit(replace(op, options={**op.options, "in_place": True}), graph, em).strip()
         if step in bands:
@@ -376,7 +425,6 @@ def prepare(graph: Graph, kernels: str, board, config: RamConfig, exact: bool | 
         raise MicrotileError(f"model {graph.name} has no operators to run on the device")
     if board is not None:
         check_tensor_sizes(graph, device_ops, board)
-    aliases, bands = find_aliases(graph, device_ops, device_inputs, device_outputs, config, kernels)
     exact = config.exact if exact is None else exact
     band_graph = Graph(graph.name, list(graph.tensors), graph.operators, graph.inputs, graph.outputs)
 
@@ -397,13 +445,17 @@ def prepare(graph: Graph, kernels: str, board, config: RamConfig, exact: bool | 
 
     band_kinds = ("conv_2d", "depthwise_conv_2d")
 
-    def plan_with(bands: dict, exact: bool) -> MemoryPlan:
+    def plan_with(aliases: list, bands: dict, exact: bool) -> MemoryPlan:
+        fused = {step: fp for step, fp in bands.items() if isinstance(fp, FusedPlan)}
+        virtual = {fp.conv.outputs[0] for fp in fused.values()}
+        extend = {fp.conv.inputs[0]: step for step, fp in fused.items()}
         scratch = scratch_of(bands)
         kept = [a for a in aliases if a.kind not in band_kinds or any(device_ops[s].outputs[0] == a.member for s in bands)]
+        extra = dict(virtual=virtual, extend=extend)
         if config.shared_scratch:
-            return plan_memory(graph, device_ops, device_inputs, device_outputs, scratch, kept, exact=exact)
+            return plan_memory(graph, device_ops, device_inputs, device_outputs, scratch, kept, exact=exact, **extra)
         # one region after the planned tensors, shared by the layers (the planner of before)
-        plan = plan_memory(graph, device_ops, device_inputs, device_outputs, None, kept, exact=exact)
+        plan = plan_memory(graph, device_ops, device_inputs, device_outputs, None, kept, exact=exact, **extra)
         region = max(scratch.values(), default=0)
         if region:
             at = (plan.arena_size + 15) // 16 * 16
@@ -411,12 +463,18 @@ def prepare(graph: Graph, kernels: str, board, config: RamConfig, exact: bool | 
             plan.arena_size = at + region
         return plan
 
-    plan = plan_with(bands, exact=False)
-    accepted = {a.member for a in plan.aliases if a.kind in band_kinds}
-    kept = {step: bp for step, bp in bands.items() if device_ops[step].outputs[0] in accepted}
-    if kept != bands or exact:  # a band layer whose alias was dropped runs whole, without a band copy
-        bands = kept
-        plan = plan_with(bands, exact)
+    def attempt(cut: bool):
+        aliases, bands = find_aliases(graph, device_ops, device_inputs, device_outputs, config, kernels, cut)
+        plan = plan_with(aliases, bands, exact=False)
+        accepted = {a.member for a in plan.aliases if a.kind in band_kinds}
+        kept = {step: bp for step, bp in bands.items()
+                if device_ops[step].outputs[0] in accepted or isinstance(bp, FusedPlan)}
+        if kept != bands or exact:  # a band layer whose alias was dropped runs whole, without a band copy
+            plan = plan_with(aliases, kept, exact)
+        return plan.arena_size, aliases, kept, plan
+
+    # every layer that can in place, or only those above the peak (a shorter chain drifts less)
+    _, aliases, bands, plan = min((attempt(cut) for cut in (False, True)), key=lambda a: a[0])
     return Prepared(graph, config, host_pre, device_ops, host_post, device_inputs, device_outputs, bands, plan,
                     band_graph)
 

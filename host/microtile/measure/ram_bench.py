@@ -103,7 +103,7 @@ def bench_one(path: Path, board_name: str, measure: bool) -> dict:
     names = RamConfig.techniques()
     full, none = RamConfig(), RamConfig.none()
     configs = [none, full] + [replace(none, **{n: True}) for n in names] + [replace(full, **{n: False}) for n in names]
-    table = search_ram(graph, "optimized", board, budget=1 << 30, configs=list(dict.fromkeys(configs)))
+    table = search_ram(graph, "optimized", board, budget=1 << 30, configs=list(dict.fromkeys(configs)), exact_all=True)
     by = {c.config: c for c in table.candidates}
     techniques = {n: {"alone_bytes": by[replace(none, **{n: True})].arena,
                       "all_but_bytes": by[replace(full, **{n: False})].arena,

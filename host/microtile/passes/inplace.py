@@ -21,7 +21,7 @@ buffers share bytes they may not share.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from microtile.importer.ir import Graph, Operator, Tensor
 from microtile.passes.pipeline import RamConfig
@@ -59,6 +59,78 @@ class BandPlan:
         if not self.copy:
             return 0
         return sum((b.in_rows[1] - b.in_rows[0]) * self.in_row_bytes for b in self.bands)
+
+
+@dataclass(frozen=True)
+class FusedPlan:
+    """A 1x1 CONV_2D whose output only a DEPTHWISE_CONV_2D reads, run together with it
+    (line-buffered fusion): per band of depthwise output rows, the conv computes the
+    rows of its output the band needs that the ring does not hold yet, into a ring of
+    rows in scratch (the rows the last band already made are moved to its front), then
+    the depthwise band reads the ring. The conv's output is never materialised and no
+    row is computed twice. The depthwise output sits ``delta`` bytes from the conv's input."""
+    bands: tuple[Band, ...]    # depthwise bands (in_rows: rows of the conv output = rows of its input)
+    pad_left: int
+    x_row_bytes: int           # the conv's input
+    t_row_bytes: int           # the conv's output (the ring's rows)
+    out_row_bytes: int         # the depthwise output
+    delta: int
+    conv: Operator = field(compare=False, repr=False, default=None)
+    reverse: bool = False      # bands bottom-up (the output may then sit after the conv input)
+
+    @property
+    def ring_rows(self) -> int:
+        return max(b.in_rows[1] - b.in_rows[0] for b in self.bands)
+
+    @property
+    def scratch_bytes(self) -> int:
+        return self.ring_rows * self.t_row_bytes
+
+
+def fused_plan(pw: Operator, dw: Operator, graph: Graph, max_bands: int,
+               chain: tuple[int, int, int] | None = None) -> FusedPlan | None:
+    """The fused plan of a 1x1 conv and the depthwise that alone reads its output, or None;
+    top-down or bottom-up, at the offset that keeps ``chain`` (as band_plan's) smallest."""
+    from microtile.ops import kernel_for
+
+    x, t, y = graph.tensor(pw.inputs[0]), graph.tensor(pw.outputs[0]), graph.tensor(dw.outputs[0])
+    if pw.opcode != "CONV_2D" or dw.opcode != "DEPTHWISE_CONV_2D" or dw.inputs[0] != pw.outputs[0] \
+            or len(x.shape) != 4 or x.shape[0] != 1 or "explicit_padding" in pw.options:
+        return None
+    pp = kernel_for(pw).params(pw, graph)
+    if (pp["kh"], pp["kw"], pp["sh"], pp["sw"]) != (1, 1, 1, 1) or pp["oh"] != pp["h"]:
+        return None
+    p = kernel_for(dw).params(dw, graph)
+    rows = math.ceil(p["oh"] / min(max_bands, p["oh"]))
+    bands = []
+    for o0 in range(0, p["oh"], rows):
+        o1 = min(p["oh"], o0 + rows)
+        i0 = max(0, o0 * p["sh"] - p["ph"])
+        i1 = min(p["h"], (o1 - 1) * p["sh"] - p["ph"] + p["kh"])
+        bands.append(Band((o0, o1), (i0, i1), max(0, p["ph"] - o0 * p["sh"])))
+    x_rb, t_rb, out_rb = x.shape[2] * x.shape[3], t.shape[2] * t.shape[3], p["ow"] * y.shape[3]
+    # band b writes its output rows after reading the conv-input rows up to its last: later
+    # bands read from there on
+    # bands (top-down) or the first band (bottom-up) last run read no conv-input row after theirs
+    most = min(b.in_rows[1] * x_rb - b.out_rows[1] * out_rb for b in bands[:-1]) if len(bands) > 1 else 0
+    least = max(b.in_rows[0] * x_rb - b.out_rows[0] * out_rb for b in bands[1:]) if len(bands) > 1 else 0
+    pos, low, high = chain or (0, 0, x.nbytes)
+    ny = y.nbytes
+
+    def extent(d: int) -> int:
+        return max(high, pos + d + ny) - min(low, pos + d)
+
+    options = []
+    for reverse, ok in ((False, lambda d: d <= most), (True, lambda d: d >= least)):
+        for d in (most, least, 0, low - pos, high - pos - ny):
+            d = (d // ALIGN if not reverse else -(-d // ALIGN)) * ALIGN
+            if ok(d):
+                options.append((extent(d), reverse, abs(d), d))
+    _, reverse, _, delta = min(options)
+    plan = FusedPlan(tuple(bands), p["pw"], x_rb, t_rb, out_rb, delta, pw, reverse)
+    if plan.scratch_bytes >= t.nbytes:
+        return None
+    return plan
 
 
 def band_operator(op: Operator, band_graph: Graph, band: Band, bp: BandPlan) -> Operator:
@@ -127,13 +199,62 @@ def band_plan(op: Operator, graph: Graph, max_bands: int = MAX_BANDS,
     return plan
 
 
+def fusions(graph: Graph, ops: list[Operator], life: dict, outputs: set[int], config: RamConfig) -> dict[int, FusedPlan]:
+    """Step of the depthwise -> FusedPlan, for every 1x1 conv whose output only the next
+    layer, a depthwise, reads."""
+    found = {}
+    for step in range(1, len(ops)):
+        pw, dw = ops[step - 1], ops[step]
+        t = pw.outputs[0] if pw.outputs else -1
+        if step - 1 in found or t in outputs or life.get(t) != (step - 1, step):
+            continue
+        if sum(t in op.inputs for op in ops) != 1:
+            continue
+        plan = fused_plan(pw, dw, graph, config.max_bands)
+        if plan is not None:
+            found[step] = plan
+    return found
+
+
 def find_aliases(graph: Graph, ops: list[Operator], inputs: list[int], outputs: list[int],
-                 config: RamConfig, kernels: str = "optimized") -> tuple[list[Alias], dict[int, BandPlan | int]]:
+                 config: RamConfig, kernels: str = "optimized", cut: bool = True) -> tuple[list[Alias], dict]:
     """The aliases to try, in order (cheapest first), and how each window op with an
-    alias runs (by step): a BandPlan, or the scratch bytes of the optimised depthwise
-    kernel's own in-place mode (ops/depthwise_opt.inplace_scratch_bytes: output on the
-    input's bytes, one channel group's input plane in scratch), whichever keeps the
-    chain smaller."""
+    alias runs (by step): a BandPlan, a FusedPlan, or the scratch bytes of the optimised
+    depthwise kernel's own in-place mode (ops/depthwise_opt.inplace_scratch_bytes: output
+    on the input's bytes, one channel group's input plane in scratch), whichever keeps
+    the chain smaller.
+
+    Only where needed: aliased layers form one rigid chain whose offsets drift, so a
+    layer whose live bytes, run plainly, stay within the peak the in-place layers reach
+    anyway is left out, which cuts the chain there."""
+    aliases, bands = _find(graph, ops, inputs, outputs, config, kernels, set())
+    if not cut:
+        return aliases, bands
+    life = tensor_lifetimes(graph, ops, inputs, outputs)
+    size = {i: graph.tensor(i).nbytes for i in life}
+    live = [sum(size[i] for i, (a, b) in life.items() if a <= step <= b) for step in range(len(ops))]
+    best = list(live)
+    for step, how in bands.items():
+        x, y = graph.tensor(ops[step].inputs[0]).nbytes, graph.tensor(ops[step].outputs[0]).nbytes
+        if isinstance(how, FusedPlan):
+            t = graph.tensor(how.conv.outputs[0]).nbytes
+            best[step - 1] = best[step] = live[step - 1] - t + y + how.scratch_bytes
+        elif isinstance(how, BandPlan):
+            best[step] = live[step] - x - y + max(x, how.delta + y) - min(how.delta, 0) + how.scratch_bytes
+        else:
+            best[step] = live[step] - y + how
+    for step, op in enumerate(ops):  # ADD / RESHAPE / CONCATENATION in place: the output costs nothing
+        if any(a.member == op.outputs[0] and a.kind in ("add", "reshape") for a in aliases) or \
+                any(a.base == op.outputs[0] and a.kind == "concat" for a in aliases):
+            best[step] = live[step] - graph.tensor(op.outputs[0]).nbytes
+    target = max(best, default=0)
+    skip = {s for s, how in bands.items()
+            if max(live[s], live[s - 1] if isinstance(how, FusedPlan) else 0) <= target}
+    return _find(graph, ops, inputs, outputs, config, kernels, skip) if skip else (aliases, bands)
+
+
+def _find(graph: Graph, ops: list[Operator], inputs: list[int], outputs: list[int], config: RamConfig,
+          kernels: str, skip: set[int]) -> tuple[list[Alias], dict]:
     from microtile.ops.depthwise_opt import inplace_scratch_bytes
 
     life = tensor_lifetimes(graph, ops, inputs, outputs)
@@ -147,7 +268,9 @@ def find_aliases(graph: Graph, ops: list[Operator], inputs: list[int], outputs: 
         return i >= 0 and i in life and life[i][1] == step and i not in protected
 
     aliases: list[Alias] = []
-    bands: dict[int, BandPlan] = {}
+    bands: dict[int, BandPlan | int | FusedPlan] = {}
+    fused = fusions(graph, ops, life, set(outputs), config) if config.fuse else {}
+    fused = {s: fp for s, fp in fused.items() if s not in skip}
     # tensor -> (chain, offset in it); chain -> its extent (low, high), as the planner will group them
     where: dict[int, tuple[int, int]] = {}
     extent: dict[int, tuple[int, int]] = {}
@@ -183,7 +306,17 @@ def find_aliases(graph: Graph, ops: list[Operator], inputs: list[int], outputs: 
                     aliases.append(Alias(outs[0], i, 0, "add"))
                     if outs[0] not in where:
                         join(outs[0], i, 0)
-        elif op.opcode in BAND_OPS and getattr(config, BAND_OPS[op.opcode], False) and ends_here(op.inputs[0], step):
+        elif step in fused or step + 1 in fused:
+            x = ops[step - 1].inputs[0] if step in fused else -1
+            if ends_here(x, step - 1):  # the depthwise of a fused pair over the conv's input, placed for its chain
+                fp = fused_plan(ops[step - 1], op, graph, config.max_bands, chain_of(x)[1:])
+                aliases.append(Alias(outs[0], x, fp.delta, "fused"))
+                bands[step] = fp
+                join(outs[0], x, fp.delta)
+            elif step in fused:  # fused, its output placed on its own (the conv's input lives on)
+                bands[step] = fused[step]
+        elif op.opcode in BAND_OPS and getattr(config, BAND_OPS[op.opcode], False) and ends_here(op.inputs[0], step) \
+                and step not in skip:
             chain = chain_of(op.inputs[0])[1:]
             plan = band_plan(op, graph, config.max_bands, chain)
             own = inplace_scratch_bytes(op, graph, kernels) if op.opcode == "DEPTHWISE_CONV_2D" else None

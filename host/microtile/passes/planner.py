@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from microtile.importer.ir import Graph, Operator
 
 ALIGN = 8  # bytes; keeps word loads aligned for every kernel
-EXACT_TIME_LIMIT = 5.0  # seconds CP-SAT may search before the greedy plan is kept
+EXACT_TIME_LIMIT = 5.0
+# alias kinds whose member is written over its base (the rest share bytes read-only)
+WRITES_OVER = ("add", "conv_2d", "depthwise_conv_2d", "fused")  # seconds CP-SAT may search before the greedy plan is kept
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,8 @@ class _Groups:
         pairs an in-place alias allows); False leaves everything as it was."""
         if alias.member not in self.of or alias.base not in self.of or alias.delta % ALIGN:
             return False
+        if alias.kind in WRITES_OVER and self.lifetimes[alias.base][1] != self.lifetimes[alias.member][0]:
+            return False  # a layer may write over its input only where the input's lifetime ends
         gm, rm = self.of[alias.member]
         gb, rb = self.of[alias.base]
         pair = frozenset((alias.member, alias.base))
@@ -210,12 +214,17 @@ def _exact(groups: _Groups, upper: int, time_limit: float) -> tuple[dict | None,
 
 def plan_memory(graph: Graph, ops: list[Operator], inputs: list[int], outputs: list[int],
                 scratch: dict[int, int] | None = None, aliases: list[Alias] = (),
-                exact: bool = False, time_limit: float = EXACT_TIME_LIMIT) -> MemoryPlan:
+                exact: bool = False, time_limit: float = EXACT_TIME_LIMIT, virtual: set[int] = frozenset(),
+                extend: dict[int, int] | None = None) -> MemoryPlan:
     """``scratch``: step -> bytes of kernel working memory that layer needs (alive at
-    that step only). ``aliases`` are tried in order; those that would let two live
+    that step only). ``virtual`` tensors take no bytes; ``extend`` keeps a tensor live
+    until a later step. ``aliases`` are tried in order; those that would let two live
     buffers share bytes they may not share are dropped (``plan.aliases`` keeps the rest)."""
     lifetimes = tensor_lifetimes(graph, ops, inputs, outputs)
-    sizes: dict = {i: _aligned(graph.tensor(i).nbytes) for i in lifetimes}
+    for i, step in (extend or {}).items():  # read later than its operators say (a fused layer)
+        lifetimes[i] = (lifetimes[i][0], max(lifetimes[i][1], step))
+    # virtual: never materialised (the middle of a fused pair): no bytes
+    sizes: dict = {i: 0 if i in virtual else _aligned(graph.tensor(i).nbytes) for i in lifetimes}
     life: dict = dict(lifetimes)
     for step, n in (scratch or {}).items():
         if n > 0:

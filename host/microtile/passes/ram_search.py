@@ -94,7 +94,7 @@ def candidate_configs() -> list[RamConfig]:
     configs = [none, full]
     configs += [replace(none, **{n: True}) for n in names if n != "exact"]
     configs += [replace(full, **{n: False}) for n in names if n != "exact"]
-    configs += [replace(full, max_bands=32)]  # about one output row per band: the least scratch
+    configs += [replace(full, max_bands=32), replace(full, max_bands=32, fuse=False)]  # ~ a row per band: least scratch
     return list(dict.fromkeys(configs))
 
 
@@ -128,6 +128,10 @@ def extra_instructions(prep) -> float:
     for bp in prep.bands.values():
         if isinstance(bp, int):  # the depthwise kernel in place: its plane copies cost about what it saves
             continue
+        if not hasattr(bp, "copied_bytes"):  # fused: two calls per band and the ring rows moved
+            moved = sum(max(0, a.in_rows[1] - b.in_rows[0]) for a, b in zip(bp.bands, bp.bands[1:]))  # either way
+            extra += 2 * (len(bp.bands) - 1) * BAND_CALL + moved * bp.t_row_bytes * COPY_BYTE
+            continue
         extra += bp.copied_bytes * COPY_BYTE + (len(bp.bands) - 1) * BAND_CALL
     graph = prep.graph
     for a in prep.plan.aliases:
@@ -137,7 +141,8 @@ def extra_instructions(prep) -> float:
 
 
 def search_ram(graph: Graph, kernels: str, board, budget: int | None = None,
-               configs: list[RamConfig] | None = None) -> RamSearch:
+               configs: list[RamConfig] | None = None, exact_all: bool = False) -> RamSearch:
+    """``exact_all``: plan every candidate as its config says (the benchmark), not only the chosen one."""
     from microtile.codegen.model_source import prepare
 
     if budget is None:
@@ -148,7 +153,7 @@ def search_ram(graph: Graph, kernels: str, board, budget: int | None = None,
     if configs is None and _FORCED is not None:
         configs, budget = [_FORCED], 1 << 30
     for config in configs or candidate_configs():
-        prep = prepare(graph, kernels, board, config, exact=False, scratch_cache=cache)
+        prep = prepare(graph, kernels, board, config, exact=None if exact_all else False, scratch_cache=cache)
         preps[config] = prep
         if search is None:
             search = RamSearch(budget or 0, baseline_instructions(prep, board), prep.plan.layer_bound)
