@@ -241,7 +241,7 @@ def emit_pruned(op: Operator, graph: Graph, ctx, p: dict, w2d: np.ndarray) -> st
     kb = -(-w2d.shape[1] // 4)
     act = p["act"]
     gemm = (f"{{{mr}, {nr}, {int(s.wide)}, {kb}, {n}, {padded // nr}, {p['out_zp']}, {act[0]}, {act[1]}, "
-            f"{int(fast)}, {wname}, {bname}, {qname}}}")
+            f"{int(fast)}, {wname}, {bname}, {qname}, NULL}}")  # rows: unused, the pruned kernel dispatches
     init = (f"{{{{{gemm}, {geo['n']}, {geo['h']}, {geo['w']}, {geo['c']}, {geo['oh']}, {geo['ow']}, "
             f"{geo['kh']}, {geo['kw']}, {geo['sh']}, {geo['sw']}, {geo['ph']}, {geo['pw']}, {in_zp}}}, {kname}}}")
     params = ctx.static_struct("mt_pruned_opt_params", "pruned", init)
