@@ -54,6 +54,23 @@ def test_pruned_stream_holds_only_kept_blocks_with_panel_deltas():
     wide, _ = approx.pruned_stream(w, mr=4, nr=1, wide=True)
     pair = lambda lo, hi: (lo & 0xFFFF) | ((hi & 0xFFFF) << 16)
     assert wide[:3].view(np.uint32).tolist() == [32, pair(1, 3), pair(2, 4)]
+    # 3x2 (the exact kernel's tile): per kept block (delta, w_ch0, w_ch1), a skipped
+    # block is 3 rows * 8 bytes of panel
+    stream32, kept32 = approx.pruned_stream(w, mr=3, nr=2)
+    assert kept32.tolist() == [3] and stream32[0::3].tolist() == [0, 0, 0]
+    w[1, 0] = 0                     # block 0 now empty in both channels: skipped
+    stream32, kept32 = approx.pruned_stream(w, mr=3, nr=2)
+    assert kept32.tolist() == [2] and stream32.tolist() == [24, word([1, 2, 3, 4]), 0,
+                                                            0, 0, word([5, 6, 7, -8])]
+
+
+def test_pruned_format_follows_the_exact_schedules_tile():
+    from microtile.passes.schedule import schedule_for
+
+    g = build("op_conv_3x3_same_relu")
+    (layer,) = approx.prunable_layers(g)
+    assert schedule_for(layer.op, g).tile == "3x2"
+    assert (layer.mr, layer.nr, layer.wide) == (3, 2, False)
 
 
 def _pruned(name, fraction, seed=0):
@@ -66,13 +83,19 @@ def _pruned(name, fraction, seed=0):
 
 
 @pytest.mark.parametrize("name", ["op_conv_3x3_same_relu", "op_conv_5x3_same_s2", "op_conv_1x1", "op_fc_relu"])
-@pytest.mark.parametrize("weights", ["int8", "int16"])
-def test_pruned_kernels_native_bit_exact_with_the_pruned_reference_and_tflm(name, weights, tmp_path, monkeypatch):
+@pytest.mark.parametrize("weights,tile", [("int8", None), ("int16", (4, 1))])
+def test_pruned_kernels_native_bit_exact_with_the_pruned_reference_and_tflm(name, weights, tile, tmp_path,
+                                                                           monkeypatch):
+    """int8: the exact schedule's own tile (3x2 for the convs, 1x4 for the FC); int16
+    on a forced 4x1 exact tile: the 4x1 int16 stream."""
     from microtile.build.native import NativeModel
     from microtile.passes import schedule
 
     monkeypatch.setattr(schedule, "FORCE_WEIGHTS", weights)
+    monkeypatch.setattr(schedule, "FORCE_TILE", tile)
     g, layers, masks = _pruned(name, 0.5)
+    if name != "op_fc_relu":
+        assert {(L.mr, L.nr) for L in layers} == {tile or (3, 2)}
     pruned = approx.prune_graph(g, layers, masks)
     native = NativeModel.build(pruned, "optimized")
     assert all(f"l{L.op.index}_pruned" in native.compiled.model_c for L in layers)
@@ -174,21 +197,23 @@ def test_approx_end_to_end_on_qemu_bit_exact_with_the_pruned_reference(labelled,
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("weights", ["int16"])  # int8: the end-to-end test (the default format)
-def test_pruned_smlad_kernels_on_qemu_bit_exact_and_fewer_instructions(weights, tmp_path, monkeypatch):
-    """The hand-scheduled 4x1 loop of the int16 weight stream on the Cortex-M4."""
+@pytest.mark.parametrize("weights,tile", [("int16", (4, 1)), ("int8", (3, 2))])
+def test_pruned_smlad_kernels_on_qemu_bit_exact_and_fewer_instructions(weights, tile, tmp_path, monkeypatch):
+    """The hand-scheduled loops on the Cortex-M4: the 4x1 int16 stream (a forced 4x1
+    exact schedule) and the 3x2 int8 stream (the exact schedule's own tile)."""
     from microtile.measure.runner import run_model
     from microtile.passes import schedule
 
     monkeypatch.setattr(schedule, "FORCE_WEIGHTS", weights)
+    monkeypatch.setattr(schedule, "FORCE_TILE", tile)
     g, layers, masks = _pruned("op_conv_3x3_same_relu", 0.6)
-    assert [(L.mr, L.nr) for L in layers] == [(4, 1)]
+    assert [(L.mr, L.nr) for L in layers] == [tile]
     exact, pruned = tmp_path / "exact.tflite", tmp_path / "pruned.tflite"
     exact.write_bytes(write_tflite(g))
     pruned.write_bytes(write_tflite(approx.prune_graph(g, layers, masks, mark=False)))
     indices = {L.op.index for L in layers}
     r = run_model(pruned, "qemu", random=2, graph_hook=lambda gr: approx.mark_pruned(gr, indices))
-    assert f"{weights} */" in r.compiled.model_c and "mt_pruned_s8_opt(" in r.compiled.model_c
+    assert f"{tile[0]}x{tile[1]} tile, {weights}" in r.compiled.model_c and "mt_pruned_s8_opt(" in r.compiled.model_c
     assert r.error is None and r.samples == 2 and r.mismatch_count == 0
     r0 = run_model(exact, "qemu", random=1)
     assert sum(r.mean_counts()) < 0.85 * sum(r0.mean_counts())  # panel and requantisation stay

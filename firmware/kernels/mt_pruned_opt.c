@@ -106,9 +106,71 @@
                              : "r8", "r9", "r10", "r11", "cc", "memory");             \
         }                                                                             \
     } while (0)
+/* 3 pixels x 2 channels, int8 weights (the exact kernel's tile, mt_matmul_opt.c):
+ * one LDM of (delta, w_0, w_1), ADD, 4 SXTB16, then per panel row one load pair and
+ * 4 SMLAD: 22 instructions, as many as the exact block (the ADD replaces its second
+ * weight load). Registers as there: 6 accumulators and 2 pointers leave none for a
+ * counter, so the loop ends when the weight pointer reaches the tile's end. */
+#define MT_PASM_3x2_W0_BLOCK                                                          \
+    "ldmia  %[pb]!, {r8, r9, r10}\n\t"                                               \
+    "add    %[pa], %[pa], r8\n\t"                                                    \
+    "sxtb16 r12, r9\n\t"                                                             \
+    "sxtb16 r9, r9, ror #8\n\t"                                                      \
+    "sxtb16 lr, r10\n\t"                                                             \
+    "sxtb16 r8, r10, ror #8\n\t"                                                     \
+    "ldr    r11, [%[pa], #4]\n\t"                                                    \
+    "ldr    r10, [%[pa]], #8\n\t"                                                    \
+    "smlad  %[s0], r10, r12, %[s0]\n\t"                                              \
+    "smlad  %[s0], r11, r9, %[s0]\n\t"                                               \
+    "smlad  %[s1], r10, lr, %[s1]\n\t"                                               \
+    "smlad  %[s1], r11, r8, %[s1]\n\t"                                               \
+    "ldrd   r10, r11, [%[pa]], #8\n\t"                                               \
+    "smlad  %[s2], r10, r12, %[s2]\n\t"                                              \
+    "smlad  %[s2], r11, r9, %[s2]\n\t"                                               \
+    "smlad  %[s3], r10, lr, %[s3]\n\t"                                               \
+    "smlad  %[s3], r11, r8, %[s3]\n\t"                                               \
+    "ldrd   r10, r11, [%[pa]], #8\n\t"                                               \
+    "smlad  %[s4], r10, r12, %[s4]\n\t"                                              \
+    "smlad  %[s4], r11, r9, %[s4]\n\t"                                               \
+    "smlad  %[s5], r10, lr, %[s5]\n\t"                                               \
+    "smlad  %[s5], r11, r8, %[s5]\n\t"
+
+/* kb kept blocks in one asm statement (kb % 4 first, then 4 per iteration), the
+ * accumulators in registers throughout; as MT_ASM_KLOOP6 with the end of the tile's
+ * weight stream in place of the panel's end. */
+#define MT_PASM_KLOOP6(BLOCK)                                                         \
+    do {                                                                              \
+        const int32_t *const w_end = w + 3 * kb;                                      \
+        const int32_t k_odd = kb & 1, k_two = kb & 2;                                 \
+        __asm__ volatile("ldr    r10, %[odd]\n\t"                                      \
+                         "cmp    r10, #0\n\t"                                         \
+                         "beq    1f\n\t"                                              \
+                         BLOCK                                                        \
+                         "1:\n\t"                                                     \
+                         "ldr    r10, %[two]\n\t"                                     \
+                         "cmp    r10, #0\n\t"                                         \
+                         "beq    3f\n\t"                                              \
+                         BLOCK BLOCK                                                  \
+                         "3:\n\t"                                                     \
+                         "ldr    r10, %[end]\n\t"                                     \
+                         "cmp    %[pb], r10\n\t"                                      \
+                         "beq    2f\n\t"                                              \
+                         "4:\n\t" BLOCK BLOCK BLOCK BLOCK                             \
+                         "ldr    r10, %[end]\n\t"                                     \
+                         "cmp    %[pb], r10\n\t"                                      \
+                         "bne    4b\n\t"                                              \
+                         "2:\n\t"                                                     \
+                         : [s0] "+r"(s[0]), [s1] "+r"(s[1]), [s2] "+r"(s[2]),         \
+                           [s3] "+r"(s[3]), [s4] "+r"(s[4]), [s5] "+r"(s[5]),         \
+                           [pa] "+r"(a), [pb] "+r"(w)                                 \
+                         : [end] "m"(w_end), [odd] "m"(k_odd), [two] "m"(k_two)       \
+                         : "r8", "r9", "r10", "r11", "r12", "lr", "cc", "memory");    \
+    } while (0)
+#define MT_PKLOOP_3x2_w0(MR, NR, WIDE) MT_PASM_KLOOP6(MT_PASM_3x2_W0_BLOCK)
 #define MT_PKLOOP_4x1_w0(MR, NR, WIDE) MT_PASM_KLOOP(MT_PASM_4x1_W0_BLOCK)
 #define MT_PKLOOP_4x1_w1(MR, NR, WIDE) MT_PASM_KLOOP(MT_PASM_4x1_W1_BLOCK)
 #else
+#define MT_PKLOOP_3x2_w0 MT_PKLOOP_C
 #define MT_PKLOOP_4x1_w0 MT_PKLOOP_C
 #define MT_PKLOOP_4x1_w1 MT_PKLOOP_C
 #endif
@@ -181,6 +243,7 @@
     MT_DEFINE_PRUNED_ROWS(MR, NR, WIDE, 1)                                            \
     MT_DEFINE_PRUNED_ROWS(MR, NR, WIDE, 2)
 
+MT_DEFINE_PRUNED_TILE(3, 2, 0)
 MT_DEFINE_PRUNED_TILE(4, 1, 0)
 MT_DEFINE_PRUNED_TILE(4, 1, 1)
 MT_DEFINE_PRUNED_TILE(1, 4, 0)
@@ -199,6 +262,7 @@ static void mt_pruned_rows(const mt_pruned_opt_params *p, const uint64_t *panel,
     const mt_gemm_opt *g = &p->c.g;
     const int32_t mode = g->fast ? (g->act_min == -128 && g->act_max == 127 ? 2 : 1) : 0;
     switch (MT_PCODE(g->mr, g->nr, g->wide, mode)) {
+    MT_PCASES(3, 2, 0)
     MT_PCASES(4, 1, 0)
     MT_PCASES(4, 1, 1)
     MT_PCASES(1, 4, 0)

@@ -29,13 +29,20 @@ from microtile.importer.ir import Graph, Operator
 
 PRUNE_KEY = "microtile_prune"  # Operator.options marker: compile with the pruned kernel
 
-def pruned_tile(m: int, k_blocks: int, board=None) -> tuple[int, int]:
-    """The pruned kernel's register tile: 4 pixels x 1 channel (the skip pattern per
-    channel) when 4 rows exist and their panel fits the stack budget, else 1 x 4 (the
-    pattern per group of 4 channels)."""
+def pruned_format(s, board=None) -> tuple[int, int, bool]:
+    """The pruned kernel's (mr, nr, wide) for a layer whose exact schedule is s: the
+    exact kernel's 3x2 tile when it runs one (always with int8 weights + SXTB16: the
+    stream's delta word fits one LDM with the two channels' weight words); otherwise
+    4 pixels x 1 channel (the skip pattern per channel) when 4 rows exist and their
+    panel fits the stack budget, else 1 x 4 (the pattern per group of 4 channels),
+    with the exact schedule's weight format."""
     from microtile.passes.schedule import _board_limits, panel_bytes
 
-    return (4, 1) if m >= 4 and panel_bytes(4, k_blocks) <= _board_limits(board)[0] else (1, 4)
+    if (s.mr, s.nr) == (3, 2):
+        return 3, 2, False
+    if s.m >= 4 and panel_bytes(4, s.k_blocks) <= _board_limits(board)[0]:
+        return 4, 1, s.wide
+    return 1, 4, s.wide
 
 
 @dataclass
@@ -47,7 +54,7 @@ class Layer:
     mr: int          # pruned kernel tile
     nr: int
     m: int           # rows of A (pixels or batches)
-    wide: bool       # int16 weight pairs (the exact schedule's flash-budgeted choice)
+    wide: bool       # int16 weight pairs (pruned_format)
 
     @property
     def n_tiles(self) -> int:
@@ -89,8 +96,8 @@ def prunable_layers(graph: Graph, board=None) -> list[Layer]:
         if matmul_shape(op, graph) is None or not optimized_supported(op, graph):
             continue
         s = schedule_for(op, graph, board)
-        mr, nr = pruned_tile(s.m, s.k_blocks, board)
-        layers.append(Layer(op, weight_matrix(op, graph), mr, nr, s.m, s.wide))
+        mr, nr, wide = pruned_format(s, board)
+        layers.append(Layer(op, weight_matrix(op, graph), mr, nr, s.m, wide))
     return layers
 
 
@@ -219,7 +226,7 @@ def emit_pruned(op: Operator, graph: Graph, ctx, p: dict, w2d: np.ndarray) -> st
     from microtile.passes.schedule import schedule_for
 
     s = schedule_for(op, graph, ctx.board)
-    mr, nr = pruned_tile(s.m, s.k_blocks, ctx.board)
+    mr, nr, wide = pruned_format(s, ctx.board)
     if op.opcode == "FULLY_CONNECTED":
         in_zp = -p["in_off"]
         geo = dict(n=1, h=1, w=p["batches"], c=p["depth"], oh=1, ow=p["batches"], kh=1, kw=1,
@@ -228,19 +235,23 @@ def emit_pruned(op: Operator, graph: Graph, ctx, p: dict, w2d: np.ndarray) -> st
         in_zp, geo = p["in_zp"], p
     n = w2d.shape[0]
     padded = -(-n // nr) * nr
-    stream, kept = pruned_stream(w2d, mr, nr, s.wide)
+    stream, kept = pruned_stream(w2d, mr, nr, wide)
+    # weights in SRAM as the exact schedule planned, unless the stream (a delta word per
+    # kept block) outgrows the exact packed weights the plan made room for
+    exact_bytes = -(-n // s.nr) * s.nr * s.k_blocks * 4 * (2 if s.wide else 1)
+    sram = s.sram and stream.nbytes <= exact_bytes
     bias_t = graph.tensor(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
     bias_data = None if bias_t is None else bias_t.data
     bias = folded_bias(w2d, bias_data, in_zp, padded)
     table, fast = requant_table(w2d, bias_data, p["mult"], p["shift"], in_zp, p["out_zp"], padded)
     ctx.include("mt_pruned_opt.h")
-    wname = ctx.const_array("pruned_w", stream if stream.size else np.zeros(1, np.int32))
+    wname = ctx.const_array("pruned_w", stream if stream.size else np.zeros(1, np.int32), sram=sram)
     kname = ctx.const_array("pruned_kept", kept)
-    bname = ctx.const_array("pruned_bias", bias)
-    qname = ctx.const_array("pruned_requant", table)
+    bname = ctx.const_array("pruned_bias", bias, sram=sram)
+    qname = ctx.const_array("pruned_requant", table, sram=sram)
     kb = -(-w2d.shape[1] // 4)
     act = p["act"]
-    gemm = (f"{{{mr}, {nr}, {int(s.wide)}, {kb}, {n}, {padded // nr}, {p['out_zp']}, {act[0]}, {act[1]}, "
+    gemm = (f"{{{mr}, {nr}, {int(wide)}, {kb}, {n}, {padded // nr}, {p['out_zp']}, {act[0]}, {act[1]}, "
             f"{int(fast)}, {wname}, {bname}, {qname}, NULL}}")  # rows: unused, the pruned kernel dispatches
     init = (f"{{{{{gemm}, {geo['n']}, {geo['h']}, {geo['w']}, {geo['c']}, {geo['oh']}, {geo['ow']}, "
             f"{geo['kh']}, {geo['kw']}, {geo['sh']}, {geo['sw']}, {geo['ph']}, {geo['pw']}, {in_zp}}}, {kname}}}")
@@ -249,7 +260,7 @@ def emit_pruned(op: Operator, graph: Graph, ctx, p: dict, w2d: np.ndarray) -> st
     scratch = ctx.scratch(scratch_bytes)
     kept_total, units = int(kept.sum()), padded // nr * kb
     return (f"mt_pruned_s8_opt(&{params}, {ctx.ptr(op.inputs[0])}, {ctx.ptr(op.outputs[0])}, {scratch});"
-            f" /* pruned: {kept_total} of {units} k-blocks kept, {mr}x{nr} tile, {'int16' if s.wide else 'int8'} */")
+            f" /* pruned: {kept_total} of {units} k-blocks kept, {mr}x{nr} tile, {'int16' if wide else 'int8'}{', SRAM' if sram else ''} */")
 
 
 # ---------------------------------------------------------------- cost
