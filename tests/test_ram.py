@@ -274,3 +274,22 @@ def test_tflm_arena_of_the_mlperf_models(shared_dir):
 
     for name in ("vww_96_int8", "ad01_int8"):
         assert tflm_arena_of(shared_dir / "models" / "mlperf_tiny" / f"{name}.tflite") == TFLM_HEAD[name]
+
+
+def test_ram_bench_command_prints_the_table_and_writes_json(tmp_path, capsys):
+    """A short sample of `python -m microtile.measure.ram_bench` (the MLPerf run is in README)."""
+    import json
+
+    from microtile.measure.ram_bench import main
+    from microtile_models.build import zoo_model_bytes
+
+    path = tmp_path / "ram_techniques.tflite"
+    path.write_bytes(zoo_model_bytes("ram_techniques"))
+    out = tmp_path / "ram.json"
+    assert main([str(path), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "geometric mean of chosen / TFLM arena" in text and "ram_techniques" in text
+    r = json.loads(out.read_text())["results"][0]
+    assert r["tflm_arena_bytes"] > r["chosen_bytes"] and r["none_bytes"] > r["all_bytes"]
+    assert set(r["techniques"]) == set(RamConfig.techniques())
+    assert main([str(tmp_path / "missing.tflite")]) == 2

@@ -93,7 +93,7 @@ def default_budget(board) -> int | None:
 def candidate_configs() -> list[RamConfig]:
     names = RamConfig.techniques()
     none, full = RamConfig.none(), RamConfig()
-    configs = [none, full]
+    configs = [none, full]  # these two first (search_ram stops after them when nothing applies)
     configs += [replace(none, **{n: True}) for n in names if n != "exact"]
     configs += [replace(full, **{n: False}) for n in names if n != "exact"]
     # fewer bands: fewer calls; ~ a row per band: the least scratch
@@ -163,6 +163,9 @@ def search_ram(graph: Graph, kernels: str, board, budget: int | None = None,
         extra = extra_instructions(prep)
         search.candidates.append(Candidate(config, prep.plan.arena_size, extra, search.baseline + extra,
                                            prep.plan.method, budget is None or prep.plan.arena_size <= budget))
+        if configs is None and config == RamConfig() and not prep.plan.aliases and not prep.bands \
+                and prep.graph is graph:
+            break  # nothing to alias, fuse or rewrite: the other candidates are these two again
     fitting = [c for c in search.candidates if c.fits]
     if not fitting:  # the exact planner may still bring the smallest ones within the budget
         for c in sorted(search.candidates, key=lambda c: c.arena)[:EXACT_RETRIES]:
