@@ -124,8 +124,7 @@ typedef struct {
     } while (0)
 #else
 #define MT_DW_TAP(ptr, wp) do { \
-        uint32_t w0_, w1_; \
-        mt_read_2x32(wp, &w0_, &w1_); \
+        const uint32_t w0_ = (uint32_t)(wp)[0], w1_ = (uint32_t)(wp)[1]; \
         const uint32_t x_ = mt_read_u32(ptr); \
         const uint32_t e_ = mt_sxtab16(off2, x_); \
         const uint32_t o_ = mt_sxtab16_ror8(off2, x_); \
@@ -198,10 +197,7 @@ static MT_ALWAYS_INLINE void mt_dw_pixel_clipped(const mt_depthwise_opt_params *
 {
     const int32_t in_row = p->in_w * px;
     const uint32_t off2 = (uint32_t)(uint16_t)p->input_offset * 0x00010001u;
-    uint32_t b0, b1, b2, b3;
-    mt_read_2x32(d, &b0, &b1);
-    mt_read_2x32(d + 2, &b2, &b3);
-    int32_t a0 = (int32_t)b0, a1 = (int32_t)b1, a2 = (int32_t)b2, a3 = (int32_t)b3;
+    int32_t a0 = d[0], a1 = d[1], a2 = d[2], a3 = d[3];
     const int32_t *w = d + 8 + 2 * (ky0 * p->k_w + kx0);
     for (int32_t ky = 0; ky < ky_n; ky++) {
         const int8_t *ip = in;
@@ -225,10 +221,7 @@ static MT_ALWAYS_INLINE void mt_dw_pixel_rows3(const mt_depthwise_opt_params *p,
 {
     const int32_t in_row = p->in_w * px;
     const uint32_t off2 = (uint32_t)(uint16_t)p->input_offset * 0x00010001u;
-    uint32_t b0, b1, b2, b3;
-    mt_read_2x32(d, &b0, &b1);
-    mt_read_2x32(d + 2, &b2, &b3);
-    int32_t a0 = (int32_t)b0, a1 = (int32_t)b1, a2 = (int32_t)b2, a3 = (int32_t)b3;
+    int32_t a0 = d[0], a1 = d[1], a2 = d[2], a3 = d[3];
     const int32_t *w = d + 8 + 2 * tap0;
     for (int32_t ky = 0; ky < ky_n; ky++) {
         MT_DW_TAP(in, w);
@@ -247,10 +240,7 @@ static MT_ALWAYS_INLINE void mt_dw_pixel_3x3(const mt_depthwise_opt_params *p, c
                                              const int32_t *d, int8_t *out)
 {
     const int32_t r = p->in_w * px;
-    uint32_t b0, b1, b2, b3;
-    mt_read_2x32(d + 4, &b0, &b1);
-    mt_read_2x32(d + 6, &b2, &b3);
-    int32_t a0 = (int32_t)b0, a1 = (int32_t)b1, a2 = (int32_t)b2, a3 = (int32_t)b3;
+    int32_t a0 = d[4], a1 = d[5], a2 = d[6], a3 = d[7];
     const int32_t *w = d + 8;
     MT_DW_TAPF(in, w, 0);
     MT_DW_TAPF(in + px, w, 8);
@@ -443,13 +433,11 @@ static MT_ALWAYS_INLINE void mt_depthwise_s8_opt(const mt_depthwise_opt_params *
         for (; oc + 4 <= oc_n; oc += 4) {
             if (p->padded) {
                 mt_dw_gather_padded(p, &q, in_b, oc, scratch);
-                mt_dw_group4(&q, scratch, 4, d, out_b + oc);
             } else if (gather) {
                 mt_dw_gather(p, in_b, oc, 4, scratch);
-                mt_dw_group4(p, scratch, 4, d, out_b + oc);
-            } else {
-                mt_dw_group4(p, in_b + oc, p->channels, d, out_b + oc);
             }
+            /* one call site: one inlined copy of the group code per layer */
+            mt_dw_group4(p->padded ? &q : p, gather ? scratch : in_b + oc, gather ? 4 : p->channels, d, out_b + oc);
             d += MT_DW_GROUP_WORDS(taps);
         }
         const int32_t rem = oc_n - oc;
