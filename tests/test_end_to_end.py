@@ -36,7 +36,9 @@ def test_single_operator_models_bit_exact_on_target(run_on_board, tmp_path_facto
     assert result.error is None
     assert result.samples == 3
     assert result.mismatches == []
-    assert all(c > 0 for c in result.mean_counts())
+    # a RESHAPE planned as an alias of its input (passes/inplace.py) runs no instruction
+    aliased = {a.member for a in result.compiled.plan.aliases if a.kind == "reshape"}
+    assert all(c > 0 for c, op in zip(result.mean_counts(), result.compiled.device_ops) if op.outputs[0] not in aliased)
 
 
 @pytest.mark.parametrize("name", sorted(MLPERF_MODELS))
