@@ -75,7 +75,7 @@ def ram_line(ram: dict) -> str:
     return (f"Peak RAM (arena) {ram['arena_bytes']:,} B: {vs(ram['layer_bound_bytes'])} the layer-by-layer bound "
             f"{ram['layer_bound_bytes']:,} B, {vs(tflm)} TFLM's arena {tflm:,} B" if tflm else
             f"Peak RAM (arena) {ram['arena_bytes']:,} B: {vs(ram['layer_bound_bytes'])} the layer-by-layer bound "
-            f"{ram['layer_bound_bytes']:,} B") + f" [{ram.get('ram_config')}, {ram.get('planner')} planner]"
+            f"{ram['layer_bound_bytes']:,} B") + f"; RAM techniques {ram.get('ram_config')}, {ram.get('planner')} planner"
 
 
 def pareto_rows(search) -> list[str]:
