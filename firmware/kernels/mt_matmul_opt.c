@@ -6,24 +6,8 @@
 #include <string.h>
 
 #include "mt_dsp.h"
+#include "mt_gemm_out_opt.h"
 #include "mt_requant_opt.h"
-
-/* TFLM's MultiplyByQuantizedMultiplier with one 64-bit multiply-accumulate:
- * SaturatingRoundingDoublingHighMul(a, m) == floor((a*m + 2^30) / 2^31) for every
- * a and every m >= 0 (TFLM's truncating division of ab + (1 - 2^30) for ab < 0 is
- * the same floor; the saturating case a == m == INT32_MIN cannot occur since m >= 0),
- * then RoundingDivideByPOT (round half away from zero) as in TFLM. */
-static inline int32_t mt_req(int32_t acc, int32_t m, int32_t shift)
-{
-    const int32_t left = shift > 0 ? shift : 0;
-    const int32_t right = shift > 0 ? 0 : -shift;
-    const int32_t a = (int32_t)((uint32_t)acc << left);
-    const int32_t t = (int32_t)(((int64_t)a * m + (1ll << 30)) >> 31);
-    const uint32_t mask = (1u << right) - 1u;
-    const int32_t rem = (int32_t)((uint32_t)t & mask);
-    const int32_t threshold = (int32_t)(mask >> 1) + (t < 0 ? 1 : 0);
-    return (t >> right) + (rem > threshold ? 1 : 0);
-}
 
 int32_t mt_requantize_opt(int32_t acc, int32_t multiplier, int32_t shift)
 {
@@ -39,15 +23,32 @@ static inline uint64_t mt_ld64(const uint64_t *p)
     return v;
 }
 
+/* Four int8 values (one word) -> the two int16-pair words of a panel block. */
+static inline uint64_t mt_ext4(uint32_t x)
+{
+    return (uint64_t)mt_sxtb16(x) | ((uint64_t)mt_sxtb16_ror8(x) << 32);
+}
+
+/* The direct 1x4 tiles' A operand: the next word of the int8 input row, extended
+ * where it is used (a walks the input bytes, 4 per block; no panel). */
+static inline uint64_t mt_next_direct(const uint64_t **a)
+{
+    const int8_t *x = (const int8_t *)*a;
+    *a = (const uint64_t *)(x + 4);
+    return mt_ext4(mt_read_u32(x));
+}
+
 /* One k-block (4 reduction steps) of an MR x NR tile: weights of channel j are
- * extended once (or read pre-extended) and meet the MR panel rows. */
-#define MT_BLOCK(MR, NR, WIDE)                                                        \
+ * extended once (or read pre-extended) and meet the MR panel rows (LOADA: the
+ * next panel element of a row). */
+#define MT_BLOCK(MR, NR, WIDE) MT_BLOCK_A(MR, NR, WIDE, *a++)
+#define MT_BLOCK_A(MR, NR, WIDE, LOADA)                                               \
     do {                                                                              \
         uint32_t al[(MR)], ah[(MR)];                                                  \
         uint64_t wpair = 0;                                                           \
         _Pragma("GCC unroll 8")                                                       \
         for (int i = 0; i < (MR); i++) {                                              \
-            const uint64_t v = *a++;                                                  \
+            const uint64_t v = (LOADA);                                               \
             al[i] = (uint32_t)v;                                                      \
             ah[i] = (uint32_t)(v >> 32);                                              \
         }                                                                             \
@@ -86,14 +87,16 @@ static inline uint64_t mt_ld64(const uint64_t *p)
  * cores with the DSP extension hand-scheduled loops that load A and B with
  * LDM / LDRD (post-increment) so that every instruction but one load per operand
  * row is an SMLAD or an SXTB16 (see docs/schedules.md for the counts). */
-#define MT_KLOOP_C(MR, NR, WIDE)                                                      \
+#define MT_KLOOP_C(MR, NR, WIDE) MT_KLOOP_C_A(MR, NR, WIDE, *a++)
+#define MT_KLOOP_C_DIRECT(MR, NR, WIDE) MT_KLOOP_C_A(MR, NR, WIDE, mt_next_direct(&a))
+#define MT_KLOOP_C_A(MR, NR, WIDE, LOADA)                                             \
     do {                                                                              \
         for (; kb >= 2; kb -= 2) {                                                    \
-            MT_BLOCK(MR, NR, WIDE);                                                   \
-            MT_BLOCK(MR, NR, WIDE);                                                   \
+            MT_BLOCK_A(MR, NR, WIDE, LOADA);                                          \
+            MT_BLOCK_A(MR, NR, WIDE, LOADA);                                          \
         }                                                                             \
         if (kb != 0) {                                                                \
-            MT_BLOCK(MR, NR, WIDE);                                                   \
+            MT_BLOCK_A(MR, NR, WIDE, LOADA);                                          \
         }                                                                             \
     } while (0)
 
@@ -133,8 +136,16 @@ static inline uint64_t mt_ld64(const uint64_t *p)
 
 /* 1 row x 4 channels, int8 weights: LDRD x, 2 LDRD w (two channels each),
  * 8 SXTB16, 8 SMLAD. r8..r11 hold the weights. */
-#define MT_ASM_1x4_W0_BLOCK                                                           \
-    "ldrd   %[t], %[w], [%[pa]], #8\n\t"                                              \
+#define MT_ASM_1x4_W0_BLOCK MT_ASM_A_PANEL MT_ASM_1x4_W0_BODY
+#define MT_ASM_1x4D_W0_BLOCK MT_ASM_A_DIRECT MT_ASM_1x4_W0_BODY
+/* The input pair of a 1x4 block: LDRD of the panel, or (direct tiles) LDR of 4 int8
+ * inputs + SXTB16 + SXTB16-ROR8, shared by the 4 channels. */
+#define MT_ASM_A_PANEL "ldrd   %[t], %[w], [%[pa]], #8\n\t"
+#define MT_ASM_A_DIRECT                                                               \
+    "ldr    %[w], [%[pa]], #4\n\t"                                                    \
+    "sxtb16 %[t], %[w]\n\t"                                                           \
+    "sxtb16 %[w], %[w], ror #8\n\t"
+#define MT_ASM_1x4_W0_BODY                                                            \
     "ldmia  %[pb]!, {r8, r9, r10, r11}\n\t"                                           \
     "sxtb16 r12, r8\n\t"                                                              \
     "sxtb16 r8, r8, ror #8\n\t"                                                       \
@@ -154,8 +165,9 @@ static inline uint64_t mt_ld64(const uint64_t *p)
     "smlad  %[s3], %[w], r11, %[s3]\n\t"
 
 /* 1 row x 4 channels, int16 weights: LDRD x, 2 LDM w, 8 SMLAD. */
-#define MT_ASM_1x4_W1_BLOCK                                                           \
-    "ldrd   %[t], %[w], [%[pa]], #8\n\t"                                              \
+#define MT_ASM_1x4_W1_BLOCK MT_ASM_A_PANEL MT_ASM_1x4_W1_BODY
+#define MT_ASM_1x4D_W1_BLOCK MT_ASM_A_DIRECT MT_ASM_1x4_W1_BODY
+#define MT_ASM_1x4_W1_BODY                                                            \
     "ldmia  %[pb]!, {r8, r9, r10, r11}\n\t"                                           \
     "smlad  %[s0], %[t], r8, %[s0]\n\t"                                               \
     "smlad  %[s0], %[w], r9, %[s0]\n\t"                                               \
@@ -272,6 +284,8 @@ static inline uint64_t mt_ld64(const uint64_t *p)
 #define MT_KLOOP_4x1_w1(MR, NR, WIDE) MT_ASM_KLOOP(MT_ASM_4x1_W1_BLOCK, b, "r8", "r9", "r10", "r11")
 #define MT_KLOOP_1x4_w0(MR, NR, WIDE) MT_ASM_KLOOP(MT_ASM_1x4_W0_BLOCK, b, "r8", "r9", "r10", "r11", "r12")
 #define MT_KLOOP_1x4_w1(MR, NR, WIDE) MT_ASM_KLOOP(MT_ASM_1x4_W1_BLOCK, b, "r8", "r9", "r10", "r11")
+#define MT_KLOOP_1x4d_w0_BODY(MR, NR, WIDE) MT_ASM_KLOOP(MT_ASM_1x4D_W0_BLOCK, b, "r8", "r9", "r10", "r11", "r12")
+#define MT_KLOOP_1x4d_w1_BODY(MR, NR, WIDE) MT_ASM_KLOOP(MT_ASM_1x4D_W1_BLOCK, b, "r8", "r9", "r10", "r11")
 
 #else
 #define MT_KLOOP_3x2_w0 MT_KLOOP_C
@@ -280,34 +294,19 @@ static inline uint64_t mt_ld64(const uint64_t *p)
 #define MT_KLOOP_4x1_w1 MT_KLOOP_C
 #define MT_KLOOP_1x4_w0 MT_KLOOP_C
 #define MT_KLOOP_1x4_w1 MT_KLOOP_C
+#define MT_KLOOP_1x4d_w0_BODY MT_KLOOP_C_DIRECT
+#define MT_KLOOP_1x4d_w1_BODY MT_KLOOP_C_DIRECT
 #endif
-
-/* One output: requantised (MODE 0: exact, else mt_requant_fast on the doubled
- * accumulator), clamped (MODE 2: SSAT, the activation range is the int8 range). */
-static inline int8_t mt_out8(int32_t acc, int32_t m, int32_t q1, int32_t q2, int mode, int32_t lo,
-                             int32_t hi, int32_t zp)
-{
-    int32_t y;
-    if (mode == 0) {
-        y = mt_req(acc, m, q1) + zp;
-    } else {
-        y = mt_requant_fast((int32_t)((uint32_t)acc << 1), m, q1, q2);
-    }
-    if (mode == 2) {
-        return (int8_t)mt_ssat8(y);
-    }
-    y = y < lo ? lo : y;
-    return (int8_t)(y > hi ? hi : y);
-}
 
 /* rows (<= MR) panel rows x all N channels: per channel tile, accumulate the whole
  * reduction in registers (k-first), then requantise and store the tile.
  * MODE 0: exact requantisation (mt_req) + clamp; 1: mt_requant_fast + clamp;
  * 2: mt_requant_fast + SSAT (activation range = int8 range). */
 #define MT_DEFINE_ROWS(MR, NR, WIDE, MODE)                                            \
-    void mt_gemm_rows_##MR##x##NR##_w##WIDE##_m##MODE(const mt_gemm_opt *g,         \
-                                                      const uint64_t *panel,        \
-                                                      int32_t rows, int8_t *output) \
+    MT_DEFINE_ROWS_AS(mt_gemm_rows_##MR##x##NR##_w##WIDE##_m##MODE, MR, NR, WIDE, MODE, \
+                      MT_KLOOP_##MR##x##NR##_w##WIDE)
+#define MT_DEFINE_ROWS_AS(NAME, MR, NR, WIDE, MODE, KLOOP)                            \
+    void NAME(const mt_gemm_opt *g, const uint64_t *panel, int32_t rows, int8_t *output) \
     {                                                                                 \
         const uint64_t *b = (const uint64_t *)g->weights;                             \
         const uint32_t *wb = (const uint32_t *)g->weights;                            \
@@ -339,7 +338,7 @@ static inline int8_t mt_out8(int32_t acc, int32_t m, int32_t q1, int32_t q2, int
                 }                                                                     \
             }                                                                         \
             bias += (NR);                                                             \
-            MT_KLOOP_##MR##x##NR##_w##WIDE(MR, NR, WIDE);                             \
+            KLOOP(MR, NR, WIDE);                                                      \
             if (((MR) == 1 || rows == (MR)) && ((NR) == 1 || n0 + (NR) <= n_out)) {   \
                 /* a whole tile (the common case): all outputs requantised first (the     \
                    int8 stores may alias the tables), then stored without bounds checks */ \
@@ -387,18 +386,41 @@ MT_DEFINE_TILE(4, 1, 1)
 MT_DEFINE_TILE(3, 2, 0)
 MT_DEFINE_TILE(3, 2, 1)
 
+/* Direct 1x4 tiles (FC, one row at a time, no panel): `panel` is the int8 input row
+ * itself and the depth comes from the mt_fully_connected_opt_params that g is the
+ * first member of. depth / 4 whole words in the loop, then the last 1-3 inputs as a
+ * word padded with zeros (their weights are zero), never read past the row. */
+#define MT_KLOOP_1x4d(MR, NR, WIDE, BODY)                                             \
+    do {                                                                              \
+        const int32_t depth_ = ((const mt_fully_connected_opt_params *)g)->depth;     \
+        kb = depth_ >> 2;                                                             \
+        BODY(MR, NR, WIDE);                                                           \
+        if (depth_ & 3) {                                                             \
+            const int8_t *x_ = (const int8_t *)panel + (depth_ & ~3);                 \
+            uint32_t word_ = 0;                                                       \
+            for (int32_t k_ = 0; k_ < (depth_ & 3); k_++) {                           \
+                word_ |= (uint32_t)(uint8_t)x_[k_] << (8 * k_);                       \
+            }                                                                         \
+            MT_BLOCK_A(1, NR, WIDE, mt_ext4(word_));                                  \
+        }                                                                             \
+    } while (0)
+#define MT_KLOOP_1x4d_w0(MR, NR, WIDE) MT_KLOOP_1x4d(MR, NR, WIDE, MT_KLOOP_1x4d_w0_BODY)
+#define MT_KLOOP_1x4d_w1(MR, NR, WIDE) MT_KLOOP_1x4d(MR, NR, WIDE, MT_KLOOP_1x4d_w1_BODY)
+#define MT_DEFINE_DIRECT(WIDE, MODE)                                                  \
+    MT_DEFINE_ROWS_AS(mt_gemm_rows_1x4d_w##WIDE##_m##MODE, 1, 4, WIDE, MODE, MT_KLOOP_1x4d_w##WIDE)
+MT_DEFINE_DIRECT(0, 0)
+MT_DEFINE_DIRECT(0, 1)
+MT_DEFINE_DIRECT(0, 2)
+MT_DEFINE_DIRECT(1, 0)
+MT_DEFINE_DIRECT(1, 1)
+MT_DEFINE_DIRECT(1, 2)
+
 void mt_gemm_s8_opt_rows(const mt_gemm_opt *g, const uint64_t *panel, int32_t rows, int8_t *output)
 {
     g->rows(g, panel, rows, output);
 }
 
 /* ------------------------------------------------------------------ A panels */
-
-/* Four int8 values (one word) -> the two int16-pair words of a panel block. */
-static inline uint64_t mt_ext4(uint32_t x)
-{
-    return (uint64_t)mt_sxtb16(x) | ((uint64_t)mt_sxtb16_ror8(x) << 32);
-}
 
 /* bytes (k_blocks * 4 of them) -> panel row. */
 static void mt_panel_from_bytes(uint64_t *panel, int32_t mr, int32_t row, const int8_t *bytes,
@@ -427,6 +449,12 @@ void mt_fully_connected_s8_opt(const mt_fully_connected_opt_params *p, const int
     const int32_t mr = g->mr;
     const int32_t kb = g->k_blocks;
     const int32_t full = p->depth / 4;
+    if (scratch == NULL) { /* a direct 1x4 tile (the host chose it): no panel, row by row */
+        for (int32_t m = 0; m < p->batches; m++) {
+            g->rows(g, (const uint64_t *)(const void *)(input + m * p->depth), 1, output + m * g->out_c);
+        }
+        return;
+    }
     for (int32_t m0 = 0; m0 < p->batches; m0 += mr) {
         const int32_t rows = p->batches - m0 < mr ? p->batches - m0 : mr;
         for (int32_t r = 0; r < mr; r++) {

@@ -4,6 +4,7 @@
 #include "mt_pruned_opt.h"
 
 #include "mt_dsp.h"
+#include "mt_gemm_out_opt.h"
 #include "mt_requant_opt.h"
 
 /* One kept block of an MR x NR tile, portable C: skip to the block's panel rows, then
@@ -208,28 +209,35 @@
             }                                                                         \
             bias += (NR);                                                             \
             MT_PKLOOP_##MR##x##NR##_w##WIDE(MR, NR, WIDE);                                            \
-            _Pragma("GCC unroll 8")                                                   \
-            for (int j = 0; j < (NR); j++) {                                          \
-                if ((NR) == 1 || n0 + j < n_out) {                                    \
+            if (((MR) == 1 || rows == (MR)) && ((NR) == 1 || n0 + (NR) <= n_out)) {   \
+                /* a whole tile (the common case): requantise all, then store without   \
+                   bounds checks (the int8 stores may alias the tables) */            \
+                int8_t y[(MR) * (NR)];                                                \
+                _Pragma("GCC unroll 8")                                               \
+                for (int j = 0; j < (NR); j++) {                                      \
                     const int32_t m = rq[3 * j], q1 = rq[3 * j + 1], q2 = rq[3 * j + 2]; \
-                    int8_t *o = output + n0 + j;                                      \
                     (void)q2;                                                         \
                     _Pragma("GCC unroll 8")                                           \
                     for (int i = 0; i < (MR); i++) {                                  \
-                        if ((MR) == 1 || i < rows) {                                  \
-                            int32_t y;                                                \
-                            if ((MODE) == 0) {                                        \
-                                y = mt_requantize_opt(s[i * (NR) + j], m, q1) + zp;   \
-                            } else {                                                  \
-                                y = mt_requant_fast((int32_t)((uint32_t)s[i * (NR) + j] << 1), m, q1, q2); \
+                        y[i * (NR) + j] = mt_out8(s[i * (NR) + j], m, q1, q2, (MODE), lo, hi, zp); \
+                    }                                                                 \
+                }                                                                     \
+                _Pragma("GCC unroll 8")                                               \
+                for (int i = 0; i < (MR) * (NR); i++) {                               \
+                    output[(i / (NR)) * n_out + n0 + i % (NR)] = y[i];                \
+                }                                                                     \
+            } else {                                                                  \
+                _Pragma("GCC unroll 8")                                               \
+                for (int j = 0; j < (NR); j++) {                                      \
+                    if (n0 + j < n_out) {                                             \
+                        const int32_t m = rq[3 * j], q1 = rq[3 * j + 1], q2 = rq[3 * j + 2]; \
+                        (void)q2;                                                     \
+                        _Pragma("GCC unroll 8")                                       \
+                        for (int i = 0; i < (MR); i++) {                              \
+                            if (i < rows) {                                           \
+                                output[i * n_out + n0 + j] =                          \
+                                    mt_out8(s[i * (NR) + j], m, q1, q2, (MODE), lo, hi, zp); \
                             }                                                         \
-                            if ((MODE) == 2) {                                        \
-                                y = mt_ssat8(y);                                      \
-                            } else {                                                  \
-                                y = y < lo ? lo : y;                                  \
-                                y = y > hi ? hi : y;                                  \
-                            }                                                         \
-                            o[i * n_out] = (int8_t)y;                                 \
                         }                                                             \
                     }                                                                 \
                 }                                                                     \
