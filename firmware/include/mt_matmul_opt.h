@@ -58,6 +58,13 @@ MT_GEMM_ROWS_DECL_TILE(4, 1, 0)
 MT_GEMM_ROWS_DECL_TILE(4, 1, 1)
 MT_GEMM_ROWS_DECL_TILE(3, 2, 0)
 MT_GEMM_ROWS_DECL_TILE(3, 2, 1)
+/* Direct 1x4 tiles (FC only): read the int8 input row and extend each word where it
+ * is used, so the layer needs no scratch (mt_fully_connected_s8_opt with scratch NULL). */
+#define MT_GEMM_ROWS_DECL_DIRECT(wide, mode)                                          \
+    void mt_gemm_rows_1x4d_w##wide##_m##mode(const mt_gemm_opt *g, const uint64_t *panel, \
+                                             int32_t rows, int8_t *output);
+MT_GEMM_ROWS_DECL_DIRECT(0, 0) MT_GEMM_ROWS_DECL_DIRECT(0, 1) MT_GEMM_ROWS_DECL_DIRECT(0, 2)
+MT_GEMM_ROWS_DECL_DIRECT(1, 0) MT_GEMM_ROWS_DECL_DIRECT(1, 1) MT_GEMM_ROWS_DECL_DIRECT(1, 2)
 
 typedef struct {
     mt_gemm_opt g;
@@ -80,6 +87,7 @@ typedef struct {
  * k-block and row) plus a byte row for gathers. */
 #define MT_GEMM_SCRATCH_U64(mr, k_blocks) ((mr) * (k_blocks) + ((k_blocks) + 1) / 2)
 
+/* scratch NULL: g.rows is a direct 1x4 tile (no panel). */
 void mt_fully_connected_s8_opt(const mt_fully_connected_opt_params *p, const int8_t *input,
                                int8_t *output, uint64_t *scratch);
 

@@ -272,7 +272,7 @@ def _emit_gemm(ctx: EmitContext, op: Operator, graph: Graph, w2d: np.ndarray, mu
     bname = ctx.const_array("gemm_bias", bias, sram=s.sram)
     qname = ctx.const_array("gemm_requant", table, sram=s.sram)
     mode = (2 if tuple(act) == (-128, 127) else 1) if fast else 0  # mt_gemm_rows_*_m<mode>
-    rows = f"mt_gemm_rows_{s.mr}x{s.nr}_w{int(s.wide)}_m{mode}"
+    rows = f"mt_gemm_rows_{s.mr}x{s.nr}{'d' if s.direct else ''}_w{int(s.wide)}_m{mode}"
     init = (f"{{{s.mr}, {s.nr}, {int(s.wide)}, {kb}, {n}, {padded // s.nr}, {out_zp}, {act[0]}, {act[1]}, "
             f"{int(fast)}, {wname}, {bname}, {qname}, {rows}}}")
     return init, s
@@ -281,7 +281,7 @@ def _emit_gemm(ctx: EmitContext, op: Operator, graph: Graph, w2d: np.ndarray, mu
 def _emit_call(ctx: EmitContext, fn: str, params: str, inp: str, out: str, s) -> str:
     # The A panel lives in the arena's scratch region: a stack array sized by K
     # overflowed the board's stack (FC with K = 4000 needs 8 KB).
-    scratch = ctx.scratch(s.scratch_bytes)
+    scratch = ctx.scratch(s.scratch_bytes) if s.scratch_bytes else "NULL"  # NULL: a direct FC tile
     return f"{fn}(&{params}, {inp}, {out}, {scratch}); /* A panel: {s.tile} tile, K = {s.k}, {s.scratch_bytes} B */"
 
 

@@ -68,6 +68,12 @@ BLOCK_OPS = {
     (1, 4, False): [("load_dual", None, 1), ("multiple", 4, 1), ("dsp", None, 8 + 8)],
     (1, 4, True): [("load_dual", None, 1), ("multiple", 4, 2), ("dsp", None, 8)],
 }
+# Direct 1x4 tiles (FC, no panel): the input pair is LDR + 2 SXTB16 instead of the
+# panel's LDRD (shared by the 4 channels), and no panel row is built.
+DIRECT_BLOCK_OPS = {
+    (1, 4, False): [("load", None, 1), ("multiple", 4, 1), ("dsp", None, 2 + 8 + 8)],
+    (1, 4, True): [("load", None, 1), ("multiple", 4, 2), ("dsp", None, 2 + 8)],
+}
 # The loop per LOOP_BLOCKS[mr] blocks (the BNE is taken: + P): 3x2 reads the panel end
 # from the stack, 4 blocks per iteration; 4x1 and 1x4 count down, 2 blocks (K_UNROLL).
 LOOP_BLOCKS = {3: 4, 4: K_UNROLL, 1: K_UNROLL}
@@ -117,12 +123,13 @@ class Schedule:
     loop_order: str
     k_unroll: int           # reduction values per loop iteration
     k_blocks: int           # ceil(K / 4)
-    scratch_bytes: int      # arena scratch bytes for the A panel (and the conv gather row)
+    scratch_bytes: int      # arena scratch bytes for the A panel (and the conv gather row); 0 if direct
     inner_ipm: float        # instructions per MAC of the reduction loop alone
     predicted_ipm: float    # instructions per MAC of the whole layer
     sram: bool = False      # weights copied to SRAM (.data) instead of read from flash
     predicted_cpm: float = 0.0   # estimated cycles per MAC of the whole layer on the board
     inner_cpm: float = 0.0       # estimated cycles per MAC of the reduction loop (flash included)
+    direct: bool = False         # FC 1x4 tile reading the int8 input (no panel, no scratch)
 
     @property
     def tile(self) -> str:
@@ -181,12 +188,13 @@ def _op_cycles(ops: list, core: str) -> float:
     return total
 
 
-def block_cycles(mr: int, nr: int, wide: bool, target: Target = Target(), sram: bool = False) -> float:
+def block_cycles(mr: int, nr: int, wide: bool, target: Target = Target(), sram: bool = False,
+                 direct: bool = False) -> float:
     """Estimated cycles of one k-block of an mr x nr tile: its instructions (TIMING),
     the loop's share and the weights' flash traffic."""
     from microtile.measure.timing import TIMING
 
-    c = _op_cycles(BLOCK_OPS[(mr, nr, wide)], target.core)
+    c = _op_cycles((DIRECT_BLOCK_OPS if direct else BLOCK_OPS)[(mr, nr, wide)], target.core)
     loop = _op_cycles(LOOP_OPS[mr], target.core) + TIMING[target.core]["P"]
     flash = 0.0 if sram else target.miss_cycles * weight_bytes_per_block(nr, wide) / target.line_bytes
     return c + loop / LOOP_BLOCKS[mr] + flash
@@ -196,9 +204,9 @@ def weight_bytes_per_block(nr: int, wide: bool) -> int:
     return nr * K_BLOCK * (2 if wide else 1)
 
 
-def block_instructions(mr: int, nr: int, wide: bool) -> float:
+def block_instructions(mr: int, nr: int, wide: bool, direct: bool = False) -> float:
     """I_blk: instructions per k-block (4 reduction steps) of an mr x nr tile."""
-    body = sum(count for _, _, count in BLOCK_OPS[(mr, nr, wide)])
+    body = sum(count for _, _, count in (DIRECT_BLOCK_OPS if direct else BLOCK_OPS)[(mr, nr, wide)])
     return body + sum(count for _, _, count in LOOP_OPS[mr]) / LOOP_BLOCKS[mr]
 
 
@@ -236,10 +244,12 @@ def panel_row_cost(k: int, geometry: dict | None = None, border_fraction: float 
 
 
 def predict(kind: str, m: int, n: int, k: int, mr: int, nr: int, wide: bool,
-            panel_row: float | None = None) -> tuple[float, float]:
+            panel_row: float | None = None, direct: bool = False) -> tuple[float, float]:
     """(inner-loop instructions/MAC, whole-layer instructions/MAC)."""
     kb = _ceil(k, K_BLOCK)
-    i_blk = block_instructions(mr, nr, wide)
+    i_blk = block_instructions(mr, nr, wide, direct)
+    if direct:
+        panel_row = 0.0
     tiles = _ceil(m, mr) * _ceil(n, nr)
     loop = tiles * (kb * i_blk + TILE)
     outputs = m * n * REQUANT
@@ -250,12 +260,16 @@ def predict(kind: str, m: int, n: int, k: int, mr: int, nr: int, wide: bool,
 
 
 def predict_cycles(m: int, n: int, k: int, mr: int, nr: int, wide: bool, target: Target = Target(),
-                   sram: bool = False, panel_row: float | None = None) -> tuple[float, float]:
+                   sram: bool = False, panel_row: float | None = None,
+                   direct: bool = False) -> tuple[float, float]:
     """(inner-loop estimated cycles/MAC, whole-layer estimated cycles/MAC): the k-blocks
     costed from TIMING and the flash, the rest (requantisation, set-up, panel) as
-    instructions x OVERHEAD_CPI, plus the bias/requantisation tables' flash lines."""
+    instructions x OVERHEAD_CPI, plus the bias/requantisation tables' flash lines.
+    direct: a 1x4 tile that extends the input in its loop (no panel row to build)."""
     kb = _ceil(k, K_BLOCK)
-    blk = block_cycles(mr, nr, wide, target, sram)
+    blk = block_cycles(mr, nr, wide, target, sram, direct)
+    if direct:
+        panel_row = 0.0
     tiles = _ceil(m, mr) * _ceil(n, nr)
     rows = _ceil(m, mr) * mr
     tables = 0.0 if sram else target.miss_cycles * nr * TABLE_BYTES / target.line_bytes
@@ -317,6 +331,7 @@ def _board_limits(board) -> tuple[int, int]:
 FORCE_WEIGHTS: str | None = None
 FORCE_TILE: tuple[int, int] | None = None
 FORCE_SRAM: bool | None = None
+FORCE_DIRECT: bool | None = None  # FC 1x4: True the direct tile, False the panel
 # --flash-budget BYTES: the ROM the optimised build may take (None: the reference build's + 10 %).
 FLASH_BUDGET: int | None = None
 
@@ -462,16 +477,39 @@ def schedule_for(op: Operator, graph: Graph, board=None) -> Schedule:
     (mr, nr), cycles = layer.best(wide, sram)
     kind, m, n, k = shape
     kb = _ceil(k, K_BLOCK)
-    inner, total = predict(kind, m, n, k, mr, nr, wide, layer.row)
-    inner_c = predict_cycles(m, n, k, mr, nr, wide, layer.target, sram, layer.row)[0]
+    direct = False
+    if kind == "fc" and mr == 1:
+        direct_cycles = predict_cycles(m, n, k, mr, nr, wide, layer.target, sram, direct=True)[1] * layer.macs
+        direct = direct_cycles <= cycles or _panel_sets_peak(op, graph, panel_bytes(mr, kb, kind))
+        if FORCE_DIRECT is not None:
+            direct = FORCE_DIRECT
+        if direct:
+            cycles = direct_cycles
+    inner, total = predict(kind, m, n, k, mr, nr, wide, layer.row, direct)
+    inner_c = predict_cycles(m, n, k, mr, nr, wide, layer.target, sram, layer.row, direct)[0]
     reuse = ("the weight pair of a block is reused by %d rows" % mr if mr > 1
              else "the input pair of a block is reused by %d channels" % nr)
     if mr > 1 and nr > 1:
         reuse = "each panel pair meets %d channels, each weight pair %d rows" % (nr, mr)
+    if direct:
+        reuse += ", extended in the loop (no panel)"
     order = "k-first: the %dx%d output tile stays in registers for the whole reduction; %s" % (mr, nr, reuse)
     return Schedule(op.opcode, kind, m, n, k, mr, nr, wide, order, K_BLOCK * LOOP_BLOCKS[mr], kb,
-                    panel_bytes(mr, kb, kind), round(inner, 4), round(total, 4), sram,
-                    round(cycles / layer.macs, 4), round(inner_c, 4))
+                    0 if direct else panel_bytes(mr, kb, kind), round(inner, 4), round(total, 4), sram,
+                    round(cycles / layer.macs, 4), round(inner_c, 4), direct)
+
+
+def _layer_bytes(op: Operator, graph: Graph) -> int:
+    """Activation bytes a layer holds at once: its non-constant inputs and outputs."""
+    return sum(graph.tensor(i).nbytes for i in [*op.inputs, *op.outputs]
+               if i >= 0 and not graph.tensor(i).is_constant)
+
+
+def _panel_sets_peak(op: Operator, graph: Graph, scratch: int) -> bool:
+    """Would this layer's panel make it the arena's peak? (its in + out + panel above
+    the layer-by-layer bound, the largest in + out of any layer: AD's K = 640 FC
+    takes 768 + 1,280 B where the bound is 768 B)."""
+    return _layer_bytes(op, graph) + scratch > max(_layer_bytes(o, graph) for o in graph.operators)
 
 
 def _optimized_schedule(op: Operator, graph: Graph, board) -> dict:
