@@ -56,3 +56,29 @@ def test_batch1_fc_takes_no_scratch():
         assert schedule.schedule_for(op, graph).scratch_bytes == 1280
     finally:
         schedule.FORCE_DIRECT = None
+
+
+def test_direct_fc_odd_depth_on_qemu():
+    """The DSP asm loop (LDR + 2 SXTB16 per block) on QEMU, K = 77 (a 1-byte tail),
+    both weight formats: bit-exact with TFLM, and the direct tile was emitted."""
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+    from microtile_models.zoo import single_op
+
+    from microtile.importer.tflite_format import write_tflite
+    from microtile.measure.runner import run_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "fc77.tflite"
+        path.write_bytes(write_tflite(single_op("FULLY_CONNECTED", shape=(1, 77), units=13)))
+        for weights in ("int8", "int16"):
+            schedule.FORCE_WEIGHTS = weights
+            try:
+                result = run_model(path, "qemu", random=2, kernels="optimized")
+            finally:
+                schedule.FORCE_WEIGHTS = None
+            assert "mt_gemm_rows_1x4d_w%d" % (weights == "int16") in result.compiled.model_c
+            assert not result.mismatches, (weights, result.mismatches)
