@@ -157,6 +157,13 @@ def _check_outputs(args) -> None:
 
     if args.json:
         check_writable(args.json)
+    plot = getattr(args, "plot", None)
+    if plot:
+        from pathlib import Path
+
+        if Path(plot).suffix.lower() not in (".png", ".svg"):
+            raise MicrotileError(f"--plot {plot}: give a .png or .svg file name")
+        check_writable(plot, "--plot")
 
 
 def cmd_run(args) -> int:
@@ -504,32 +511,25 @@ def _seed_option(parser) -> None:
                         help=f"seed of the random inputs (default: {DEFAULT_SEED}, so runs repeat exactly)")
 
 
-def _flash_budget_option(parser) -> None:
-    def nbytes(text: str) -> int:
-        try:
-            value = int(text, 0)
-        except ValueError:
-            value = -1
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of bytes (e.g. 1048576 or 0x100000)")
-        return value
+def _nbytes(text: str) -> int:
+    """A positive byte count, decimal or 0x hex (the budgets)."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of bytes (e.g. 65536 or 0x10000)")
+    return value
 
-    parser.add_argument("--flash-budget", type=nbytes, metavar="BYTES",
+
+def _flash_budget_option(parser) -> None:
+    parser.add_argument("--flash-budget", type=_nbytes, metavar="BYTES",
                         help="ROM the optimised build may take: grants flash for int16 weight copies "
                              "(default: the reference build's ROM + 10%%; docs/schedules.md)")
 
 
 def _ram_budget_option(parser) -> None:
-    def nbytes(text: str) -> int:
-        try:
-            value = int(text, 0)
-        except ValueError:
-            value = -1
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of bytes (e.g. 65536 or 0x10000)")
-        return value
-
-    parser.add_argument("--ram-budget", type=nbytes, metavar="BYTES",
+    parser.add_argument("--ram-budget", type=_nbytes, metavar="BYTES",
                         help="activation arena the build may take: the fastest RAM configuration that fits is "
                              "chosen (default: the board's RAM minus stack and buffers; passes/ram_search.py)")
 

@@ -158,6 +158,16 @@ def _board_spec(item) -> BoardSpec:
     if emulate and name == GENERIC_BOARD:
         raise PlanError("plan: board nucleo with emulate: name the board to emulate, e.g. nucleo_l4r5zi")
     probe, power = item.get("probe"), item.get("power")
+    if power is not None:
+        from microtile.measure.power import parse_spec
+
+        if emulate:
+            raise PlanError(f"plan: board {name}: power with emulate: an emulated board has no probe to read "
+                            "(its cells carry estimated energy); drop one of them")
+        try:
+            parse_spec(str(power))
+        except MicrotileError as exc:
+            raise PlanError(f"plan: board {name}: {exc}") from None
     return BoardSpec(name, emulate, None if probe is None else str(probe), None if power is None else str(power))
 
 

@@ -79,7 +79,7 @@ def ram_line(ram: dict) -> str:
 
 
 def pareto_rows(search) -> list[str]:
-    rows = [f"{'arena B':>9}  {'est. instructions':>17}  {'added':>8}  planner         config"]
+    rows = [f"{'arena B':>9}  {'predicted instr.':>17}  {'added':>8}  planner         config"]
     for c in search.pareto():
         mark = "  <- chosen" if search.chosen is not None and c.config == search.chosen.config else ""
         rows.append(f"{c.arena:>9,}  {round(c.cost):>17,}  {c.extra / search.baseline:>+8.2%}  {c.method:<15} "
@@ -107,13 +107,13 @@ def bench_one(path: Path, board_name: str, measure: bool) -> dict:
     by = {c.config: c for c in table.candidates}
     techniques = {n: {"alone_bytes": by[replace(none, **{n: True})].arena,
                       "all_but_bytes": by[replace(full, **{n: False})].arena,
-                      "est_added_instructions_alone": round(by[replace(none, **{n: True})].extra)} for n in names}
+                      "predicted_added_instructions_alone": round(by[replace(none, **{n: True})].extra)} for n in names}
     out = {"model": path.stem, "board": board.name, "tflm_arena_bytes": tflm_arena_of(path),
            "layer_bound_bytes": search.layer_bound, "none_bytes": by[none].arena, "all_bytes": by[full].arena,
            "chosen_bytes": compiled.plan.arena_size, "chosen_config": compiled.ram.label(),
            "chosen_planner": compiled.plan.method,
-           "est_plain_instructions": round(search.baseline),
-           "est_chosen_added_instructions": round(search.chosen.extra),
+           "predicted_plain_instructions": round(search.baseline),
+           "predicted_chosen_added_instructions": round(search.chosen.extra),
            "techniques": techniques, "pareto": [c.as_dict() for c in search.pareto()]}
     if measure:
         from microtile.measure.runner import run_model
@@ -141,16 +141,16 @@ def print_table(results: list[dict]) -> None:
     for r in results:
         added = r.get("measured_added_fraction")
         added_text = (f"{added:+.2%} measured" if added is not None
-                      else f"{r['est_chosen_added_instructions'] / r['est_plain_instructions']:+.2%} est.")
+                      else f"{r['predicted_chosen_added_instructions'] / r['predicted_plain_instructions']:+.2%} predicted instr.")
         vs = f"{r['chosen_bytes'] / r['tflm_arena_bytes'] - 1:+.1%}" if r["tflm_arena_bytes"] else "n/a"
-        print(f"{r['model']:<24}{r['tflm_arena_bytes'] or 0:>8,}{r['layer_bound_bytes']:>8,}{r['none_bytes']:>8,}"
+        print(f"{r['model']:<24}{format(r['tflm_arena_bytes'], ',') if r['tflm_arena_bytes'] else 'n/a':>8}{r['layer_bound_bytes']:>8,}{r['none_bytes']:>8,}"
               f"{r['all_bytes']:>8,}{r['chosen_bytes']:>8,}{vs:>9}  {added_text}")
-    print("\narena bytes with one technique alone / with all but it (est. added instructions alone):")
+    print("\narena bytes with one technique alone / with all but it (predicted added instructions alone):")
     names = RamConfig.techniques()
     print(f"{'technique':<20}" + "".join(f"{r['model'][:14]:>24}" for r in results))
     for n in names:
         cells = [f"{r['techniques'][n]['alone_bytes']:,}/{r['techniques'][n]['all_but_bytes']:,} "
-                 f"({r['techniques'][n]['est_added_instructions_alone']:+,})" for r in results]
+                 f"({r['techniques'][n]['predicted_added_instructions_alone']:+,})" for r in results]
         print(f"{n:<20}" + "".join(f"{c:>24}" for c in cells))
     ratios = [r["chosen_bytes"] / r["tflm_arena_bytes"] for r in results if r["tflm_arena_bytes"]]
     if ratios:
@@ -168,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--measure", action="store_true", help="also run plain and chosen builds on the target")
     args = ap.parse_args(argv)
     try:
+        if args.json:
+            from microtile.measure.runner import check_writable  # runner imports this module
+
+            check_writable(args.json)
         models = [Path(m) for m in args.model]
         if not models:
             shared = Path(os.environ.get("MICROTILE_SHARED", REPO_ROOT.parent / "shared"))

@@ -242,6 +242,12 @@ def load_report(path: str | Path) -> dict:
         raise MicrotileError(f"--compare {path}: not JSON; give a lab report.json") from None
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
         raise MicrotileError(f"--compare {path}: not a lab report (no 'cells'); give DIR/report.json of `microtile lab`")
+    for i, cell in enumerate(data["cells"]):
+        try:
+            cell_row(cell)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise MicrotileError(f"--compare {path}: cell {i} is not a lab cell ({type(exc).__name__}: {exc}); "
+                                 "give DIR/report.json of `microtile lab`") from None
     return data
 
 

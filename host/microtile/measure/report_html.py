@@ -138,7 +138,7 @@ def pareto_plot(rows: list[dict], y: str, title: str, lower_y_better: bool) -> s
     plt = _plt()
     pts = []
     for r in rows:
-        x = r["est_cycles"] if r["est_cycles"] is not None else r["count"]
+        x = r["est_cycles"]  # one unit on the axis: cells without an estimate are left out
         if x is not None and r[y] is not None:
             pts.append((x, r[y], f"{r['model']} {r['board']} {r['kernels'][:3]} {r['setting']}"))
     if not pts:
@@ -149,9 +149,9 @@ def pareto_plot(rows: list[dict], y: str, title: str, lower_y_better: bool) -> s
         ax.annotate(name, (x, yy), fontsize=6, xytext=(3, 3), textcoords="offset points")
     front = _pareto([(x, yy) for x, yy, _ in pts], lower_y_better)
     ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="Pareto front")
-    ax.set_xlabel("estimated cycles per inference (measured count where no estimate)")
+    ax.set_xlabel("estimated cycles per inference (timing model)")
     ax.set_ylabel(title)
-    ax.set_title(f"{title} against cycles", fontsize=10)
+    ax.set_title(f"{title} against estimated cycles", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return _fig_uri(fig)
@@ -229,7 +229,7 @@ def report_html(data: dict) -> str:
     for y, title, lower in (("ram_bytes", "RAM bytes", True), ("top1", "Top-1 accuracy", False)):
         uri = pareto_plot(rows, y, title, lower)
         parts.append(_img(uri, f"Pareto {title}") if uri else
-                     f"<p class='note'>{title} against cycles: no cell carries both figures.</p>")
+                     f"<p class='note'>{title} against estimated cycles: no cell carries both figures.</p>")
     parts.append("<h2>Provenance</h2>" + _provenance(data["provenance"]))
     parts.append("<p class='note'>Each cell's own provenance (build id, seed, model hash, tool versions) is in "
                  "report.json under cells[].result.provenance.</p></body></html>")

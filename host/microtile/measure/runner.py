@@ -348,17 +348,17 @@ def estimate_first_sample(result: RunResult, sample: Sample) -> None:
         result.fail(exc, result.samples)
 
 
-def check_writable(path: str | Path) -> None:
+def check_writable(path: str | Path, flag: str = "--json") -> None:
     """Refuse an output file that cannot be written, before a run is spent on it."""
     path = Path(path)
     if path.is_dir():
-        raise MicrotileError(f"--json {path}: is a directory; give a file name such as {path / 'result.json'}")
+        raise MicrotileError(f"{flag} {path}: is a directory; give a file name such as {path / 'result.json'}")
     existed = path.exists()
     try:
         with open(path, "a"):
             pass
     except OSError as exc:
-        raise MicrotileError(f"--json {path}: cannot write it ({exc.strerror}); choose a writable path") from None
+        raise MicrotileError(f"{flag} {path}: cannot write it ({exc.strerror}); choose a writable path") from None
     if not existed:
         path.unlink()
 

@@ -37,8 +37,8 @@ class Candidate:
 
     def as_dict(self) -> dict:
         return {"config": self.config.label(), "techniques": self.config.on(), "max_bands": self.config.max_bands,
-                "arena_bytes": self.arena, "est_instructions": round(self.cost),
-                "est_extra_instructions": round(self.extra), "planner": self.method, "fits": self.fits}
+                "arena_bytes": self.arena, "predicted_instructions": round(self.cost),
+                "predicted_extra_instructions": round(self.extra), "planner": self.method, "fits": self.fits}
 
 
 @dataclass
@@ -60,7 +60,7 @@ class RamSearch:
 
     def as_dict(self) -> dict:
         return {"budget_bytes": self.budget, "layer_bound_bytes": self.layer_bound,
-                "est_plain_instructions": round(self.baseline),
+                "predicted_plain_instructions": round(self.baseline),
                 "chosen": self.chosen.as_dict() if self.chosen else None,
                 "pareto": [c.as_dict() for c in self.pareto()],
                 "candidates": [c.as_dict() for c in self.candidates]}
