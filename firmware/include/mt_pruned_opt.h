@@ -15,9 +15,11 @@
  *                                    (w0, w2), (w1, w3), pre-extended as in mt_matmul_opt)
  *
  * where delta is the byte distance from the panel position after the previous kept
- * block (the panel start for the first) to this block's panel rows. Per kept block
- * this costs one ADD more than the exact kernel's int8 block (two more for int16:
- * a load and an ADD); every skipped block removes its loads, SXTB16s and SMLADs. */
+ * block (the panel start for the first) to this block's panel rows. Tiles: 3x2 with
+ * int8 weights (the exact kernel's tile: one LDM reads delta, w_0, w_1; as many
+ * instructions per block as the exact kernel), 4x1 and 1x4 with int8 or int16 (one ADD
+ * more than the exact int8 block, two for int16). Every skipped block removes its
+ * loads, SXTB16s and SMLADs. */
 #ifndef MT_PRUNED_OPT_H
 #define MT_PRUNED_OPT_H
 

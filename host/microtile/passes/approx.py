@@ -2,8 +2,8 @@
 
 The unit that is skipped is the unit the optimised kernels (mt_matmul_opt.c) really
 execute: one k-block (4 consecutive reduction steps = 2 SMLAD per operand row) of one
-register tile's channels (1 channel for the 4x1 tile, 4 channels for the 1x4 tile of an
-FC at batch 1). Its significance, from calibration activations, is
+register tile's channels (2 channels for the 3x2 tile of the exact schedule, 1 for the
+4x1 tile, 4 for the 1x4 tile of an FC at batch 1; pruned_format). Its significance, from calibration activations, is
 
     sig[tile, block] = mean over the tile's channels of
                        sum_{k in block} |w[n, k]| * s_k  /  sum_k |w[n, k]| * s_k,
