@@ -264,13 +264,10 @@ def _approx_model(args):
     """`run --approx CHOSEN.json`: (graph hook marking the pruned layers, pruned model path)."""
     if not getattr(args, "approx", None):
         return None, args.model
-    import tempfile
-    from pathlib import Path
-
     from microtile.measure.approx_search import pruned_model_file
     from microtile.passes.approx import mark_pruned
 
-    path, pruned = pruned_model_file(args.model, args.approx, Path(tempfile.mkdtemp(prefix="microtile-approx-")))
+    path, pruned = pruned_model_file(args.model, args.approx)
     return (lambda g: mark_pruned(g, pruned)), str(path)
 
 
@@ -289,7 +286,7 @@ def cmd_approx(args) -> int:
                   f"reference vs TFLM mismatches {c['reference_mismatches']}; {len(r['pareto'])} points")
     if args.json:
         console.print(f"wrote {args.json}" + (f" and {r['plot']}" if r.get("plot") else ""))
-    if c["device_error"]:
+    if c["device_error"] or e.get("device_error"):
         return 3
     return 1 if c["device_mismatches"] or c["reference_mismatches"] or e["device_mismatches"] else 0
 

@@ -262,7 +262,7 @@ def masks_from_records(graph: Graph, records: list[dict], board=None) -> tuple[l
     return layers, masks, deltas
 
 
-def pruned_model_file(model: str | Path, approx_json: str | Path, out_dir: Path, board=None) -> tuple[Path, set[int]]:
+def pruned_model_file(model: str | Path, approx_json: str | Path, out_dir: Path | None = None, board=None) -> tuple[Path, set[int]]:
     """Write the pruned int8 .tflite of an approx JSON (its `chosen` object, or a point with
     `layers`); returns the file and the pruned operator indices."""
     try:
@@ -277,6 +277,13 @@ def pruned_model_file(model: str | Path, approx_json: str | Path, out_dir: Path,
     graph = load_tflite(model)
     layers, masks, deltas = masks_from_records(graph, records, board)
     pruned = approx.prune_graph(graph, layers, masks, mark=False, bias_delta=deltas)
+    if out_dir is None:  # a run's own folder, removed when the process ends
+        import atexit
+        import shutil
+        import tempfile
+
+        out_dir = Path(tempfile.mkdtemp(prefix="microtile-approx-"))
+        atexit.register(shutil.rmtree, out_dir, True)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{Path(model).stem}.pruned.tflite"
     path.write_bytes(write_tflite(pruned, "microtile approx: pruned k-blocks"))
@@ -427,7 +434,7 @@ def run_approx(model: str, labels: str, calibrate: int, budget: float, board_nam
                   "instructions": exact_ins, "est_cycles": exact_cyc,
                   "instructions_predicted": round(exact_pred["instructions"]),
                   "est_cycles_predicted": round(exact_pred["est_cycles"]),
-                  "device_mismatches": exact_dev.mismatch_count},
+                  "device_mismatches": exact_dev.mismatch_count, "device_error": exact_dev.error},
         "chosen": {"heldout_top1": chosen_held, "calibration_top1": best["calibration_top1"],
                    "instructions": chosen_ins, "est_cycles": chosen_cyc,
                    "instructions_predicted": best["instructions"], "est_cycles_predicted": best["est_cycles"],

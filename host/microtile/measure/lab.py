@@ -34,7 +34,7 @@ import yaml
 from microtile.codegen.model_source import KERNEL_SETS
 from microtile.errors import MicrotileError
 from microtile.measure.inputs import DEFAULT_SEED
-from microtile.measure.provenance import file_sha256, tool_versions
+from microtile.measure.provenance import file_sha256
 from microtile.measure.runner import RunResult, exit_code, run_model, worst_exit_code
 
 PLAN_KEYS = ("models", "boards", "kernels", "settings", "inputs")
@@ -292,13 +292,10 @@ def run_cell(cell: Cell, probe: str | None = None, run: Callable[..., RunResult]
     try:
         model = cell.model
         if "approx" in options:  # the pruned network of `microtile approx`, as `run --approx` runs it
-            import tempfile
-
             from microtile.measure.approx_search import pruned_model_file
             from microtile.passes.approx import mark_pruned
 
-            model, pruned = pruned_model_file(cell.model, options.pop("approx"),
-                                              Path(tempfile.mkdtemp(prefix="microtile-lab-approx-")))
+            model, pruned = pruned_model_file(cell.model, options.pop("approx"))
             options["graph_hook"] = lambda g: mark_pruned(g, pruned)
         result = run(model, cell.board.board, probe=probe, kernels=cell.kernels, progress=progress,
                      target_options={"emulate": cell.board.emulate, **({"port": port} if port else {})},
