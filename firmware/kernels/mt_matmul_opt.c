@@ -330,6 +330,7 @@ static inline uint64_t mt_next_direct(const uint64_t **a)
             int32_t s[(MR) * (NR)];                                                   \
             const uint64_t *a = panel;                                                \
             int32_t kb = k_blocks;                                                    \
+            (void)kb; /* the asm reduction loops count their own blocks */             \
             _Pragma("GCC unroll 8")                                                   \
             for (int j = 0; j < (NR); j++) {                                          \
                 _Pragma("GCC unroll 8")                                               \
