@@ -95,6 +95,10 @@ class _InPlaceContext:
         self.decls.append(f"static const {ctype} {name} = {initializer};")
         return name
 
+    def define(self, text):
+        if text not in self.decls:
+            self.decls.append(text)
+
     def scratch(self, nbytes):
         self.scratch_bytes = max(self.scratch_bytes, nbytes)
         return f"((uint64_t *)(arena + {(self.in_bytes + 7) // 8 * 8}))"
@@ -108,7 +112,7 @@ def _run_in_place(graph, x: np.ndarray, tmp_path) -> tuple[np.ndarray, int]:
     ctx = _InPlaceContext(graph, x.nbytes)
     op = Operator(op.index, op.opcode, op.inputs, op.outputs, {**op.options, "in_place": True})
     call = emit_depthwise_opt(op, graph, ctx, kernel_for(op).params(op, graph))
-    assert call is not None and call.startswith("mt_depthwise_s8_opt(")
+    assert call is not None and call.startswith("mt_dw_shape_")
     arena_bytes = (x.nbytes + 7) // 8 * 8 + ctx.scratch_bytes
     out_bytes = int(np.prod(graph.tensor(op.outputs[0]).shape))
     src = "\n".join([

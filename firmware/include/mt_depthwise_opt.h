@@ -158,45 +158,47 @@ typedef struct {
 #endif
 
 /* Clamp 4 packed results to the activation range and store them as one word. */
-static MT_ALWAYS_INLINE void mt_dw_clamp_store(const mt_depthwise_opt_params *p, uint32_t v, int8_t *out)
+static MT_ALWAYS_INLINE void mt_dw_clamp_store(const mt_depthwise_opt_params *p, const mt_depthwise_opt_params *rt, uint32_t v, int8_t *out)
 {
+    /* whether to clamp is the shape's (a constant), the bound the layer's */
     if (p->act_min > -128) {
-        v = mt_max_s8x4(v, (uint32_t)(uint8_t)p->act_min * 0x01010101u);
+        v = mt_max_s8x4(v, (uint32_t)(uint8_t)rt->act_min * 0x01010101u);
     }
     if (p->act_max < 127) {
-        v = mt_min_s8x4(v, (uint32_t)(uint8_t)p->act_max * 0x01010101u);
+        v = mt_min_s8x4(v, (uint32_t)(uint8_t)rt->act_max * 0x01010101u);
     }
     mt_write_u32(out, v);
 }
 
 /* Requantise, pack, clamp and store one pixel of a group; q = {mult, k, right} x 4. */
-static MT_ALWAYS_INLINE void mt_dw_store4(const mt_depthwise_opt_params *p, const int32_t *q,
+static MT_ALWAYS_INLINE void mt_dw_store4(const mt_depthwise_opt_params *p, const mt_depthwise_opt_params *rt, const int32_t *q,
                                           int32_t a0, int32_t a1, int32_t a2, int32_t a3, int8_t *out)
 {
     MT_DW_REQ1(a0, q, 0);
     MT_DW_REQ1(a1, q, 12);
     MT_DW_REQ1(a2, q, 24);
     MT_DW_REQ1(a3, q, 36);
-    mt_dw_clamp_store(p, mt_pack_s8x4(a0, a1, a2, a3), out);
+    mt_dw_clamp_store(p, rt, mt_pack_s8x4(a0, a1, a2, a3), out);
 }
 
-static MT_ALWAYS_INLINE int8_t mt_dw_store1(const mt_depthwise_opt_params *p, const int32_t *q, int32_t acc)
+static MT_ALWAYS_INLINE int8_t mt_dw_store1(const mt_depthwise_opt_params *p, const mt_depthwise_opt_params *rt, const int32_t *q, int32_t acc)
 {
+    (void)p;  /* the same signature as the other helpers */
     int32_t r = mt_ssat8(mt_requant_fast(acc, q[0], q[1], q[2]));
-    r = r < p->act_min ? p->act_min : r;
-    r = r > p->act_max ? p->act_max : r;
+    r = r < rt->act_min ? rt->act_min : r;
+    r = r > rt->act_max ? rt->act_max : r;
     return (int8_t)r;
 }
 
 /* One pixel of a group, window clipped to rows [0, ky_n) x cols [0, kx_n) starting
  * at tap (ky0, kx0); `in` points at the source pixel of tap (ky0, kx0); px = bytes
  * per source pixel; d = the group's stream. */
-static MT_ALWAYS_INLINE void mt_dw_pixel_clipped(const mt_depthwise_opt_params *p, const int8_t *in,
+static MT_ALWAYS_INLINE void mt_dw_pixel_clipped(const mt_depthwise_opt_params *p, const mt_depthwise_opt_params *rt, const int8_t *in,
                                                  const int32_t px, const int32_t *d, int32_t ky0, int32_t kx0,
                                                  int32_t ky_n, int32_t kx_n, int8_t *out)
 {
     const int32_t in_row = p->in_w * px;
-    const uint32_t off2 = (uint32_t)(uint16_t)p->input_offset * 0x00010001u;
+    const uint32_t off2 = (uint32_t)(uint16_t)rt->input_offset * 0x00010001u;
     int32_t a0 = d[0], a1 = d[1], a2 = d[2], a3 = d[3];
     const int32_t *w = d + 8 + 2 * (ky0 * p->k_w + kx0);
     for (int32_t ky = 0; ky < ky_n; ky++) {
@@ -210,17 +212,17 @@ static MT_ALWAYS_INLINE void mt_dw_pixel_clipped(const mt_depthwise_opt_params *
         in += in_row;
         w += 2 * p->k_w;
     }
-    mt_dw_store4(p, d + 8 + 2 * p->k_h * p->k_w, a0, a1, a2, a3, out);
+    mt_dw_store4(p, rt, d + 8 + 2 * p->k_h * p->k_w, a0, a1, a2, a3, out);
 }
 
 /* A border pixel of a 3-wide kernel: ky_n rows of kx_n taps, kx_n a constant after
  * inlining (2 or 3), so each row is unrolled. */
-static MT_ALWAYS_INLINE void mt_dw_pixel_rows3(const mt_depthwise_opt_params *p, const int8_t *in,
+static MT_ALWAYS_INLINE void mt_dw_pixel_rows3(const mt_depthwise_opt_params *p, const mt_depthwise_opt_params *rt, const int8_t *in,
                                                const int32_t px, const int32_t *d, int32_t tap0, int32_t ky_n,
                                                const int32_t kx_n, int8_t *out)
 {
     const int32_t in_row = p->in_w * px;
-    const uint32_t off2 = (uint32_t)(uint16_t)p->input_offset * 0x00010001u;
+    const uint32_t off2 = (uint32_t)(uint16_t)rt->input_offset * 0x00010001u;
     int32_t a0 = d[0], a1 = d[1], a2 = d[2], a3 = d[3];
     const int32_t *w = d + 8 + 2 * tap0;
     for (int32_t ky = 0; ky < ky_n; ky++) {
@@ -232,11 +234,11 @@ static MT_ALWAYS_INLINE void mt_dw_pixel_rows3(const mt_depthwise_opt_params *p,
         in += in_row;
         w += 6;
     }
-    mt_dw_store4(p, d + 8 + 2 * 3 * p->k_h, a0, a1, a2, a3, out);
+    mt_dw_store4(p, rt, d + 8 + 2 * 3 * p->k_h, a0, a1, a2, a3, out);
 }
 
 /* One interior pixel of a 3x3 kernel (offset folded); `in` = window's top-left. */
-static MT_ALWAYS_INLINE void mt_dw_pixel_3x3(const mt_depthwise_opt_params *p, const int8_t *in, const int32_t px,
+static MT_ALWAYS_INLINE void mt_dw_pixel_3x3(const mt_depthwise_opt_params *p, const mt_depthwise_opt_params *rt, const int8_t *in, const int32_t px,
                                              const int32_t *d, int8_t *out)
 {
     const int32_t r = p->in_w * px;
@@ -251,11 +253,11 @@ static MT_ALWAYS_INLINE void mt_dw_pixel_3x3(const mt_depthwise_opt_params *p, c
     MT_DW_TAPF(in + 2 * r, w, 48);
     MT_DW_TAPF(in + 2 * r + px, w, 56);
     MT_DW_TAPF(in + 2 * r + 2 * px, w, 64);
-    mt_dw_store4(p, d + 26, a0, a1, a2, a3, out);
+    mt_dw_store4(p, rt, d + 26, a0, a1, a2, a3, out);
 }
 
 /* Any pixel of a group in output row with input row y0 (window rows [ky0, ky1)). */
-static MT_ALWAYS_INLINE void mt_dw_pixel_any(const mt_depthwise_opt_params *p, const int8_t *src, const int32_t px,
+static MT_ALWAYS_INLINE void mt_dw_pixel_any(const mt_depthwise_opt_params *p, const mt_depthwise_opt_params *rt, const int8_t *src, const int32_t px,
                                              const int32_t *d, int32_t y0, int32_t ky0, int32_t ky1, int32_t ox,
                                              int8_t *out)
 {
@@ -264,11 +266,11 @@ static MT_ALWAYS_INLINE void mt_dw_pixel_any(const mt_depthwise_opt_params *p, c
     const int32_t kx1 = x0 + p->k_w > p->in_w ? p->in_w - x0 : p->k_w;
     const int8_t *in_px = src + ((y0 + ky0) * p->in_w + x0 + kx0) * px;
     if (p->k_w == 3 && kx1 - kx0 == 3) {
-        mt_dw_pixel_rows3(p, in_px, px, d, ky0 * 3 + kx0, ky1 - ky0, 3, out);
+        mt_dw_pixel_rows3(p, rt, in_px, px, d, ky0 * 3 + kx0, ky1 - ky0, 3, out);
     } else if (p->k_w == 3 && kx1 - kx0 == 2) {
-        mt_dw_pixel_rows3(p, in_px, px, d, ky0 * 3 + kx0, ky1 - ky0, 2, out);
+        mt_dw_pixel_rows3(p, rt, in_px, px, d, ky0 * 3 + kx0, ky1 - ky0, 2, out);
     } else {
-        mt_dw_pixel_clipped(p, in_px, px, d, ky0, kx0, ky1 - ky0, kx1 - kx0, out);
+        mt_dw_pixel_clipped(p, rt, in_px, px, d, ky0, kx0, ky1 - ky0, kx1 - kx0, out);
     }
 }
 
@@ -286,7 +288,7 @@ static MT_ALWAYS_INLINE void mt_dw_interior_cols(const mt_depthwise_opt_params *
 /* Every output pixel of one group of 4 output channels. src: the group's 4 source
  * channels at px bytes per input pixel (the input itself, or the gathered plane);
  * out: the group's first output channel. */
-static MT_ALWAYS_INLINE void mt_dw_group4(const mt_depthwise_opt_params *p, const int8_t *src, const int32_t px,
+static MT_ALWAYS_INLINE void mt_dw_group4(const mt_depthwise_opt_params *p, const mt_depthwise_opt_params *rt, const int8_t *src, const int32_t px,
                                           const int32_t *d, int8_t *out)
 {
     const int32_t out_px = p->channels * p->depth_mult;
@@ -300,20 +302,20 @@ static MT_ALWAYS_INLINE void mt_dw_group4(const mt_depthwise_opt_params *p, cons
         const int32_t ky1 = y0 + p->k_h > p->in_h ? p->in_h - y0 : p->k_h;
         int32_t ox = 0;
         for (; ox < ox_lo; ox++) {
-            mt_dw_pixel_any(p, src, px, d, y0, ky0, ky1, ox, out);
+            mt_dw_pixel_any(p, rt, src, px, d, y0, ky0, ky1, ox, out);
             out += out_px;
         }
         if (full3x3 && ky0 == 0 && ky1 == 3) {
             const int32_t step = p->stride_w * px;
             const int8_t *in_px = src + y0 * in_row + (ox * p->stride_w - p->pad_w) * px;
             for (; ox < ox_hi; ox++) {
-                mt_dw_pixel_3x3(p, in_px, px, d, out);
+                mt_dw_pixel_3x3(p, rt, in_px, px, d, out);
                 in_px += step;
                 out += out_px;
             }
         }
         for (; ox < p->out_w; ox++) {
-            mt_dw_pixel_any(p, src, px, d, y0, ky0, ky1, ox, out);
+            mt_dw_pixel_any(p, rt, src, px, d, y0, ky0, ky1, ox, out);
             out += out_px;
         }
     }
@@ -322,7 +324,7 @@ static MT_ALWAYS_INLINE void mt_dw_group4(const mt_depthwise_opt_params *p, cons
 /* Every output pixel of one output channel beyond the groups of 4 (scalar); src
  * points at its source channel, px bytes per input pixel; d = {bias2, mult, k,
  * right, taps x w2}. */
-static MT_ALWAYS_INLINE void mt_dw_channel1(const mt_depthwise_opt_params *p, const int8_t *src, const int32_t px,
+static MT_ALWAYS_INLINE void mt_dw_channel1(const mt_depthwise_opt_params *p, const mt_depthwise_opt_params *rt, const int8_t *src, const int32_t px,
                                             const int32_t *d, int8_t *out)
 {
     const int32_t out_px = p->channels * p->depth_mult;
@@ -340,12 +342,12 @@ static MT_ALWAYS_INLINE void mt_dw_channel1(const mt_depthwise_opt_params *p, co
             const int8_t *row = src + ((y0 + ky0) * p->in_w + x0 + kx0) * px;
             for (int32_t ky = ky0; ky < ky1; ky++) {
                 for (int32_t kx = 0; kx < kx1 - kx0; kx++) {
-                    acc += w[kx] * ((int32_t)row[kx * px] + p->input_offset);
+                    acc += w[kx] * ((int32_t)row[kx * px] + rt->input_offset);
                 }
                 row += in_row;
                 w += p->k_w;
             }
-            *out = mt_dw_store1(p, d + 1, acc);
+            *out = mt_dw_store1(p, rt, d + 1, acc);
             out += out_px;
         }
     }
@@ -381,10 +383,10 @@ static MT_ALWAYS_INLINE void mt_dw_gather(const mt_depthwise_opt_params *p, cons
  * padding filled in: plane row py, column px is input pixel (py - pad_h, px - pad_w),
  * or the input zero point outside the image (its taps then add w * (zp + offset) = 0,
  * as TFLM skips them). The plane is q->in_h x q->in_w (q: the layer over the plane). */
-static MT_ALWAYS_INLINE void mt_dw_gather_padded(const mt_depthwise_opt_params *p, const mt_depthwise_opt_params *q,
+static MT_ALWAYS_INLINE void mt_dw_gather_padded(const mt_depthwise_opt_params *p, const mt_depthwise_opt_params *rt, const mt_depthwise_opt_params *q,
                                                  const int8_t *in, int32_t first_oc, int8_t *plane)
 {
-    const uint32_t zp4 = (uint32_t)(uint8_t)(int8_t)(-p->input_offset) * 0x01010101u;
+    const uint32_t zp4 = (uint32_t)(uint8_t)(int8_t)(-rt->input_offset) * 0x01010101u;
     const int32_t c_n = p->channels, m = p->depth_mult;
     const int32_t x_end = p->pad_w + p->in_w < q->in_w ? p->pad_w + p->in_w : q->in_w;
     for (int32_t py = 0; py < q->in_h; py++) {
@@ -413,7 +415,7 @@ static MT_ALWAYS_INLINE void mt_dw_gather_padded(const mt_depthwise_opt_params *
     }
 }
 
-static MT_ALWAYS_INLINE void mt_depthwise_s8_opt(const mt_depthwise_opt_params *p, const int8_t *input,
+static MT_ALWAYS_INLINE void mt_depthwise_s8_opt(const mt_depthwise_opt_params *p, const mt_depthwise_opt_params *rt, const int8_t *input,
                                                  int8_t *output, int8_t *scratch)
 {
     const int32_t oc_n = p->channels * p->depth_mult;
@@ -428,16 +430,16 @@ static MT_ALWAYS_INLINE void mt_depthwise_s8_opt(const mt_depthwise_opt_params *
     for (int32_t b = 0; b < p->batches; b++) {
         const int8_t *in_b = input + b * p->in_h * p->in_w * p->channels;
         int8_t *out_b = output + b * p->out_h * p->out_w * oc_n;
-        const int32_t *d = p->data;
+        const int32_t *d = rt->data;
         int32_t oc = 0;
         for (; oc + 4 <= oc_n; oc += 4) {
             if (p->padded) {
-                mt_dw_gather_padded(p, &q, in_b, oc, scratch);
+                mt_dw_gather_padded(p, rt, &q, in_b, oc, scratch);
             } else if (gather) {
                 mt_dw_gather(p, in_b, oc, 4, scratch);
             }
             /* one call site: one inlined copy of the group code per layer */
-            mt_dw_group4(p->padded ? &q : p, gather ? scratch : in_b + oc, gather ? 4 : p->channels, d, out_b + oc);
+            mt_dw_group4(p->padded ? &q : p, rt, gather ? scratch : in_b + oc, gather ? 4 : p->channels, d, out_b + oc);
             d += MT_DW_GROUP_WORDS(taps);
         }
         const int32_t rem = oc_n - oc;
@@ -446,9 +448,9 @@ static MT_ALWAYS_INLINE void mt_depthwise_s8_opt(const mt_depthwise_opt_params *
         }
         for (int32_t j = 0; j < rem; j++) {
             if (p->in_place) {
-                mt_dw_channel1(p, scratch + j, rem, d, out_b + oc + j);
+                mt_dw_channel1(p, rt, scratch + j, rem, d, out_b + oc + j);
             } else {
-                mt_dw_channel1(p, in_b + (oc + j) / p->depth_mult, p->channels, d, out_b + oc + j);
+                mt_dw_channel1(p, rt, in_b + (oc + j) / p->depth_mult, p->channels, d, out_b + oc + j);
             }
             d += MT_DW_REM_WORDS(taps);
         }

@@ -5,5 +5,5 @@
 void mt_depthwise_s8_opt_shared(const mt_depthwise_opt_params *p, const int8_t *input, int8_t *output,
                                 int8_t *scratch)
 {
-    mt_depthwise_s8_opt(p, input, output, scratch);
+    mt_depthwise_s8_opt(p, p, input, output, scratch);
 }

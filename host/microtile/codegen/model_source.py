@@ -256,6 +256,10 @@ class _Emitter:
         self.decls.append(f"static const {ctype} {name} = {initializer};")
         return name
 
+    def define(self, text: str) -> None:
+        if text not in self.decls:
+            self.decls.append(text)
+
     def scratch(self, nbytes: int) -> str:
         self.scratch_bytes[self.layer] = max(self.scratch_bytes.get(self.layer, 0), nbytes)
         return f"((uint64_t *)(arena + {self.layer_scratch()}))"

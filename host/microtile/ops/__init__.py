@@ -38,6 +38,10 @@ class EmitContext(Protocol):
     def static_struct(self, ctype: str, hint: str, initializer: str) -> str:
         """Define ``static const ctype name = initializer;``; returns its name."""
 
+    def define(self, text: str) -> None:
+        """Add a top-level C definition (e.g. a helper function shared by several
+        layers) to model.c once; the same text again is not repeated."""
+
     def scratch(self, nbytes: int) -> str:
         """A ``uint64_t *`` C expression for ``nbytes`` of working memory valid during
         this layer only (in the arena, after the planned tensors; never on the stack)."""
