@@ -23,9 +23,11 @@
  * writes only the bytes of its own channels (same channel count in and out) at output pixels
  * oy * out_w + ox < in_h * in_w, and those bytes were copied before the first write.
  *
- * mt_depthwise_s8_opt is always inlined: model.c calls it with a static const
- * parameter struct, so the compiler specialises it per layer (channel count, row
- * stride, kernel size become immediates).
+ * mt_depthwise_s8_opt is always inlined into one noinline model.c function per layer
+ * shape (host/microtile/ops/depthwise_opt.py): p is that shape's static const geometry
+ * (channel count, row stride, kernel size become immediates), rt the layer's struct
+ * (input offset, activation bounds, data read at run time), so layers of one shape
+ * share one copy.
  *
  * Parameter stream `data` (int32 words, written by host/microtile/ops/depthwise_opt.py):
  *   per group of 4 output channels: bias2[4], bias2f[4], taps x {W02, W13}, {mult, k, right} x 4
