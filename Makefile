@@ -9,7 +9,7 @@ demo: setup
 	@bash scripts/demo.sh
 
 test: setup
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q --durations=15
 
 # The long runs; `make test` runs a short sample of each.
 fuzz: setup
