@@ -275,3 +275,23 @@ def test_settings_take_an_approx_file_and_it_is_part_of_the_cell_key(tmp_path):
     (tmp_path / "plan.yaml").write_text("models: [a.tflite]\nsettings: [{name: p, approx: nope.json}]\n")
     with pytest.raises(PlanError, match="approx nope.json: no such file"):
         load_plan(tmp_path / "plan.yaml")
+
+
+def test_memory_settings_reach_the_compiler(tmp_path):
+    """A setting's ram_budget is the run's --ram-budget: one below every configuration fails
+    that cell with the RAM search's message (exit 2), before any build; the other setting's
+    cell is refused at plan time when its budget is not a byte count."""
+    write_models(tmp_path)
+    (tmp_path / "plan.yaml").write_text("models: [b.tflite]\nboards: [qemu]\nkernels: [optimized]\n"
+                                        "inputs: {random: 2}\nsettings: [{name: tiny, ram_budget: 1}]\n")
+    proc = lab("plan.yaml", "--out", "out", cwd=tmp_path)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    (cell,) = report["cells"]
+    assert cell["status"] == "failed" and cell["exit_code"] == 2, cell
+    assert "RAM budget of 1 B" in cell["error"], cell["error"]
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (tmp_path / "plan.yaml").write_text("models: [b.tflite]\nboards: [qemu]\nkernels: [optimized]\n"
+                                        "inputs: {random: 2}\nsettings: [{name: bad, flash_budget: -4}]\n")
+    proc = lab("plan.yaml", "--out", "out2", cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "flash_budget -4: give a positive number of bytes" in out, out

@@ -17,6 +17,7 @@ board, each holding its board's lock (targets/farm.py); emulated cells run one a
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -42,7 +43,10 @@ INPUT_KINDS = ("random", "inputs", "labels")
 # run_model's arguments that the plan's own axes set; a setting may give any other one
 CELL_ARGS = {"model_path", "board_name", "inputs", "random", "labels", "limit", "progress", "probe",
              "kernels", "target_options", "seed", "samples", "graph_hook", "power"}
-SETTING_KEYS = {"approx"}  # `microtile approx --json` output: the pruned model (README "approx")
+SETTING_KEYS = {"approx",        # `microtile approx --json` output: the pruned model (README "approx")
+                "ram_budget",    # run --ram-budget: the arena the RAM search may take (bytes)
+                "flash_budget"}  # run --flash-budget: flash for int16 weight copies (bytes)
+BUDGET_KEYS = ("ram_budget", "flash_budget")
 CELL_FORMAT = 1  # version of the cell files; a different one is measured again
 
 
@@ -214,6 +218,10 @@ def _settings(items, base: Path) -> list[tuple[str, dict]]:
         if unknown:
             raise PlanError(f"plan: setting {item.get('name', k)}: unknown option(s) {', '.join(sorted(unknown))} "
                             f"(known: {', '.join(sorted(allowed)) or 'none'})")
+        for key in BUDGET_KEYS:
+            if key in opts and (not isinstance(opts[key], int) or isinstance(opts[key], bool) or opts[key] <= 0):
+                raise PlanError(f"plan: setting {item.get('name', k)}: {key} {opts[key]!r}: give a positive "
+                                "number of bytes")
         if "approx" in opts:
             approx = (base / str(opts["approx"])).resolve()
             if not approx.is_file():
@@ -272,6 +280,43 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class _BudgetGate:
+    """The budgets are process-wide settings of the compiler (passes/ram_search.py,
+    passes/schedule.py): a cell that sets them runs alone, cells without them run side by
+    side (one per board) and always see the defaults."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.running = 0
+        self.exclusive = False
+
+    @contextlib.contextmanager
+    def cell(self, budgets: dict):
+        from microtile.passes.ram_search import set_ram_budget
+        from microtile.passes.schedule import set_flash_budget
+
+        with self.cond:
+            self.cond.wait_for(lambda: not self.exclusive and not (budgets and self.running))
+            self.running += 1
+            self.exclusive = bool(budgets)
+            if budgets:
+                set_ram_budget(budgets.get("ram_budget"))
+                set_flash_budget(budgets.get("flash_budget"))
+        try:
+            yield
+        finally:
+            with self.cond:
+                if budgets:
+                    set_ram_budget(None)
+                    set_flash_budget(None)
+                self.exclusive = False if budgets else self.exclusive
+                self.running -= 1
+                self.cond.notify_all()
+
+
+BUDGETS = _BudgetGate()
+
+
 def run_cell(cell: Cell, probe: str | None = None, run: Callable[..., RunResult] = run_model,
              progress: Callable[[int, int], None] | None = None, port: str | None = None) -> dict:
     """One cell: its run's JSON, its analysis, status (done, failed, interrupted), exit code.
@@ -297,9 +342,11 @@ def run_cell(cell: Cell, probe: str | None = None, run: Callable[..., RunResult]
 
             model, pruned = pruned_model_file(cell.model, options.pop("approx"))
             options["graph_hook"] = lambda g: mark_pruned(g, pruned)
-        result = run(model, cell.board.board, probe=probe, kernels=cell.kernels, progress=progress,
-                     target_options={"emulate": cell.board.emulate, **({"port": port} if port else {})},
-                     **kwargs, **options)
+        budgets = {key: options.pop(key) for key in BUDGET_KEYS if key in options}
+        with BUDGETS.cell(budgets):
+            result = run(model, cell.board.board, probe=probe, kernels=cell.kernels, progress=progress,
+                         target_options={"emulate": cell.board.emulate, **({"port": port} if port else {})},
+                         **kwargs, **options)
     except MicrotileError as exc:  # refused before running (bad model, missing tool, no board)
         record.update(status="failed", exit_code=exit_code(exc), error=str(exc), result=None, analysis=None)
     else:
