@@ -128,8 +128,12 @@ def test_an_interrupted_run_keeps_what_it_measured_and_resumes(lab_run, tmp_path
     kept = len(list(cells.glob("*.json")))
     assert kept == 1
     data = json.loads((where / "out" / "report.json").read_text())
-    assert data["cells_missing"] == 1 and data["exit_code"] == 143
-    assert all(c["status"] == "done" for c in data["cells"]) and len(data["cells"]) == kept
+    assert data["exit_code"] == 143
+    # the signal lands during the second cell's build (the cell is missing) or its run
+    # (the cell is reported as interrupted, and not kept on disk): either way it is run again
+    statuses = [c["status"] for c in data["cells"]]
+    assert statuses.count("done") == kept
+    assert data["cells_missing"] + statuses.count("interrupted") == 1, (data["cells_missing"], statuses)
     again = lab("plan.yaml", "--out", "out", cwd=where)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "1 cell(s) run, 1 kept" in again.stdout
