@@ -66,7 +66,10 @@ def coordinator(tmp_path_factory):
         procs.append(subprocess.Popen([str(LABGRID_BIN / "labgrid-exporter"), "-c", address, "-n", "exp1",
                                        str(work / "exporter.yaml")], cwd=work,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        assert client(env, "-p", "bench1", "create").returncode == 0
+        deadline = time.monotonic() + 30  # the coordinator may take a while to listen on a loaded machine
+        while (created := client(env, "-p", "bench1", "create")).returncode != 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert created.returncode == 0, created.stdout + created.stderr
         assert client(env, "-p", "bench1", "add-match", "exp1/nucleo-1/*").returncode == 0
         # `resources` lists only available ones: wait until an acquired place shows the three
         deadline = time.monotonic() + 30
