@@ -16,7 +16,7 @@ from microtile.errors import DoesNotFitError
 from microtile.importer.ir import Graph, Operator
 from microtile.ops import kernel_for
 from microtile.passes.fold_pad import fold_pad
-from microtile.passes.inplace import FusedPlan, band_operator, band_plan
+from microtile.passes.inplace import PANEL_ROWS, FusedPlan, PanelPlan, band_operator, band_plan, panel_plan
 from microtile.passes.pipeline import RamConfig, check_pass
 from microtile.passes.planner import Alias, plan_memory
 from microtile.passes.reorder import live_peak, reorder
@@ -179,6 +179,48 @@ def test_bands_never_overwrite_rows_a_later_band_reads(opcode, h, k, stride, pad
             assert _simulate_bands(op, g, bp)
 
 
+def _panel_reads_see_the_input(op: Operator, graph: Graph, plan: PanelPlan, mr: int) -> bool:
+    """Replay mt_conv_s8_opt's order on one byte array: per group of mr output pixels, the
+    receptive fields are read (they must still hold input bytes), then the outputs written."""
+    p = kernel_for(op).params(op, graph)
+    x, y = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
+    base = max(0, -plan.delta)
+    written = np.zeros(base + max(x.nbytes, plan.delta + y.nbytes), dtype=bool)
+    pixels, c, oc = p["oh"] * p["ow"], p["c"], y.shape[3]
+    for a in range(0, pixels, mr):
+        for q in range(a, min(pixels, a + mr)):
+            oy, ox = divmod(q, p["ow"])
+            for ky in range(p["kh"]):
+                for kx in range(p["kw"]):
+                    iy, ix = oy * p["sh"] - p["ph"] + ky, ox * p["sw"] - p["pw"] + kx
+                    if 0 <= iy < p["h"] and 0 <= ix < p["w"]:
+                        at = base + (iy * p["w"] + ix) * c
+                        if written[at:at + c].any():
+                            return False
+        b = min(pixels, a + mr)
+        written[base + plan.delta + a * oc:base + plan.delta + b * oc] = True
+    return True
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 9), st.integers(2, 7), st.integers(1, 3), st.integers(1, 2), st.sampled_from(["SAME", "VALID"]),
+       st.sampled_from([1, 3, 4, 8]), st.sampled_from([1, 2, 4, 8, 16]))
+def test_a_conv_in_place_never_overwrites_what_a_later_pixel_group_reads(h, w, k, stride, padding, cin, cout):
+    net = FloatNet("panel", 6)
+    x = net.input((1, h, w, cin))
+    net.output(net.conv2d(x, cout, (k, k), stride=stride, padding=padding if k <= min(h, w) else "SAME"))
+    g = net.to_graph()
+    op = g.operators[0]
+    assert panel_plan(op, g, "reference") is None  # TFLM's loops read the input again per channel
+    for chain in (None, (0, -4096, 64), (0, 0, 4096)):
+        plan = panel_plan(op, g, "optimized", chain)
+        if plan is not None:
+            assert plan.delta % 8 == 0
+            assert all(_panel_reads_see_the_input(op, g, plan, mr) for mr in PANEL_ROWS)
+    if k == 1 and stride == 1 and cout <= cin and h * w >= 2:  # pixel by pixel at the same offset
+        assert panel_plan(op, g, "optimized") == PanelPlan(0)
+
+
 # ---------------------------------------------------------------- native, bit-exact
 
 # Bands both ways, fused pairs, the depthwise in place, over the device input or not.
@@ -195,6 +237,8 @@ def test_every_technique_is_bit_exact_natively(techniques, kernels, config):
     if config.conv_inplace:
         assert "add" in kinds and model.compiled.bands
         assert "conv_2d" in kinds or not config.input_inplace  # the first conv writes over the input
+        panels = [b for b in model.compiled.bands.values() if isinstance(b, PanelPlan)]
+        assert bool(panels) == (kernels == "optimized")  # the optimised conv in place, whole
     if not config.fuse:
         assert "depthwise_conv_2d" in kinds
     else:  # the expansion convs run fused with their depthwise

@@ -20,7 +20,7 @@ from microtile.errors import DoesNotFitError, MicrotileError, UnsupportedOperato
 from microtile.importer.ir import Graph, Operator
 from microtile.ops import kernel_for
 from microtile.ops.float_edge import is_float_edge_op, kernel_for_op
-from microtile.passes.inplace import Band, BandPlan, FusedPlan, band_operator, find_aliases
+from microtile.passes.inplace import Band, BandPlan, FusedPlan, PanelPlan, band_operator, find_aliases
 from microtile.passes.pipeline import RamConfig, run_passes
 from microtile.passes.planner import ALIGN, MemoryPlan, plan_memory
 from microtile.importer.quant import MultiplierRangeError
@@ -400,6 +400,9 @@ def emit_layer(op: Operator, graph: Graph, em: _Emitter, step: int, bands: dict[
             return _emit_fused(op, graph, em, bands[step])
         if isinstance(bands.get(step), int):  # the depthwise kernel's own in-place mode
             return kernel_for(op).emit(replace(op, options={**op.options, "in_place": True}), graph, em).strip()
+        if isinstance(bands.get(step), PanelPlan):  # whole, its output over its input (planned offsets)
+            return (f"/* in place: output = input {bands[step].delta:+d} B (each panel is built before its "
+                    "outputs are written) */\n" + kernel_for(op).emit(op, graph, em).strip())
         if step in bands:
             return _emit_banded(op, graph, em, bands[step])
         aliased = plan is not None and any(a.member == op.outputs[0] for a in plan.aliases if a.kind == "reshape")

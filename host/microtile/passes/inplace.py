@@ -12,6 +12,11 @@
   copy ("direct"), a band's output must also miss the band's own input rows: no scratch,
   a larger delta. Bands run top-down (output at or before the input) or bottom-up
   (at or after it), whichever keeps the chain of in-place layers from drifting.
+- CONV_2D on the optimised kernel, whole, over its own input (``PanelPlan``): the kernel
+  copies each group of output pixels' receptive fields into its im2col panel before it
+  writes their outputs, so the output may sit where no group's writes reach bytes a later
+  group still reads. No scratch and no call beyond the plain layer's: a 1x1 conv with no
+  more output than input channels runs at the same offset.
 
 Device inputs (and what aliases them) are written over only with ``input_inplace``:
 microtile's host writes the inputs before every INVOKE 1, but an INVOKE N > 1 then
@@ -85,6 +90,59 @@ class FusedPlan:
     @property
     def scratch_bytes(self) -> int:
         return self.ring_rows * self.t_row_bytes
+
+
+@dataclass(frozen=True)
+class PanelPlan:
+    """A CONV_2D run whole by the optimised kernel (mt_conv_s8_opt) with its output
+    ``delta`` bytes from its input: nothing beyond the plain layer (no band, no copy)."""
+    delta: int
+    scratch_bytes: int = 0
+    copied_bytes: int = 0
+
+
+PANEL_ROWS = (1, 3, 4)  # the register tiles' pixel counts (passes/schedule.py): the plan holds for each
+
+
+def panel_plan(op: Operator, graph: Graph, kernels: str,
+               chain: tuple[int, int, int] | None = None) -> PanelPlan | None:
+    """The largest output offset at which the optimised conv can write over its own
+    input, or None (another kernel, or no byte saved). mt_conv_s8_opt builds the panel of
+    pixels [a, b) before writing their outputs, so for every group boundary b the
+    output's bytes up to b * C_out must end before the first input byte any pixel from b
+    on reads; the bound is taken over every tile height the schedule may pick."""
+    import numpy as np
+
+    from microtile.ops import kernel_for
+    from microtile.ops.conv import matmul_fallback
+
+    if kernels != "optimized" or op.opcode != "CONV_2D" or op.options.get("microtile_prune")             or matmul_fallback(op, graph) is not None:
+        return None
+    x, y = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
+    if len(x.shape) != 4 or x.shape[0] != 1 or x.dtype != "int8" or y.dtype != "int8":
+        return None
+    p = kernel_for(op).params(op, graph)
+    pixels, out_c = p["oh"] * p["ow"], y.shape[3]
+    if pixels < 2:
+        return None
+    q = np.arange(pixels)
+    iy = np.maximum(0, (q // p["ow"]) * p["sh"] - p["ph"])
+    ix = np.maximum(0, (q % p["ow"]) * p["sw"] - p["pw"])
+    first_read = (iy * p["w"] + ix) * p["c"]
+    later = np.minimum.accumulate(first_read[::-1])[::-1]  # the first byte read by pixel q or after
+    bound = min(int(np.min(later[b] - b * out_c)) for mr in PANEL_ROWS for b in [np.arange(mr, pixels, mr)]
+                if len(b))
+    pos, low, high = chain or (0, 0, x.nbytes)
+    ny = y.nbytes
+
+    def extent(d: int) -> int:
+        return max(high, pos + d + ny) - min(low, pos + d)
+
+    options = [d // ALIGN * ALIGN for d in (bound, 0, low - pos, high - pos - ny)]
+    delta = min((d for d in options if d <= bound), key=lambda d: (extent(d), abs(d)))
+    if max(x.nbytes, delta + ny) - min(delta, 0) >= x.nbytes + ny:
+        return None
+    return PanelPlan(delta)
 
 
 def fused_plan(pw: Operator, dw: Operator, graph: Graph, max_bands: int,
@@ -239,7 +297,7 @@ def find_aliases(graph: Graph, ops: list[Operator], inputs: list[int], outputs: 
         if isinstance(how, FusedPlan):
             t = graph.tensor(how.conv.outputs[0]).nbytes
             best[step - 1] = best[step] = live[step - 1] - t + y + how.scratch_bytes
-        elif isinstance(how, BandPlan):
+        elif isinstance(how, (BandPlan, PanelPlan)):
             best[step] = live[step] - x - y + max(x, how.delta + y) - min(how.delta, 0) + how.scratch_bytes
         else:
             best[step] = live[step] - y + how
@@ -320,6 +378,13 @@ def _find(graph: Graph, ops: list[Operator], inputs: list[int], outputs: list[in
             chain = chain_of(op.inputs[0])[1:]
             plan = band_plan(op, graph, config.max_bands, chain)
             own = inplace_scratch_bytes(op, graph, kernels) if op.opcode == "DEPTHWISE_CONV_2D" else None
+            panel = panel_plan(op, graph, kernels, chain)
+            if panel is not None:  # no copy and no extra call: preferred unless bands keep the chain smaller
+                pos, low, high = chain
+                y = graph.tensor(outs[0]).nbytes
+                if plan is None or max(high, pos + panel.delta + y) - min(low, pos + panel.delta) <= \
+                        max(high, pos + plan.delta + y) - min(low, pos + plan.delta) + plan.scratch_bytes:
+                    plan = panel
             if own is not None:
                 pos, low, high = chain
                 y = graph.tensor(outs[0]).nbytes

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from microtile.errors import DoesNotFitError
 from microtile.importer.ir import Graph
+from microtile.passes.inplace import PanelPlan
 from microtile.passes.pipeline import RamConfig
 
 COPY_BYTE = 0.5     # instructions per byte copied (word copies: LDR + STR + loop per 4 bytes)
@@ -129,8 +130,8 @@ def extra_instructions(prep) -> float:
     """What the techniques add: band copies and calls, minus the copies they remove."""
     extra = 0.0
     for bp in prep.bands.values():
-        if isinstance(bp, int):  # the depthwise kernel in place: its plane copies cost about what it saves
-            continue
+        if isinstance(bp, (int, PanelPlan)):  # kernels in place: the depthwise's plane copies cost about
+            continue                          # what they save; the conv's panel is built anyway
         if not hasattr(bp, "copied_bytes"):  # fused: two calls per band and the ring rows moved
             moved = sum(max(0, a.in_rows[1] - b.in_rows[0]) for a, b in zip(bp.bands, bp.bands[1:]))  # either way
             extra += 2 * (len(bp.bands) - 1) * BAND_CALL + moved * bp.t_row_bytes * COPY_BYTE
