@@ -291,7 +291,23 @@ def _mcunet_vww(seed: int) -> FloatNet:
     return net
 
 
-RAM_MODELS: dict[str, NetBuilder] = {"ram_techniques": _ram_techniques, "mcunet_vww": _mcunet_vww}
+def _fdt_head(seed: int) -> FloatNet:
+    """Fused depthwise tiling's case (passes/fdt.py): a wide 1x1 expansion, a depthwise,
+    a global average pool and an FC, so the middle tensors are large and the FC's
+    accumulator small."""
+    net = FloatNet("fdt_head", seed)
+    x = net.input((1, 20, 20, 16), -1.0, 1.0)
+    x = net.conv2d(x, 96, (1, 1), activation="RELU6")
+    x = net.depthwise_conv2d(x, (3, 3), activation="RELU6")
+    x = net.avg_pool(x, (20, 20))
+    x = net.reshape(x, (1, 96))
+    x = net.fully_connected(x, 10, activation="NONE", gain=2.0)
+    net.output(net.softmax(x))
+    return net
+
+
+RAM_MODELS: dict[str, NetBuilder] = {"ram_techniques": _ram_techniques, "mcunet_vww": _mcunet_vww,
+                                     "fdt_head": _fdt_head}
 
 MLPERF_MODELS: dict[str, NetBuilder] = {
     "ds_cnn_kws": _ds_cnn_kws,

@@ -126,11 +126,22 @@ def fused_activation_range(op: Operator, out: Tensor) -> tuple[int, int]:
 REGISTRY: dict[str, OpKernel] = {}
 
 # Operator family modules; importing them fills REGISTRY.
-_FAMILIES = ("conv", "pool", "pad", "elementwise", "activation", "softmax", "shape", "quantize")
+_FAMILIES = ("conv", "pool", "pad", "elementwise", "activation", "softmax", "shape", "quantize",
+             "partial")  # partial: the internal ops of fused depthwise tiling (passes/fdt.py)
 
 
 def register(cls: type[OpKernel]) -> type[OpKernel]:
     REGISTRY[cls.opcode] = cls()
+    return cls
+
+
+# Operators only graph passes write (passes/fdt.py's partial sums), never a model: not
+# TFLite builtins, so neither listed as supported nor fuzzed against TFLM.
+INTERNAL: dict[str, OpKernel] = {}
+
+
+def register_internal(cls: type[OpKernel]) -> type[OpKernel]:
+    INTERNAL[cls.opcode] = cls()
     return cls
 
 
@@ -149,7 +160,7 @@ def load_families() -> None:
 def kernel_for(op: Operator) -> OpKernel:
     load_families()
     try:
-        return REGISTRY[op.opcode]
+        return REGISTRY[op.opcode] if op.opcode in REGISTRY else INTERNAL[op.opcode]
     except KeyError:
         raise UnsupportedOperatorError(
             op.index, op.opcode, "operator not implemented", ", ".join(sorted(REGISTRY))

@@ -29,6 +29,7 @@ class RamConfig:
     input_inplace: bool = True    # layers may write over the device inputs (see passes/inplace.py)
     reorder: bool = True          # operator order of branchy graphs chosen for the lowest peak
     exact: bool = True            # exact (CP-SAT) offsets, greedy under a time limit
+    fdt: bool = True              # fused depthwise tiling: channel partitions of conv -> ... -> conv/FC paths
     max_bands: int = 8            # bands per in-place layer (more: less scratch, more calls)
 
     @classmethod
@@ -53,6 +54,7 @@ class RamConfig:
 
 def run_passes(graph: Graph, config: RamConfig) -> Graph:
     """The graph passes the config turns on, in order."""
+    from microtile.passes.fdt import fdt
     from microtile.passes.fold_pad import fold_pad
     from microtile.passes.reorder import reorder
 
@@ -60,6 +62,8 @@ def run_passes(graph: Graph, config: RamConfig) -> Graph:
         graph = fold_pad(graph)
     if config.reorder:
         graph = reorder(graph)
+    if config.fdt:  # after reorder: its partitions run in order, one after the other
+        graph = fdt(graph)
     return graph
 
 
