@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from microtile.errors import DoesNotFitError
 from microtile.importer.ir import Graph
-from microtile.passes.inplace import PanelPlan, ResidualPlan
+from microtile.passes.inplace import PanelPlan
 from microtile.passes.pipeline import RamConfig
 
 COPY_BYTE = 0.5     # instructions per byte copied (word copies: LDR + STR + loop per 4 bytes)
@@ -132,10 +132,9 @@ def extra_instructions(prep) -> float:
     for bp in prep.bands.values():
         if isinstance(bp, (int, PanelPlan)):  # kernels in place: the depthwise's plane copies cost about
             continue                          # what they save; the conv's panel is built anyway
-        if not hasattr(bp, "copied_bytes"):  # fused: two calls per band (three in a residual block), ring moves
+        if not hasattr(bp, "copied_bytes"):  # fused: two calls per band and the ring rows moved
             moved = sum(max(0, a.in_rows[1] - b.in_rows[0]) for a, b in zip(bp.bands, bp.bands[1:]))  # either way
-            calls = 3 if isinstance(bp, ResidualPlan) else 2
-            extra += calls * (len(bp.bands) - 1) * BAND_CALL + moved * bp.t_row_bytes * COPY_BYTE
+            extra += 2 * (len(bp.bands) - 1) * BAND_CALL + moved * bp.t_row_bytes * COPY_BYTE
             continue
         extra += bp.copied_bytes * COPY_BYTE + (len(bp.bands) - 1) * BAND_CALL
     graph = prep.graph
