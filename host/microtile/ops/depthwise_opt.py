@@ -153,6 +153,9 @@ def emit_depthwise_opt(op: Operator, graph: Graph, ctx: EmitContext, p: dict) ->
     if in_place and inplace_scratch_bytes(op, graph, ctx.kernels) is None:
         raise MicrotileError(f"operator {op.index} DEPTHWISE_CONV_2D: in_place asked for a layer that cannot "
                              "write over its input (inplace_scratch_bytes is None)")
+    if op.options.get("microtile_prune"):  # issue 10: skipped taps (passes/approx.py)
+        from microtile.passes.approx import emit_depthwise_pruned
+        return emit_depthwise_pruned(op, graph, ctx, p, in_place)
     scratch_bytes = plane_bytes(p, in_place)
     ctx.include("mt_depthwise_opt.h")
     data = ctx.const_array("dw_opt_data", stream)
@@ -161,7 +164,12 @@ def emit_depthwise_opt(op: Operator, graph: Graph, ctx: EmitContext, p: dict) ->
             f"{p['dm']}, {int(in_place)}, {int(padded_plane(p))}, {data}}}")
     params = ctx.static_struct("mt_depthwise_opt_params", "dw_opt_params", init)
     scratch = f"(int8_t *){ctx.scratch(scratch_bytes)}" if scratch_bytes else "NULL"
+    if not SPECIALISE:
+        return f"mt_depthwise_s8_opt_shared(&{params}, {src}, {dst}, {scratch});"
     return f"{_shape_function(ctx, p, in_place)}(&{params}, {src}, {dst}, {scratch});"
+
+
+SPECIALISE = True
 
 
 def _shape_function(ctx: EmitContext, p: dict, in_place: bool) -> str:

@@ -17,6 +17,13 @@ weights (written as .tflite, so TFLM checks it too); a layer marked with
 ``options["microtile_prune"]`` is compiled to mt_pruned_s8_opt (mt_pruned_opt.h), whose
 weight stream holds only the tile's non-zero blocks: no branch per MAC, every skipped
 block removes its loads, SXTB16s and SMLADs from the hot loop.
+
+DEPTHWISE_CONV_2D over many channels runs the optimised depthwise kernel's channel
+groups instead (mt_depthwise_opt.h: 4 output channels, per tap one input word and 4
+multiply-accumulates): its unit is one filter tap (ky, kx) of one group of 4 channels
+(kstep = 1 reduction position, nr = 4), with the same significance (the x statistics
+per channel and tap) and bias correction, compiled to mt_depthwise_pruned_s8_opt
+(mt_depthwise_pruned_opt.h), whose stream holds each group's kept taps.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from microtile.importer.ir import Graph, Operator
+from microtile.ops.requant_opt import pack16
 
 PRUNE_KEY = "microtile_prune"  # Operator.options marker: compile with the pruned kernel
 
@@ -55,6 +63,7 @@ class Layer:
     nr: int
     m: int           # rows of A (pixels or batches)
     wide: bool       # int16 weight pairs (pruned_format)
+    kstep: int = 4   # reduction positions per unit: 4 (a k-block), 1 (a depthwise tap)
 
     @property
     def n_tiles(self) -> int:
@@ -62,7 +71,12 @@ class Layer:
 
     @property
     def k_blocks(self) -> int:
-        return -(-self.w2d.shape[1] // 4)
+        """Units per channel tile: k-blocks, or taps of a depthwise group."""
+        return -(-self.w2d.shape[1] // self.kstep)
+
+    @property
+    def depthwise(self) -> bool:
+        return self.kstep == 1
 
     @property
     def row_tiles(self) -> int:
@@ -87,18 +101,33 @@ def _set_weight_matrix(op: Operator, graph: Graph, w2d: np.ndarray) -> None:
 
 
 def prunable_layers(graph: Graph, board=None) -> list[Layer]:
-    """Layers the optimised matmul kernels run (FC, CONV_2D, depthwise over one channel)."""
+    """Layers the optimised matmul kernels run (FC, CONV_2D, depthwise over one channel)
+    and the depthwise layers the optimised depthwise kernel runs in groups of 4."""
     from microtile.ops.conv import optimized_supported
     from microtile.passes.schedule import matmul_shape, schedule_for
 
     layers = []
     for op in graph.operators:
+        if op.opcode == "DEPTHWISE_CONV_2D" and _depthwise_prunable(op, graph):
+            g = graph.tensor(op.outputs[0]).shape
+            layers.append(Layer(op, weight_matrix(op, graph), 1, 4, g[1] * g[2], False, kstep=1))
+            continue
         if matmul_shape(op, graph) is None or not optimized_supported(op, graph):
             continue
         s = schedule_for(op, graph, board)
         mr, nr, wide = pruned_format(s, board)
         layers.append(Layer(op, weight_matrix(op, graph), mr, nr, s.m, wide))
     return layers
+
+
+def _depthwise_prunable(op: Operator, graph: Graph) -> bool:
+    """Many input channels, a multiple of 4 output channels (whole groups), and a
+    layer the optimised depthwise kernel takes (its requantisation fast path)."""
+    from microtile.ops import kernel_for
+    from microtile.ops.depthwise_opt import depthwise_fallback
+
+    p = kernel_for(op).params(op, graph)
+    return p["c"] > 1 and p["oc"] % 4 == 0 and depthwise_fallback(op, graph, p) is None
 
 
 # ---------------------------------------------------------------- significance
@@ -111,6 +140,8 @@ def input_statistics(op: Operator, graph: Graph, x: np.ndarray) -> tuple[np.ndar
 
     t = graph.tensor(op.inputs[0])
     d = np.asarray(x, dtype=np.int64) - t.zero_point
+    if op.opcode == "DEPTHWISE_CONV_2D" and t.shape[-1] > 1:
+        return _depthwise_statistics(op, graph, d)
     if op.opcode == "FULLY_CONNECTED":
         rows = d.reshape(-1, graph.tensor(op.inputs[1]).shape[1]).astype(np.float64)
     else:
@@ -122,22 +153,42 @@ def input_statistics(op: Operator, graph: Graph, x: np.ndarray) -> tuple[np.ndar
     return mean, np.abs(rows - mean).mean(axis=0)
 
 
+def _depthwise_statistics(op: Operator, graph: Graph, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """input_statistics of a many-channel depthwise layer: [out channels, taps] arrays
+    (output channel c reads input channel c // depth multiplier), one tap at a time."""
+    from microtile.ops.conv import _conv_geometry, _patches
+
+    g = _conv_geometry(op, graph)
+    oc = graph.tensor(op.inputs[1]).shape[3]
+    win = _patches(d.reshape(-1, g["h"], g["w"], g["c"]), g["kh"], g["kw"], g["sh"], g["sw"],
+                   g["ph"], g["pw"], g["oh"], g["ow"])
+    mean, spread = np.zeros((g["kh"] * g["kw"], g["c"])), np.zeros((g["kh"] * g["kw"], g["c"]))
+    for ky in range(g["kh"]):
+        for kx in range(g["kw"]):
+            rows = win[:, :, :, ky, kx, :].reshape(-1, g["c"]).astype(np.float64)
+            m = rows.mean(axis=0)
+            mean[ky * g["kw"] + kx], spread[ky * g["kw"] + kx] = m, np.abs(rows - m).mean(axis=0)
+    src = np.arange(oc) // (oc // g["c"])
+    return np.ascontiguousarray(mean[:, src].T), np.ascontiguousarray(spread[:, src].T)
+
+
 def bias_correction(layer: Layer, keep: np.ndarray, mean: np.ndarray) -> np.ndarray:
     """int32 per output channel: the mean contribution of the dropped weights,
     sum_k w[n, k] * mean(x_k - zp), folded into the bias, so pruning removes only the
     varying part of the input (significance is measured on that part)."""
     dropped = layer.w2d.astype(np.float64) - apply_mask(layer, keep)
-    return np.rint(dropped @ np.asarray(mean, dtype=np.float64)).astype(np.int64)
+    # mean: [K] (one input for every channel) or [N, K] (depthwise: per channel)
+    return np.rint((dropped * np.asarray(mean, dtype=np.float64)).sum(axis=1)).astype(np.int64)
 
 
 def block_significance(layer: Layer, mean_abs: np.ndarray) -> np.ndarray:
     """[n_tiles, k_blocks] significance of each (channel tile, k-block) unit (module doc)."""
     n, k = layer.w2d.shape
-    contrib = np.zeros((layer.n_tiles * layer.nr, layer.k_blocks * 4))
+    contrib = np.zeros((layer.n_tiles * layer.nr, layer.k_blocks * layer.kstep))
     contrib[:n, :k] = np.abs(layer.w2d.astype(np.float64)) * np.asarray(mean_abs, dtype=np.float64)
     total = contrib.sum(axis=1, keepdims=True)
     share = np.divide(contrib, total, out=np.zeros_like(contrib), where=total > 0)
-    per_block = share.reshape(layer.n_tiles, layer.nr, layer.k_blocks, 4).sum(axis=3)
+    per_block = share.reshape(layer.n_tiles, layer.nr, layer.k_blocks, layer.kstep).sum(axis=3)
     return per_block.mean(axis=1)
 
 
@@ -152,7 +203,7 @@ def keep_mask(sig: np.ndarray, fraction: float) -> np.ndarray:
 def apply_mask(layer: Layer, keep: np.ndarray) -> np.ndarray:
     """The layer's weights with the dropped units zeroed."""
     n, k = layer.w2d.shape
-    m = np.repeat(np.repeat(keep, layer.nr, axis=0), 4, axis=1)[:n, :k]
+    m = np.repeat(np.repeat(keep, layer.nr, axis=0), layer.kstep, axis=1)[:n, :k]
     return np.where(m, layer.w2d, 0).astype(np.int8)
 
 
@@ -263,8 +314,91 @@ def emit_pruned(op: Operator, graph: Graph, ctx, p: dict, w2d: np.ndarray) -> st
             f" /* pruned: {kept_total} of {units} k-blocks kept, {mr}x{nr} tile, {'int16' if wide else 'int8'}{', SRAM' if sram else ''} */")
 
 
+def column_classes(p: dict) -> tuple[list[tuple[int, int]], list[int]]:
+    """The depthwise kernel's column classes: the distinct (kx0, kx1) ranges of filter
+    columns inside the image over the output columns, and each column's class."""
+    classes: list[tuple[int, int]] = []
+    of_col = []
+    for ox in range(p["ow"]):
+        x0 = ox * p["sw"] - p["pw"]
+        c = (max(0, -x0), min(p["kw"], p["w"] - x0))
+        if c not in classes:
+            classes.append(c)
+        of_col.append(classes.index(c))
+    return classes, of_col
+
+
+def depthwise_pruned_stream(w2d: np.ndarray, bias: np.ndarray, mult: np.ndarray, k: np.ndarray,
+                            right: np.ndarray, p: dict, px: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """[OC, taps] int8 weights and per-channel bias / fast requantisation -> (int32
+    stream, col_runs [2 * runs], classes) of mt_depthwise_pruned_opt.h. A group keeps a tap
+    when any of its 4 channels has a non-zero weight there; px = bytes per source pixel
+    (the input's channels, or 4 in a gathered plane)."""
+    kh, kw = p["kh"], p["kw"]
+    classes, of_col = column_classes(p)
+    rows_words = len(classes) * (kh + 1)
+    w2 = 2 * np.asarray(w2d, dtype=np.int64)
+    words: list[int] = []
+    for c in range(0, w2.shape[0], 4):
+        g = w2[c:c + 4]
+        kept = [t for t in range(kh * kw) if g[:, t].any()]
+        table, entries = [], []
+        for kx0, kx1 in classes:
+            taps = [t for t in kept if kx0 <= t % kw < kx1]  # sorted by (ky, kx)
+            start = len(entries) // 3
+            table += [start + sum(1 for t in taps if t // kw < ky) for ky in range(kh + 1)]
+            for t in taps:
+                entries += [(t // kw * p["w"] + t % kw) * px, int(pack16(g[0, t], g[2, t])[()]),
+                            int(pack16(g[1, t], g[3, t])[()])]
+        head = [17 + rows_words + len(entries)] + (2 * np.asarray(bias[c:c + 4], dtype=np.int64)).tolist()
+        head += np.stack([mult[c:c + 4], k[c:c + 4], right[c:c + 4]], axis=1).reshape(-1).tolist()
+        words += head + table + entries
+    words.append(0)  # read ahead by the last tap (the next tap's offset)
+    stream = (np.asarray(words, dtype=np.int64) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+    runs: list[int] = []
+    for ox, c in enumerate(of_col):  # consecutive columns of one class: one run
+        if ox and c == of_col[ox - 1]:
+            runs[-1] += 1
+        else:
+            runs += [17 + (kh + 1) * c, 1]
+    return stream, np.asarray(runs, dtype=np.int32), len(classes)
+
+
+def emit_depthwise_pruned(op: Operator, graph: Graph, ctx, p: dict, in_place: bool) -> str:
+    """The mt_depthwise_pruned_s8_opt call of a pruned depthwise layer (the hook in
+    ops/depthwise_opt.py, after its checks: the optimised kernel takes the layer)."""
+    from microtile.errors import MicrotileError
+    from microtile.ops.depthwise_opt import _weights_bias_bound
+    from microtile.ops.requant_opt import fast_requant
+
+    if p["oc"] % 4 or p["c"] == 1:
+        raise MicrotileError(f"operator {op.index} DEPTHWISE_CONV_2D: the pruned depthwise kernel needs a "
+                             f"multiple of 4 output channels and more than one input channel")
+    weights, bias, bound = _weights_bias_bound(op, graph, p)
+    k, right = fast_requant(p["mult"], p["shift"], p["out_zp"], bound)
+    gather = in_place or p["dm"] > 1
+    stream, col_runs, classes = depthwise_pruned_stream(weights.T, bias, np.asarray(p["mult"], dtype=np.int64),
+                                                        k, right, p, 4 if gather else p["c"])
+    ctx.include("mt_depthwise_pruned_opt.h")
+    data = ctx.const_array("dw_pruned_data", stream)
+    cols = ctx.const_array("dw_pruned_runs", col_runs)
+    init = (f"{{{{{p['n']}, {p['h']}, {p['w']}, {p['c']}, {p['oh']}, {p['ow']}, {p['kh']}, {p['kw']}, "
+            f"{p['sh']}, {p['sw']}, {p['ph']}, {p['pw']}, {-p['in_zp']}, {p['act'][0]}, {p['act'][1]}, "
+            f"{p['dm']}, {int(in_place)}, 0, {data}}}, {cols}, {col_runs.size // 2}, {classes}}}")
+    params = ctx.static_struct("mt_depthwise_pruned_params", "dw_pruned", init)
+    scratch = f"(int8_t *){ctx.scratch(p['h'] * p['w'] * 4)}" if gather else "NULL"
+    units = p["oc"] // 4 * p["kh"] * p["kw"]
+    kept = int((weights.reshape(p["kh"] * p["kw"], -1, 4) != 0).any(axis=2).sum())
+    return (f"mt_depthwise_pruned_s8_opt(&{params}, {ctx.ptr(op.inputs[0])}, {ctx.ptr(op.outputs[0])}, {scratch});"
+            f" /* pruned: {kept} of {units} taps x 4 channels kept */")
+
+
 # ---------------------------------------------------------------- cost
 
 def kept_blocks(layer: Layer, w2d: np.ndarray) -> int:
-    """Non-zero (tile, k-block) units of pruned weights: what the pruned kernel runs."""
-    return int(pruned_stream(w2d, layer.mr, layer.nr)[1].sum())
+    """Non-zero (tile, k-block) or (group, tap) units of pruned weights: what the
+    pruned kernel runs."""
+    n, k = w2d.shape
+    full = np.zeros((layer.n_tiles * layer.nr, layer.k_blocks * layer.kstep), dtype=np.int8)
+    full[:n, :k] = w2d
+    return int((full.reshape(layer.n_tiles, layer.nr, layer.k_blocks, layer.kstep) != 0).any(axis=(1, 3)).sum())
