@@ -217,3 +217,100 @@ def test_pruned_smlad_kernels_on_qemu_bit_exact_and_fewer_instructions(weights, 
     assert r.error is None and r.samples == 2 and r.mismatch_count == 0
     r0 = run_model(exact, "qemu", random=1)
     assert sum(r.mean_counts()) < 0.85 * sum(r0.mean_counts())  # panel and requantisation stay
+
+
+# ---------------------------------------------------------------- depthwise (taps x 4 channels)
+
+def test_depthwise_significance_is_per_tap_and_group_of_four_channels():
+    g = build("op_dwconv_3x3_same_relu")  # 12x12x8, 3x3: 2 groups x 9 taps
+    (layer,) = [L for L in approx.prunable_layers(g) if L.depthwise]
+    assert (layer.n_tiles, layer.k_blocks, layer.kstep) == (2, 9, 1)
+    x = np.random.default_rng(0).integers(-128, 128, (5, *g.tensor(g.inputs[0]).shape[1:]))
+    mean, spread = approx.input_statistics(layer.op, g, x)
+    assert mean.shape == spread.shape == (8, 9)
+    # channel 3's centre tap sees every input pixel of channel 3, the corner taps miss the padding
+    d = x[..., 3].astype(np.float64) - g.tensor(g.inputs[0]).zero_point
+    np.testing.assert_allclose(mean[3, 4], d.mean())
+    np.testing.assert_allclose(spread[3, 4], np.abs(d - d.mean()).mean())
+    sig = approx.block_significance(layer, spread)
+    assert sig.shape == (2, 9)
+    np.testing.assert_allclose(sig.sum(axis=1), 1.0)
+    keep = approx.keep_mask(sig, 0.5)
+    w = approx.apply_mask(layer, keep)
+    # a dropped unit zeroes one tap of all 4 channels of its group
+    assert ((w.reshape(2, 4, 9) == 0).all(axis=1) == ~keep).all()
+    assert approx.kept_blocks(layer, w) == int(keep.sum()) == 9
+    delta = approx.bias_correction(layer, keep, mean)
+    expected = ((layer.w2d.astype(np.float64) - w) * mean).sum(axis=1)
+    np.testing.assert_array_equal(delta, np.rint(expected))
+
+
+def test_depthwise_stream_holds_each_groups_kept_taps_per_column_class():
+    # 4x4 input, 3x3 SAME stride 1: columns 0 | 1, 2 | 3 are 3 classes, 3 runs
+    p = dict(h=4, w=4, kh=3, kw=3, sh=1, sw=1, ph=1, pw=1, oh=4, ow=4)
+    assert approx.column_classes(p) == ([(1, 3), (0, 3), (0, 2)], [0, 1, 1, 2])
+    w = np.zeros((4, 9), dtype=np.int8)
+    w[0, 4], w[2, 0], w[3, 8] = 3, -5, 7           # kept taps: 0 (top-left), 4 (centre), 8
+    ones = np.ones(4, dtype=np.int64)
+    stream, runs, classes = approx.depthwise_pruned_stream(w, 10 * ones, 100 * ones, 200 * ones, 5 * ones, p, px=16)
+    assert classes == 3 and runs.tolist() == [17, 1, 21, 2, 25, 1]
+    s = stream.tolist()
+    rows = 3 * 4
+    assert s[0] == 17 + rows + 3 * (2 + 3 + 2) and s[1:5] == [20] * 4 and s[5:8] == [100, 200, 5]
+    # class 0 (kx >= 1): taps 4, 8; class 1: 0, 4, 8; class 2 (kx <= 1): 0, 4;
+    # per class the index of the first tap in row >= ky, ky = 0..3
+    assert s[17:17 + rows] == [0, 0, 1, 2, 2, 3, 4, 5, 5, 6, 7, 7]
+    taps = np.array(s[17 + rows:17 + rows + 21]).reshape(7, 3)
+    assert taps[:, 0].tolist() == [(1 * 4 + 1) * 16, (2 * 4 + 2) * 16, 0, 80, 160, 0, 80]
+    pair = lambda lo, hi: int(np.array([(lo & 0xFFFF) | ((hi & 0xFFFF) << 16)], np.uint32).view(np.int32)[0])
+    assert taps[2, 1:].tolist() == [pair(0, -10), pair(0, 0)]       # tap 0: (2w[c0], 2w[c2]), (2w[c1], 2w[c3])
+    assert taps[1, 1:].tolist() == [pair(0, 0), pair(0, 14)]        # tap 8
+    assert len(s) == s[0] + 1 and s[-1] == 0                          # one read-ahead word
+
+
+def _pruned_depthwise(name, fraction):
+    g = build(name)
+    layers = [L for L in approx.prunable_layers(g) if L.depthwise]
+    rng = np.random.default_rng(2)
+    masks = {L.op.index: approx.keep_mask(approx.block_significance(L, rng.random(L.w2d.shape)), fraction)
+             for L in layers}
+    return g, layers, masks
+
+
+@pytest.mark.parametrize("name", ["op_dwconv_3x3_same_relu", "op_dwconv_3x3_s2_relu6", "op_dwconv_valid_mult2"])
+def test_pruned_depthwise_native_bit_exact_with_the_pruned_reference_and_tflm(name, tmp_path):
+    from microtile.build.native import NativeModel
+
+    g, layers, masks = _pruned_depthwise(name, 0.45)
+    assert len(layers) == 1
+    pruned = approx.prune_graph(g, layers, masks)
+    native = NativeModel.build(pruned, "optimized")
+    assert "mt_depthwise_pruned_s8_opt(" in native.compiled.model_c
+    path = tmp_path / "pruned.tflite"
+    path.write_bytes(write_tflite(approx.prune_graph(g, layers, masks, mark=False)))
+    oracle = TflmOracle(path)
+    rng = np.random.default_rng(1)
+    t = g.tensor(g.inputs[0])
+    for _ in range(3):
+        x = rng.integers(-128, 128, t.shape).astype(np.int8)
+        got, ref, tflm = native.run([x])[0], run_reference(pruned, [x])[0], oracle([x])[0]
+        np.testing.assert_array_equal(got, ref)
+        np.testing.assert_array_equal(ref, tflm)
+    assert not np.array_equal(run_reference(g, [x])[0], ref)  # pruning changed the network
+
+
+@pytest.mark.qemu
+def test_pruned_depthwise_on_qemu_bit_exact_and_fewer_instructions(tmp_path):
+    """The DSP tap loop (one asm block, TBB into 8 unrolled taps) on the Cortex-M4."""
+    from microtile.measure.runner import run_model
+
+    g, layers, masks = _pruned_depthwise("op_dwconv_3x3_same_relu", 0.75)
+    exact, pruned = tmp_path / "exact.tflite", tmp_path / "pruned.tflite"
+    exact.write_bytes(write_tflite(g))
+    pruned.write_bytes(write_tflite(approx.prune_graph(g, layers, masks, mark=False)))
+    indices = {L.op.index for L in layers}
+    r = run_model(pruned, "qemu", random=2, graph_hook=lambda gr: approx.mark_pruned(gr, indices))
+    assert "mt_depthwise_pruned_s8_opt(" in r.compiled.model_c
+    assert r.error is None and r.samples == 2 and r.mismatch_count == 0
+    r0 = run_model(exact, "qemu", random=1)
+    assert sum(r.mean_counts()) < 0.8 * sum(r0.mean_counts())
