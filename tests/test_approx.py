@@ -88,7 +88,6 @@ def test_pruned_kernels_native_bit_exact_with_the_pruned_reference_and_tflm(name
                                                                            monkeypatch):
     """int8: the exact schedule's own tile (3x2 for the convs, 1x4 for the FC); int16
     on a forced 4x1 exact tile: the 4x1 int16 stream."""
-    from microtile.build.native import NativeModel
     from microtile.passes import schedule
 
     monkeypatch.setattr(schedule, "FORCE_WEIGHTS", weights)
@@ -96,9 +95,19 @@ def test_pruned_kernels_native_bit_exact_with_the_pruned_reference_and_tflm(name
     g, layers, masks = _pruned(name, 0.5)
     if name != "op_fc_relu":
         assert {(L.mr, L.nr) for L in layers} == {tile or (3, 2)}
+    native, pruned, x, ref = _native_bit_exact(g, layers, masks, tmp_path)
+    assert all(f"l{L.op.index}_pruned" in native.compiled.model_c for L in layers)
+    exact = run_reference(g, [x])[0]
+    assert not np.array_equal(exact, ref) or name == "op_fc_relu"  # pruning changed the network
+
+
+def _native_bit_exact(g, layers, masks, tmp_path):
+    """The pruned network built natively (optimised kernels) equals its numpy reference
+    and TFLM on the pruned .tflite on 3 random inputs; (native, pruned, last x, its output)."""
+    from microtile.build.native import NativeModel
+
     pruned = approx.prune_graph(g, layers, masks)
     native = NativeModel.build(pruned, "optimized")
-    assert all(f"l{L.op.index}_pruned" in native.compiled.model_c for L in layers)
     path = tmp_path / "pruned.tflite"
     path.write_bytes(write_tflite(approx.prune_graph(g, layers, masks, mark=False)))
     oracle = TflmOracle(path)
@@ -109,8 +118,7 @@ def test_pruned_kernels_native_bit_exact_with_the_pruned_reference_and_tflm(name
         got, ref, tflm = native.run([x])[0], run_reference(pruned, [x])[0], oracle([x])[0]
         np.testing.assert_array_equal(got, ref)
         np.testing.assert_array_equal(ref, tflm)
-    exact = run_reference(g, [x])[0]
-    assert not np.array_equal(exact, ref) or name == "op_fc_relu"  # pruning changed the network
+    return native, pruned, x, ref
 
 
 def test_first_layer_pruned_blocks_are_zero_in_the_weights():
@@ -279,23 +287,10 @@ def _pruned_depthwise(name, fraction):
 
 @pytest.mark.parametrize("name", ["op_dwconv_3x3_same_relu", "op_dwconv_3x3_s2_relu6", "op_dwconv_valid_mult2"])
 def test_pruned_depthwise_native_bit_exact_with_the_pruned_reference_and_tflm(name, tmp_path):
-    from microtile.build.native import NativeModel
-
     g, layers, masks = _pruned_depthwise(name, 0.45)
     assert len(layers) == 1
-    pruned = approx.prune_graph(g, layers, masks)
-    native = NativeModel.build(pruned, "optimized")
+    native, pruned, x, ref = _native_bit_exact(g, layers, masks, tmp_path)
     assert "mt_depthwise_pruned_s8_opt(" in native.compiled.model_c
-    path = tmp_path / "pruned.tflite"
-    path.write_bytes(write_tflite(approx.prune_graph(g, layers, masks, mark=False)))
-    oracle = TflmOracle(path)
-    rng = np.random.default_rng(1)
-    t = g.tensor(g.inputs[0])
-    for _ in range(3):
-        x = rng.integers(-128, 128, t.shape).astype(np.int8)
-        got, ref, tflm = native.run([x])[0], run_reference(pruned, [x])[0], oracle([x])[0]
-        np.testing.assert_array_equal(got, ref)
-        np.testing.assert_array_equal(ref, tflm)
     assert not np.array_equal(run_reference(g, [x])[0], ref)  # pruning changed the network
 
 

@@ -159,9 +159,7 @@ def emit_depthwise_opt(op: Operator, graph: Graph, ctx: EmitContext, p: dict) ->
     scratch_bytes = plane_bytes(p, in_place)
     ctx.include("mt_depthwise_opt.h")
     data = ctx.const_array("dw_opt_data", stream)
-    init = (f"{{{p['n']}, {p['h']}, {p['w']}, {p['c']}, {p['oh']}, {p['ow']}, {p['kh']}, {p['kw']}, "
-            f"{p['sh']}, {p['sw']}, {p['ph']}, {p['pw']}, {-p['in_zp']}, {p['act'][0]}, {p['act'][1]}, "
-            f"{p['dm']}, {int(in_place)}, {int(padded_plane(p))}, {data}}}")
+    init = params_init(p, in_place, padded_plane(p), data)
     params = ctx.static_struct("mt_depthwise_opt_params", "dw_opt_params", init)
     scratch = f"(int8_t *){ctx.scratch(scratch_bytes)}" if scratch_bytes else "NULL"
     if not SPECIALISE:
@@ -170,6 +168,13 @@ def emit_depthwise_opt(op: Operator, graph: Graph, ctx: EmitContext, p: dict) ->
 
 
 SPECIALISE = True
+
+
+def params_init(p: dict, in_place: bool, padded: bool, data: str) -> str:
+    """The C initializer of mt_depthwise_opt_params (also the pruned kernel's geometry)."""
+    return (f"{{{p['n']}, {p['h']}, {p['w']}, {p['c']}, {p['oh']}, {p['ow']}, {p['kh']}, {p['kw']}, "
+            f"{p['sh']}, {p['sw']}, {p['ph']}, {p['pw']}, {-p['in_zp']}, {p['act'][0]}, {p['act'][1]}, "
+            f"{p['dm']}, {int(in_place)}, {int(padded)}, {data}}}")
 
 
 def _shape_function(ctx: EmitContext, p: dict, in_place: bool) -> str:

@@ -368,7 +368,7 @@ def emit_depthwise_pruned(op: Operator, graph: Graph, ctx, p: dict, in_place: bo
     """The mt_depthwise_pruned_s8_opt call of a pruned depthwise layer (the hook in
     ops/depthwise_opt.py, after its checks: the optimised kernel takes the layer)."""
     from microtile.errors import MicrotileError
-    from microtile.ops.depthwise_opt import _weights_bias_bound
+    from microtile.ops.depthwise_opt import _weights_bias_bound, params_init
     from microtile.ops.requant_opt import fast_requant
 
     if p["oc"] % 4 or p["c"] == 1:
@@ -382,9 +382,7 @@ def emit_depthwise_pruned(op: Operator, graph: Graph, ctx, p: dict, in_place: bo
     ctx.include("mt_depthwise_pruned_opt.h")
     data = ctx.const_array("dw_pruned_data", stream)
     cols = ctx.const_array("dw_pruned_runs", col_runs)
-    init = (f"{{{{{p['n']}, {p['h']}, {p['w']}, {p['c']}, {p['oh']}, {p['ow']}, {p['kh']}, {p['kw']}, "
-            f"{p['sh']}, {p['sw']}, {p['ph']}, {p['pw']}, {-p['in_zp']}, {p['act'][0]}, {p['act'][1]}, "
-            f"{p['dm']}, {int(in_place)}, 0, {data}}}, {cols}, {col_runs.size // 2}, {classes}}}")
+    init = f"{{{params_init(p, in_place, False, data)}, {cols}, {col_runs.size // 2}, {classes}}}"
     params = ctx.static_struct("mt_depthwise_pruned_params", "dw_pruned", init)
     scratch = f"(int8_t *){ctx.scratch(p['h'] * p['w'] * 4)}" if gather else "NULL"
     units = p["oc"] // 4 * p["kh"] * p["kw"]
