@@ -90,12 +90,12 @@ def _as_end(op: Operator, graph: Graph, channels: int) -> str | None:
 def _as_middle(op: Operator, graph: Graph, channels: int) -> str | None:
     """Why op cannot pass a path's partitions on (None: it can)."""
     x, y = graph.tensor(op.inputs[0]), graph.tensor(op.outputs[0])
+    if op.opcode == "DEPTHWISE_CONV_2D" and graph.tensor(op.inputs[1]).shape[3] != x.shape[-1]:
+        return "has a depth multiplier other than 1"
     if not (_int8(x) and _int8(y)) or y.shape[-1] != channels or x.shape[-1] != channels:
-        return "channels not kept on the last axis of int8 tensors"
+        return "keeps no channels on the last axis of int8 tensors"
     if op.opcode == "DEPTHWISE_CONV_2D":
-        if graph.tensor(op.inputs[1]).shape[3] != channels or "microtile_prune" in op.options:
-            return "depth multiplier is not 1"
-        return None
+        return "a pruned layer (passes/approx.py)" if "microtile_prune" in op.options else None
     if op.opcode in UNARY or op.opcode in POOLS or op.opcode == "RESHAPE":
         return None
     if op.opcode == "MEAN":
@@ -104,7 +104,7 @@ def _as_middle(op: Operator, graph: Graph, channels: int) -> str | None:
     if op.opcode in ("PAD", "PADV2"):
         pads = np.asarray(graph.tensor(op.inputs[1]).data).reshape(-1, 2)
         return "pads the channel axis" if pads[-1].any() else None
-    return "mixes channels or is not per-channel"
+    return "is not a layer partitions pass through (depthwise, unary activation, pool, MEAN, PAD, RESHAPE)"
 
 
 def discover(graph: Graph) -> tuple[list[Path], dict[int, str]]:
@@ -128,7 +128,7 @@ def discover(graph: Graph) -> tuple[list[Path], dict[int, str]]:
                 break
             op = users[0]
             if op.inputs[0] != t:
-                why = f"#{op.index} {op.opcode} reads it as a constant-position input"
+                why = f"#{op.index} {op.opcode} reads it as input {op.inputs.index(t)}, not as its data input"
             elif op.opcode in ENDS:
                 why = _as_end(op, graph, channels)
                 if why is None:
