@@ -331,7 +331,7 @@ def column_classes(p: dict) -> tuple[list[tuple[int, int]], list[int]]:
 def depthwise_pruned_stream(w2d: np.ndarray, bias: np.ndarray, mult: np.ndarray, k: np.ndarray,
                             right: np.ndarray, p: dict, px: int) -> tuple[np.ndarray, np.ndarray, int]:
     """[OC, taps] int8 weights and per-channel bias / fast requantisation -> (int32
-    stream, col_runs [2 * runs], classes) of mt_depthwise_pruned_opt.h. A group keeps a tap
+    stream, col_rows [out_w], classes) of mt_depthwise_pruned_opt.h. A group keeps a tap
     when any of its 4 channels has a non-zero weight there; px = bytes per source pixel
     (the input's channels, or 4 in a gathered plane)."""
     kh, kw = p["kh"], p["kw"]
@@ -355,13 +355,8 @@ def depthwise_pruned_stream(w2d: np.ndarray, bias: np.ndarray, mult: np.ndarray,
         words += head + table + entries
     words.append(0)  # read ahead by the last tap (the next tap's offset)
     stream = (np.asarray(words, dtype=np.int64) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
-    runs: list[int] = []
-    for ox, c in enumerate(of_col):  # consecutive columns of one class: one run
-        if ox and c == of_col[ox - 1]:
-            runs[-1] += 1
-        else:
-            runs += [17 + (kh + 1) * c, 1]
-    return stream, np.asarray(runs, dtype=np.int32), len(classes)
+    col_rows = np.asarray([17 + (kh + 1) * c for c in of_col], dtype=np.int32)
+    return stream, col_rows, len(classes)
 
 
 def emit_depthwise_pruned(op: Operator, graph: Graph, ctx, p: dict, in_place: bool) -> str:
@@ -377,12 +372,12 @@ def emit_depthwise_pruned(op: Operator, graph: Graph, ctx, p: dict, in_place: bo
     weights, bias, bound = _weights_bias_bound(op, graph, p)
     k, right = fast_requant(p["mult"], p["shift"], p["out_zp"], bound)
     gather = in_place or p["dm"] > 1
-    stream, col_runs, classes = depthwise_pruned_stream(weights.T, bias, np.asarray(p["mult"], dtype=np.int64),
+    stream, col_rows, classes = depthwise_pruned_stream(weights.T, bias, np.asarray(p["mult"], dtype=np.int64),
                                                         k, right, p, 4 if gather else p["c"])
     ctx.include("mt_depthwise_pruned_opt.h")
     data = ctx.const_array("dw_pruned_data", stream)
-    cols = ctx.const_array("dw_pruned_runs", col_runs)
-    init = f"{{{params_init(p, in_place, False, data)}, {cols}, {col_runs.size // 2}, {classes}}}"
+    cols = ctx.const_array("dw_pruned_cols", col_rows)
+    init = f"{{{params_init(p, in_place, False, data)}, {cols}, {classes}}}"
     params = ctx.static_struct("mt_depthwise_pruned_params", "dw_pruned", init)
     scratch = f"(int8_t *){ctx.scratch(p['h'] * p['w'] * 4)}" if gather else "NULL"
     units = p["oc"] // 4 * p["kh"] * p["kw"]
