@@ -271,21 +271,45 @@ def apply_path(graph: Graph, path: Path, parts: int) -> Graph:
 
 # ---------------------------------------------------------------- choosing paths and partitions
 
-def live_profile(graph: Graph) -> list[int]:
-    """Bytes alive at each step (the planner's lifetimes and aligned sizes), without
-    any sharing: what the choice of paths and partitions compares."""
-    life = tensor_lifetimes(graph, graph.operators, graph.inputs, graph.outputs)
+# the in-place techniques live_profile allows for: opcode -> RamConfig field
+IN_PLACE = {"CONV_2D": "conv_inplace", "DEPTHWISE_CONV_2D": "depthwise_inplace", "ADD": "add_inplace"}
+
+
+def live_profile(graph: Graph, config=None) -> list[int]:
+    """Bytes alive at each step (the planner's lifetimes and aligned sizes). With a
+    RamConfig, roughly what its in-place techniques leave (passes/inplace.py): a layer
+    written over an input that ends there costs the larger of the two, not their sum; a
+    1x1 conv fused with the depthwise reading it has no middle tensor. Splitting a path
+    takes those chances from its layers, so FDT must beat them, not the plain peak."""
+    ops = graph.operators
+    life = tensor_lifetimes(graph, ops, graph.inputs, graph.outputs)
     size = {i: _aligned(graph.tensor(i).nbytes) for i in life}
-    profile = [0] * (len(graph.operators) + 2)
+    profile = [0] * (len(ops) + 2)  # index step + 1: step -1 is the inputs, len(ops) the outputs
     for i, (a, b) in life.items():
         for s in range(a + 1, b + 2):
             profile[s] += size[i]
+    if config is None:
+        return profile
+    readers = _readers(graph)
+    kept = set(graph.outputs) | (set() if config.input_inplace else set(graph.inputs))
+    for step, op in enumerate(ops):
+        x, y = (op.inputs[0] if op.inputs else -1), op.outputs[0]
+        if x not in life or y not in life:
+            continue
+        prev = ops[step - 1] if step else None
+        if config.fuse and op.opcode == "DEPTHWISE_CONV_2D" and prev is not None and prev.outputs[0] == x \
+                and prev.opcode == "CONV_2D" and graph.tensor(prev.inputs[1]).shape[1:3] == (1, 1) \
+                and len(readers[x]) == 1 and x not in kept:
+            profile[step] -= size[x]
+            profile[step + 1] -= size[x]
+        elif getattr(config, IN_PLACE.get(op.opcode, ""), False) and life[x][1] == step and x not in kept:
+            profile[step + 1] -= min(size[x], size[y])
     return profile
 
 
-def _score(graph: Graph) -> tuple[int, int]:
+def _score(graph: Graph, config=None) -> tuple[int, int]:
     """(peak, steps at the peak): fewer steps at the same peak lets another path lower it."""
-    profile = live_profile(graph)
+    profile = live_profile(graph, config)
     peak = max(profile)
     return peak, profile.count(peak)
 
@@ -321,17 +345,17 @@ def partition_counts(channels: int, max_parts: int = MAX_PARTS) -> list[int]:
     return grouped or counts
 
 
-def fdt(graph: Graph, max_parts: int = MAX_PARTS) -> Graph:
+def fdt(graph: Graph, config=None, max_parts: int = MAX_PARTS) -> Graph:
     """Apply, one at a time, the path and partition count that lower the graph's peak
     most (fewer partitions break ties), until none does; the graph itself when none
     lowers its peak."""
-    current, score = graph, _score(graph)
+    current, score = graph, _score(graph, config)
     while True:
         best = None  # ((peak, steps at it), partitions, graph, path)
         for path in discover(current)[0]:
             for parts in partition_counts(path.channels, max_parts):
                 cand = apply_path(current, path, parts)
-                key = _score(cand)
+                key = _score(cand, config)
                 if key < score and (best is None or (key, parts) < best[:2]):
                     best = (key, parts, cand, path)
         if best is None:
@@ -341,4 +365,4 @@ def fdt(graph: Graph, max_parts: int = MAX_PARTS) -> Graph:
                        if op.opcode == "MT_REQUANT_ACC" and op.options["fdt"]["path"] == path.start.index)
         requant.options["fdt"]["extra"] = path_cost(current, path, cand, parts)  # its options are this rewrite's own
         current = cand
-    return current if _score(current)[0] < _score(graph)[0] else graph
+    return current if _score(current, config)[0] < _score(graph, config)[0] else graph

@@ -63,7 +63,7 @@ def run_passes(graph: Graph, config: RamConfig) -> Graph:
     if config.reorder:
         graph = reorder(graph)
     if config.fdt:  # after reorder: its partitions run in order, one after the other
-        graph = fdt(graph)
+        graph = fdt(graph, config)
     return graph
 
 
