@@ -143,6 +143,16 @@ def test_the_pass_applies_only_where_it_lowers_the_peak(head):
     assert fdt(fc_only) is fc_only
 
 
+def test_the_pass_weighs_what_the_in_place_techniques_would_save():
+    """ram_techniques' MobileNetV2 blocks: FDT lowers the plain peak, but split layers
+    cannot run in place or fused, which saves more; with those techniques on, it stays off."""
+    g = zoo.build("ram_techniques")
+    assert fdt(g, RamConfig.none()) is not g
+    assert fdt(g, RamConfig()) is g
+    head = zoo.build("fdt_head")
+    assert fdt(head, RamConfig()) is not head
+
+
 # ---------------------------------------------------------------- the C kernels, native, against TFLM
 
 @pytest.mark.parametrize("build", [_conv_end, lambda: zoo.build("fdt_head")], ids=["conv", "head"])
