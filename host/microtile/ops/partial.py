@@ -42,8 +42,19 @@ class _Partial(OpKernel):
             raise self.unsupported(op, f"{x.dtype} input, {w.dtype} weights, {acc.dtype} accumulator",
                                    "int8 input, constant int8 weights, int32 accumulator")
 
-    def _acc_in(self, op: Operator, ctx: EmitContext) -> str:
-        return ctx.ptr(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else "NULL"
+    def _accumulate(self, op: Operator, graph: Graph, inputs: list, part: np.ndarray) -> list[np.ndarray]:
+        """The partition's sums (any int shape with the accumulator's size) added to its base."""
+        shape = graph.tensor(op.outputs[0]).shape
+        return [wrap_int32(_base(op, inputs, shape) + wrap_int32(part).reshape(shape)).astype(np.int32)]
+
+    def _emit(self, op: Operator, ctx: EmitContext, kind: str, fields: list[int]) -> str:
+        """mt_partial_<kind>_s8(params, input, weights, acc_in, acc); params = fields, in order."""
+        ctx.include("mt_partial.h")
+        init = "{" + ", ".join(str(int(v)) for v in fields) + f", {int(op.options['first'])}}}"
+        params = ctx.static_struct(f"mt_partial_{kind}_params", f"partial_{kind}", init)
+        acc_in = ctx.ptr(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else "NULL"
+        return (f"mt_partial_{kind}_s8(&{params}, {ctx.ptr(op.inputs[0])}, {ctx.ptr(op.inputs[1])}, "
+                f"{acc_in}, {ctx.ptr(op.outputs[0])});")
 
 
 @register_internal
@@ -59,9 +70,7 @@ class PartialFullyConnected(_Partial):
         p = self.params(op, graph)
         x = np.asarray(inputs[0], dtype=np.int64).reshape(p["batches"], p["depth"]) + p["in_off"]
         w = np.asarray(inputs[1], dtype=np.int64) + p["w_off"]
-        shape = graph.tensor(op.outputs[0]).shape
-        part = wrap_int32(_exact_matmul(x, w.T)).reshape(shape)
-        return [wrap_int32(_base(op, inputs, shape) + part).astype(np.int32)]
+        return self._accumulate(op, graph, inputs, _exact_matmul(x, w.T))
 
     def macs(self, op: Operator, graph: Graph) -> int:
         p = self.params(op, graph)
@@ -69,11 +78,7 @@ class PartialFullyConnected(_Partial):
 
     def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
         p = self.params(op, graph)
-        ctx.include("mt_partial.h")
-        init = f"{{{p['batches']}, {p['depth']}, {p['oc']}, {p['in_off']}, {p['w_off']}, {int(op.options['first'])}}}"
-        params = ctx.static_struct("mt_partial_fc_params", "partial_fc", init)
-        return (f"mt_partial_fc_s8(&{params}, {ctx.ptr(op.inputs[0])}, {ctx.ptr(op.inputs[1])}, "
-                f"{self._acc_in(op, ctx)}, {ctx.ptr(op.outputs[0])});")
+        return self._emit(op, ctx, "fc", [p[k] for k in ("batches", "depth", "oc", "in_off", "w_off")])
 
 
 @register_internal
@@ -89,9 +94,8 @@ class PartialConv2D(_Partial):
         x = np.asarray(inputs[0], dtype=np.int64).reshape(p["n"], p["h"], p["w"], p["c"]) - p["in_zp"]
         w = np.asarray(inputs[1], dtype=np.int64)
         win = _patches(x, p["kh"], p["kw"], p["sh"], p["sw"], p["ph"], p["pw"], p["oh"], p["ow"])
-        part = _exact_matmul(win.reshape(-1, p["kh"] * p["kw"] * p["c"]), w.reshape(p["oc"], -1).T)
-        shape = graph.tensor(op.outputs[0]).shape
-        return [wrap_int32(_base(op, inputs, shape) + wrap_int32(part).reshape(shape)).astype(np.int32)]
+        return self._accumulate(op, graph, inputs, _exact_matmul(win.reshape(-1, p["kh"] * p["kw"] * p["c"]),
+                                                               w.reshape(p["oc"], -1).T))
 
     def macs(self, op: Operator, graph: Graph) -> int:
         p = self.params(op, graph)
@@ -99,12 +103,8 @@ class PartialConv2D(_Partial):
 
     def emit(self, op: Operator, graph: Graph, ctx: EmitContext) -> str:
         p = self.params(op, graph)
-        ctx.include("mt_partial.h")
-        init = (f"{{{p['n']}, {p['h']}, {p['w']}, {p['c']}, {p['oh']}, {p['ow']}, {p['oc']}, {p['kh']}, {p['kw']}, "
-                f"{p['sh']}, {p['sw']}, {p['ph']}, {p['pw']}, {-p['in_zp']}, {int(op.options['first'])}}}")
-        params = ctx.static_struct("mt_partial_conv_params", "partial_conv", init)
-        return (f"mt_partial_conv_s8(&{params}, {ctx.ptr(op.inputs[0])}, {ctx.ptr(op.inputs[1])}, "
-                f"{self._acc_in(op, ctx)}, {ctx.ptr(op.outputs[0])});")
+        fields = [p[k] for k in ("n", "h", "w", "c", "oh", "ow", "oc", "kh", "kw", "sh", "sw", "ph", "pw")]
+        return self._emit(op, ctx, "conv", fields + [-p["in_zp"]])
 
 
 @register_internal
