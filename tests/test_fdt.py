@@ -136,6 +136,46 @@ def test_conv_and_fc_ends_are_bit_exact_on_the_reference(build, parts):
         check_pass(g, after, x)
 
 
+def _random_path(seed: int) -> Graph:
+    """A random path: start conv (1x1 or 3x3, maybe strided) or FC, some of the middle
+    layers, end conv or FC."""
+    rng = np.random.default_rng(seed)
+    net = FloatNet(f"fdt_random_{seed}", seed)
+    channels = int(rng.choice([8, 12, 24, 32]))
+    if rng.random() < 0.25:
+        x = net.input((1, int(rng.integers(8, 40))), -1.0, 1.0)
+        x = net.fully_connected(x, channels, activation=str(rng.choice(["NONE", "RELU"])), per_channel=True)
+        x = net.unary(str(rng.choice(["RELU6", "LOGISTIC", "HARD_SWISH"])), x)
+        net.output(net.fully_connected(x, int(rng.integers(2, 9)), activation="NONE"))
+        return net.to_graph()
+    x = net.input((1, int(rng.integers(5, 11)), int(rng.integers(5, 11)), int(rng.integers(1, 9))), -1.0, 1.0)
+    k = int(rng.choice([1, 3]))
+    x = net.conv2d(x, channels, (k, k), stride=int(rng.integers(1, 3)), activation=str(rng.choice(["RELU", "RELU6"])))
+    if rng.random() < 0.7:
+        x = net.depthwise_conv2d(x, (3, 3), stride=int(rng.integers(1, 3)), activation="RELU6")
+    if rng.random() < 0.5:
+        x = net.unary(str(rng.choice(["RELU", "LOGISTIC", "HARD_SWISH"])), x)
+    if rng.random() < 0.5:
+        x = net.max_pool(x, (2, 2), stride=1, padding="SAME")
+    if rng.random() < 0.5:
+        h, w = net.shape(x)[1:3]
+        x = net.reshape(net.avg_pool(x, (h, w)), (1, channels))
+        net.output(net.fully_connected(x, int(rng.integers(2, 9)), activation="NONE"))
+    else:
+        net.output(net.conv2d(x, int(rng.integers(2, 9)), (3, 3), stride=int(rng.integers(1, 3)), activation="NONE"))
+    return net.to_graph()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_paths_are_bit_exact_on_the_reference(seed):
+    g = _random_path(seed)
+    (path,), _ = discover(g)
+    for parts in partition_counts(path.channels):
+        after = apply_path(g, path, parts)
+        for x in _inputs(g, 2, seed=seed):
+            check_pass(g, after, x)
+
+
 def test_the_pass_applies_only_where_it_lowers_the_peak(head):
     after = fdt(head)
     assert after is not head and extra_instructions(after) > 0
