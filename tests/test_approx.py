@@ -101,15 +101,16 @@ def test_pruned_kernels_native_bit_exact_with_the_pruned_reference_and_tflm(name
     assert not np.array_equal(exact, ref) or name == "op_fc_relu"  # pruning changed the network
 
 
-def _native_bit_exact(g, layers, masks, tmp_path):
+def _native_bit_exact(g, layers, masks, tmp_path, **prune):
     """The pruned network built natively (optimised kernels) equals its numpy reference
-    and TFLM on the pruned .tflite on 3 random inputs; (native, pruned, last x, its output)."""
+    and TFLM on the pruned .tflite on 3 random inputs; (native, pruned, last x, its output).
+    prune: prune_graph's bias_delta and weights."""
     from microtile.build.native import NativeModel
 
-    pruned = approx.prune_graph(g, layers, masks)
+    pruned = approx.prune_graph(g, layers, masks, **prune)
     native = NativeModel.build(pruned, "optimized")
     path = tmp_path / "pruned.tflite"
-    path.write_bytes(write_tflite(approx.prune_graph(g, layers, masks, mark=False)))
+    path.write_bytes(write_tflite(approx.prune_graph(g, layers, masks, mark=False, **prune)))
     oracle = TflmOracle(path)
     rng = np.random.default_rng(1)
     t = g.tensor(g.inputs[0])
@@ -311,3 +312,43 @@ def test_pruned_depthwise_on_qemu_bit_exact_and_fewer_instructions(tmp_path):
     # 3/4 of the taps skipped; the generic kernel's per-pixel work (requantisation, the
     # tap list's bounds) stays, and the exact kernel is specialised per shape
     assert sum(r.mean_counts()) < 0.9 * sum(r0.mean_counts())
+
+
+@pytest.mark.parametrize("name", ["op_conv_3x3_same_relu", "op_dwconv_3x3_same_relu"])
+def test_compensated_weights_cut_the_output_error_and_stay_in_the_pattern(name, tmp_path):
+    """The kept weights refit by least squares on calibration rows: zero where the mask
+    drops, int8, a smaller output error than the plain mask on those rows, and the
+    network they make runs bit-exact natively (and is what `run --approx` rebuilds)."""
+    from microtile.measure.approx_search import masks_from_records
+
+    g = build(name)
+    (layer,) = approx.prunable_layers(g)
+    # correlated inputs (smooth in space, alike across channels), as real activations are:
+    # on independent ones the exact weights are already the best fit
+    rng = np.random.default_rng(0)
+    _, h, w_, c = g.tensor(g.inputs[0]).shape
+    smooth = np.repeat(np.repeat(rng.integers(-100, 100, (16, h // 2, w_ // 2, 1)), 2, axis=1), 2, axis=2)
+    x = np.clip(smooth + rng.integers(-12, 12, (16, h, w_, c)), -128, 127)
+    mean, spread = approx.input_statistics(layer.op, g, x)
+    keep = approx.keep_mask(approx.block_significance(layer, spread), 0.4)
+    rows = approx.sample_rows(layer, g, x)
+    w = approx.compensated_weights(layer, keep, rows)
+    assert w.dtype == np.int8 and not w[~approx.unit_mask(layer, keep)].any()
+    dev = rows - rows.mean(axis=0)
+
+    def error(wp):
+        d = (layer.w2d.astype(np.float64) - wp).astype(np.float64)
+        return np.einsum("pkc,ck->pc", dev, d) if layer.depthwise else dev @ d.T
+
+    assert np.mean(error(w) ** 2) < 0.85 * np.mean(error(approx.apply_mask(layer, keep)) ** 2)
+    i = layer.op.index
+    delta = approx.bias_correction(layer, keep, mean, w)
+    record = {"index": i, "keep": ["".join("1" if v else "0" for v in row) for row in keep],
+              "bias_delta": delta.tolist(), "weights": w.reshape(-1).tolist()}
+    _, masks, deltas, weights = masks_from_records(g, [record])
+    assert np.array_equal(weights[i], w) and np.array_equal(masks[i], keep)
+    native, pruned, _, _ = _native_bit_exact(g, [layer], masks, tmp_path, bias_delta=deltas, weights=weights)
+    assert np.array_equal(approx.weight_matrix(next(o for o in pruned.operators if o.index == i), pruned), w)
+    bad = dict(record, weights=(w.astype(np.int64) + (~approx.unit_mask(layer, keep))).reshape(-1).tolist())
+    with pytest.raises(MicrotileError, match="zero outside its keep mask"):
+        masks_from_records(g, [bad])

@@ -106,8 +106,14 @@ class Search:
             self.mean[layer.op.index] = mean
         self.masks = {L.op.index: {f: approx.keep_mask(self.sig[L.op.index], f) for f in FRACTIONS}
                       for L in self.layers}
-        self.kept = {L.op.index: {f: approx.kept_blocks(L, approx.apply_mask(L, m)) for f, m in ms.items()}
-                     for L, ms in zip(self.layers, self.masks.values())}
+        # the kept weights refit to the exact outputs on the calibration split
+        self.weights = {}
+        for L in self.layers:
+            rows = approx.sample_rows(L, graph, self.exact_values[L.op.inputs[0]])
+            self.weights[L.op.index] = {f: approx.compensated_weights(L, m, rows)
+                                        for f, m in self.masks[L.op.index].items() if f > 0}
+        self.kept = {L.op.index: {f: approx.kept_blocks(L, self.weights[L.op.index][f] if f > 0 else L.w2d)
+                                  for f in FRACTIONS} for L in self.layers}
         self.cost = None
 
     # -- cost
@@ -143,12 +149,16 @@ class Search:
 
     # -- accuracy
     def prune_at(self, levels: dict[int, float], mark: bool = True) -> Graph:
-        masks = {i: self.masks[i][f] for i, f in levels.items() if f > 0}
-        return approx.prune_graph(self.graph, self.layers, masks, mark=mark, bias_delta=self.bias_deltas(masks))
+        levels = {i: f for i, f in levels.items() if f > 0}
+        masks = {i: self.masks[i][f] for i, f in levels.items()}
+        weights = {i: self.weights[i][f] for i, f in levels.items()}
+        return approx.prune_graph(self.graph, self.layers, masks, mark=mark, bias_delta=self.bias_deltas(levels),
+                                  weights=weights)
 
-    def bias_deltas(self, masks: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    def bias_deltas(self, levels: dict[int, float]) -> dict[int, np.ndarray]:
         by_index = {L.op.index: L for L in self.layers}
-        return {i: approx.bias_correction(by_index[i], m, self.mean[i]) for i, m in masks.items()}
+        return {i: approx.bias_correction(by_index[i], self.masks[i][f], self.mean[i], self.weights[i][f])
+                for i, f in levels.items() if f > 0}
 
     def evaluate(self, levels: dict[int, float], changed: int | None = None,
                  base: dict | None = None) -> tuple[float, float, dict]:
@@ -229,7 +239,8 @@ class Search:
             records.append({"index": L.op.index, "op": L.op.opcode, "fraction": f, "tile": tile,
                             "k_blocks": L.k_blocks, "kept_blocks": self.kept[L.op.index][f],
                             "blocks": int(m.size), "keep": ["".join("1" if v else "0" for v in row) for row in m],
-                            "bias_delta": self.bias_deltas({L.op.index: m})[L.op.index].tolist()})
+                            "bias_delta": self.bias_deltas({L.op.index: f})[L.op.index].tolist(),
+                            "weights": self.weights[L.op.index][f].reshape(-1).tolist()})
         return records
 
 
@@ -242,10 +253,11 @@ def mark_pareto(points: list[dict]) -> None:
             for q in points)
 
 
-def masks_from_records(graph: Graph, records: list[dict], board=None) -> tuple[list, dict, dict]:
+def masks_from_records(graph: Graph, records: list[dict], board=None) -> tuple[list, dict, dict, dict]:
+    """(layers, keep masks, bias deltas, refit weights) of a JSON's layer records."""
     layers = approx.prunable_layers(graph, board)
     by_index = {L.op.index: L for L in layers}
-    masks, deltas = {}, {}
+    masks, deltas, weights = {}, {}, {}
     for r in records:
         L = by_index.get(r.get("index"))
         keep = r.get("keep")
@@ -262,7 +274,14 @@ def masks_from_records(graph: Graph, records: list[dict], board=None) -> tuple[l
             raise MicrotileError(f"--approx: layer {L.op.index} bias_delta has {delta.size} values, the model "
                                  f"needs {L.w2d.shape[0]}; use the JSON written for this model")
         deltas[L.op.index] = delta
-    return layers, masks, deltas
+        if "weights" in r:  # the refit kept weights (compensated_weights), zero where the mask drops
+            w = np.asarray(r["weights"], dtype=np.int64)
+            ok = w.size == L.w2d.size and np.abs(w).max(initial=0) <= 127
+            if not ok or np.any(w.reshape(L.w2d.shape)[approx.unit_mask(L, m) == 0]):
+                raise MicrotileError(f"--approx: layer {L.op.index} weights are not {L.w2d.size} int8 values zero "
+                                     "outside its keep mask; use the JSON `microtile approx` wrote for this model")
+            weights[L.op.index] = w.reshape(L.w2d.shape).astype(np.int8)
+    return layers, masks, deltas, weights
 
 
 def pruned_model_file(model: str | Path, approx_json: str | Path, out_dir: Path | None = None, board=None) -> tuple[Path, set[int]]:
@@ -278,8 +297,8 @@ def pruned_model_file(model: str | Path, approx_json: str | Path, out_dir: Path 
     if not isinstance(records, list):
         raise MicrotileError(f"--approx {approx_json}: no `chosen.layers` in it; give the file `microtile approx --json` wrote")
     graph = load_tflite(model)
-    layers, masks, deltas = masks_from_records(graph, records, board)
-    pruned = approx.prune_graph(graph, layers, masks, mark=False, bias_delta=deltas)
+    layers, masks, deltas, weights = masks_from_records(graph, records, board)
+    pruned = approx.prune_graph(graph, layers, masks, mark=False, bias_delta=deltas, weights=weights)
     if out_dir is None:  # a run's own folder, removed when the process ends
         import atexit
         import shutil

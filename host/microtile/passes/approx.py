@@ -172,11 +172,57 @@ def _depthwise_statistics(op: Operator, graph: Graph, d: np.ndarray) -> tuple[np
     return np.ascontiguousarray(mean[:, src].T), np.ascontiguousarray(spread[:, src].T)
 
 
-def bias_correction(layer: Layer, keep: np.ndarray, mean: np.ndarray) -> np.ndarray:
+def sample_rows(layer: Layer, graph: Graph, x: np.ndarray, rows: int = 4096, seed: int = 0) -> np.ndarray:
+    """The zero-centred inputs (x - zp, padding taps 0) the layer's kernel reduces, at
+    up to `rows` seeded output pixels of the calibration batch x: [P, K] for the matmul
+    layers, [P, taps, out channels] for a depthwise one."""
+    from microtile.ops.conv import _conv_geometry, _patches
+
+    op = layer.op
+    d = np.asarray(x, dtype=np.int64) - graph.tensor(op.inputs[0]).zero_point
+    rng = np.random.default_rng(seed)
+    if op.opcode == "FULLY_CONNECTED":
+        flat = d.reshape(-1, layer.w2d.shape[1])
+        return flat[np.sort(rng.permutation(flat.shape[0])[:rows])].astype(np.float64)
+    g = _conv_geometry(op, graph)
+    win = _patches(d.reshape(-1, g["h"], g["w"], g["c"]), g["kh"], g["kw"], g["sh"], g["sw"], g["ph"], g["pw"],
+                   g["oh"], g["ow"])  # a view: N, OH, OW, KH, KW, C
+    pick = np.sort(rng.permutation(win.shape[0] * g["oh"] * g["ow"])[:rows])
+    b, rest = np.divmod(pick, g["oh"] * g["ow"])
+    sub = win[b, rest // g["ow"], rest % g["ow"]].astype(np.float64)  # P, KH, KW, C
+    if not layer.depthwise:
+        return sub.reshape(sub.shape[0], -1)
+    n = layer.w2d.shape[0]
+    return sub.reshape(sub.shape[0], g["kh"] * g["kw"], g["c"])[:, :, np.arange(n) // (n // g["c"])]
+
+
+def compensated_weights(layer: Layer, keep: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The layer's int8 weights pruned to `keep`, the kept weights of each channel refit
+    by least squares to the channel's exact output on the calibration rows (sample_rows,
+    centred: the mean goes to the bias, bias_correction), rounded and clipped to the
+    int8 weight range [-127, 127]. Dropped weights stay 0: the skip pattern is keep's."""
+    n, k = layer.w2d.shape
+    full = unit_mask(layer, keep)
+    w = layer.w2d.astype(np.float64)
+    dev = rows - rows.mean(axis=0)
+    # normal equations: the input covariance once per layer (per channel for depthwise)
+    gram = np.einsum("pkc,pjc->ckj", dev, dev) if layer.depthwise else dev.T @ dev
+    out = np.zeros((n, k))
+    for c in range(n):
+        kept = np.flatnonzero(full[c])
+        if kept.size == 0:
+            continue
+        g = gram[c] if layer.depthwise else gram
+        out[c, kept] = np.linalg.lstsq(g[np.ix_(kept, kept)], g[kept] @ w[c], rcond=None)[0]
+    return np.clip(np.rint(out), -127, 127).astype(np.int8)
+
+
+def bias_correction(layer: Layer, keep: np.ndarray, mean: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """int32 per output channel: the mean contribution of the dropped weights,
     sum_k w[n, k] * mean(x_k - zp), folded into the bias, so pruning removes only the
-    varying part of the input (significance is measured on that part)."""
-    dropped = layer.w2d.astype(np.float64) - apply_mask(layer, keep)
+    varying part of the input (significance is measured on that part); with `weights`
+    (compensated_weights) the mean change sum_k (w - weights)[n, k] * mean(x_k - zp)."""
+    dropped = layer.w2d.astype(np.float64) - (apply_mask(layer, keep) if weights is None else weights)
     # mean: [K] (one input for every channel) or [N, K] (depthwise: per channel)
     return np.rint((dropped * np.asarray(mean, dtype=np.float64)).sum(axis=1)).astype(np.int64)
 
@@ -200,18 +246,24 @@ def keep_mask(sig: np.ndarray, fraction: float) -> np.ndarray:
     return keep.reshape(sig.shape)
 
 
+def unit_mask(layer: Layer, keep: np.ndarray) -> np.ndarray:
+    """[N, K] bool: the weight positions of the kept units."""
+    n, k = layer.w2d.shape
+    return np.repeat(np.repeat(keep, layer.nr, axis=0), layer.kstep, axis=1)[:n, :k]
+
+
 def apply_mask(layer: Layer, keep: np.ndarray) -> np.ndarray:
     """The layer's weights with the dropped units zeroed."""
-    n, k = layer.w2d.shape
-    m = np.repeat(np.repeat(keep, layer.nr, axis=0), layer.kstep, axis=1)[:n, :k]
-    return np.where(m, layer.w2d, 0).astype(np.int8)
+    return np.where(unit_mask(layer, keep), layer.w2d, 0).astype(np.int8)
 
 
 def prune_graph(graph: Graph, layers: list[Layer], masks: dict[int, np.ndarray],
-                mark: bool = True, bias_delta: dict[int, np.ndarray] | None = None) -> Graph:
-    """A copy of the graph with the masked weights zeroed and bias_delta (bias_correction)
-    added to the biases; pruned layers carry PRUNE_KEY (mark=False: the plain int8
-    network, for the .tflite writer)."""
+                mark: bool = True, bias_delta: dict[int, np.ndarray] | None = None,
+                weights: dict[int, np.ndarray] | None = None) -> Graph:
+    """A copy of the graph with the masked weights zeroed (or replaced by `weights`, the
+    compensated [N, K] int8 weights) and bias_delta (bias_correction) added to the
+    biases; pruned layers carry PRUNE_KEY (mark=False: the plain int8 network, for the
+    .tflite writer)."""
     out = copy.copy(graph)
     out.tensors = list(graph.tensors)
     out.operators = list(graph.operators)
@@ -227,7 +279,8 @@ def prune_graph(graph: Graph, layers: list[Layer], masks: dict[int, np.ndarray],
         out.operators[pos] = op
         idx = op.inputs[1]
         out.tensors[idx] = copy.copy(graph.tensor(idx))
-        _set_weight_matrix(op, out, apply_mask(layer, keep))
+        w_new = (weights or {}).get(op.index)
+        _set_weight_matrix(op, out, apply_mask(layer, keep) if w_new is None else w_new)
         delta = (bias_delta or {}).get(op.index)
         if delta is not None and len(op.inputs) > 2 and op.inputs[2] >= 0:
             b = copy.copy(graph.tensor(op.inputs[2]))
