@@ -307,9 +307,8 @@ def live_profile(graph: Graph, config=None) -> list[int]:
     return profile
 
 
-def _score(graph: Graph, config=None) -> tuple[int, int]:
+def _score(profile: list[int]) -> tuple[int, int]:
     """(peak, steps at the peak): fewer steps at the same peak lets another path lower it."""
-    profile = live_profile(graph, config)
     peak = max(profile)
     return peak, profile.count(peak)
 
@@ -348,21 +347,27 @@ def partition_counts(channels: int, max_parts: int = MAX_PARTS) -> list[int]:
 def fdt(graph: Graph, config=None, max_parts: int = MAX_PARTS) -> Graph:
     """Apply, one at a time, the path and partition count that lower the graph's peak
     most (fewer partitions break ties), until none does; the graph itself when none
-    lowers its peak."""
-    current, score = graph, _score(graph, config)
+    lowers its peak. ``config``: the RamConfig whose in-place techniques to allow for."""
+    current, profile = graph, live_profile(graph, config)
     while True:
-        best = None  # ((peak, steps at it), partitions, graph, path)
+        score = _score(profile)
+        at = {id(op): step for step, op in enumerate(current.operators)}
+        best = None  # ((peak, steps at it), partitions, graph, path, profile)
         for path in discover(current)[0]:
+            first, last = at[id(path.start)], at[id(path.end)]
+            if max(profile[first + 1:last + 2]) < score[0]:
+                continue  # the peak is elsewhere: splitting this path cannot lower it
             for parts in partition_counts(path.channels, max_parts):
                 cand = apply_path(current, path, parts)
-                key = _score(cand, config)
+                cand_profile = live_profile(cand, config)
+                key = _score(cand_profile)
                 if key < score and (best is None or (key, parts) < best[:2]):
-                    best = (key, parts, cand, path)
+                    best = (key, parts, cand, path, cand_profile)
         if best is None:
             break
-        score, parts, cand, path = best
+        _, parts, cand, path, profile = best
         requant = next(op for op in cand.operators
                        if op.opcode == "MT_REQUANT_ACC" and op.options["fdt"]["path"] == path.start.index)
         requant.options["fdt"]["extra"] = path_cost(current, path, cand, parts)  # its options are this rewrite's own
         current = cand
-    return current if _score(current, config)[0] < _score(graph, config)[0] else graph
+    return current if max(profile) < max(live_profile(graph, config)) else graph
