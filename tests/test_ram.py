@@ -16,10 +16,11 @@ from microtile.errors import DoesNotFitError
 from microtile.importer.ir import Graph, Operator
 from microtile.ops import kernel_for
 from microtile.passes.fold_pad import fold_pad
-from microtile.passes.inplace import PANEL_ROWS, FusedPlan, PanelPlan, band_operator, band_plan, panel_plan
+from microtile.passes.inplace import (PANEL_ROWS, FusedPlan, PanelPlan, ResidualPlan, band_operator, band_plan,
+                                      panel_plan)
 from microtile.passes.pipeline import RamConfig, check_pass
 from microtile.passes.planner import Alias, plan_memory
-from microtile.passes.reorder import live_peak, reorder
+from microtile.passes.reorder import live_peak, live_profile, reorder
 from microtile.targets.boards import load_board
 from microtile_models import zoo
 from microtile_models.float_graph import FloatNet
@@ -83,6 +84,22 @@ def test_reorder_lowers_the_peak_of_a_branchy_graph_and_keeps_the_outputs():
     plain = compile_model(g, "reference", ram=RamConfig.none())
     better = compile_model(g, "reference", ram=replace(RamConfig.none(), reorder=True))
     assert better.plan.arena_size < plain.plan.arena_size
+
+
+def test_reorder_breaks_a_peak_tie_by_the_fewest_live_bytes():
+    """A strided residual block as ResNet-8 builds it (conv, conv, then the shortcut conv):
+    every order has the same peak, but running the shortcut before the second conv frees
+    the block input earlier (and lets the shortcut write over it)."""
+    net = FloatNet("shortcut", 4)
+    x = net.input((1, 8, 8, 8))
+    a = net.conv2d(net.conv2d(x, 16, (3, 3), stride=2), 16, (3, 3))
+    net.output(net.add(net.conv2d(x, 16, (1, 1), stride=2), a))
+    g = net.to_graph()
+    r = reorder(g)
+    (peak, total), (new_peak, new_total) = live_profile(g, g.operators), live_profile(g, r.operators)
+    assert new_peak == peak and new_total < total
+    for x in _inputs(g, 2):
+        check_pass(g, r, x)
 
 
 # ---------------------------------------------------------------- planner with aliases
@@ -249,6 +266,26 @@ def test_every_technique_is_bit_exact_natively(techniques, kernels, config):
             assert np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("kernels", ["reference", "optimized"])
+@pytest.mark.parametrize("config", [RamConfig(), RamConfig(max_bands=3, exact=False)], ids=lambda c: c.label())
+def test_a_residual_block_runs_fused_over_its_input_bit_exact(kernels, config):
+    g = zoo.build("resnet8_ic")
+    model = NativeModel.build(g, kernels, ram=config)
+    fused = {s: b for s, b in model.compiled.bands.items() if isinstance(b, ResidualPlan)}
+    assert fused, "the first residual block (conv, conv, ADD of the block input) should run fused"
+    for step, rp in fused.items():
+        add = model.compiled.device_ops[step]
+        x = rp.conv1.inputs[0]
+        assert add.opcode == "ADD" and x in add.inputs
+        assert model.compiled.plan.offsets[add.outputs[0]] == model.compiled.plan.offsets[x]  # over the block input
+        assert rp.scratch_bytes < g.tensor(x).nbytes  # the ring and a band, not the two conv outputs
+    plain = prepare(g, kernels, None, replace(config, fuse=False)).plan.arena_size
+    assert model.compiled.plan.arena_size < plain
+    for x in _inputs(g, 2, seed=11):
+        for got, want in zip(model.run(x), run_reference(g, x)):
+            assert np.array_equal(got, want)
+
+
 def test_techniques_lower_the_arena_of_the_zoo_model(techniques):
     none = compile_model(techniques, "optimized", ram=RamConfig.none())
     chosen = compile_model(techniques, "optimized", load_board("qemu"))
@@ -296,7 +333,7 @@ def test_mcunet_vww_needs_the_techniques_to_fit_128_kib():
 
 # ---------------------------------------------------------------- on QEMU
 
-@pytest.mark.parametrize("name", ["ram_techniques", "mcunet_vww"])
+@pytest.mark.parametrize("name", ["ram_techniques", "mcunet_vww", "resnet8_ic"])
 def test_chosen_point_runs_bit_exact_on_the_target(name, tmp_path, run_on_board):
     from microtile_models.build import zoo_model_bytes
 

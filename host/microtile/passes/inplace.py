@@ -12,6 +12,12 @@
   copy ("direct"), a band's output must also miss the band's own input rows: no scratch,
   a larger delta. Bands run top-down (output at or before the input) or bottom-up
   (at or after it), whichever keeps the chain of in-place layers from drifting.
+- a residual block, CONV_2D -> CONV_2D -> ADD with the first conv's input (``ResidualPlan``,
+  line-buffered fusion): per band of output rows, the first conv makes the rows the band
+  needs into a ring, the second conv a band of its output into scratch, and the ADD
+  writes the band over the block input's own rows, which no later band reads. Neither
+  conv output exists whole, no row is computed twice, and the block needs its input's
+  bytes plus the ring.
 - CONV_2D on the optimised kernel, whole, over its own input (``PanelPlan``): the kernel
   copies each group of output pixels' receptive fields into its im2col panel before it
   writes their outputs, so the output may sit where no group's writes reach bytes a later
@@ -143,6 +149,98 @@ def panel_plan(op: Operator, graph: Graph, kernels: str,
     if max(x.nbytes, delta + ny) - min(delta, 0) >= x.nbytes + ny:
         return None
     return PanelPlan(delta)
+
+
+@dataclass(frozen=True)
+class ResidualPlan:
+    """conv1 (x -> t) -> conv2 (t -> u) -> ADD(x, u) = z, run band by band (see the module
+    docstring); z is written over x (delta 0). Bands are rows of z; ``t_rows`` are the rows
+    of t each band's conv2 reads (the ring), ``x_rows`` what its conv1 reads."""
+    bands: tuple[Band, ...]     # z / u rows, in_rows = t rows (the ring), pad_top of conv2
+    pad_left1: int
+    pad_left2: int
+    ph1: int                    # conv1's padding above (a band's pad_top comes from it)
+    x_row_bytes: int
+    t_row_bytes: int
+    u_row_bytes: int
+    conv1: Operator = field(compare=False, repr=False, default=None)
+    conv2: Operator = field(compare=False, repr=False, default=None)
+    delta: int = 0
+
+    @property
+    def ring_rows(self) -> int:
+        return max(b.in_rows[1] - b.in_rows[0] for b in self.bands)
+
+    @property
+    def band_rows(self) -> int:
+        return max(b.out_rows[1] - b.out_rows[0] for b in self.bands)
+
+    @property
+    def scratch_bytes(self) -> int:
+        """The ring of t rows, then one band of u."""
+        ring = -(-self.ring_rows * self.t_row_bytes // ALIGN) * ALIGN
+        return ring + self.band_rows * self.u_row_bytes
+
+
+def residual_plan(conv1: Operator, conv2: Operator, add: Operator, graph: Graph,
+                  max_bands: int) -> ResidualPlan | None:
+    """The fused plan of a residual block, or None: both convs stride 1 with as many output
+    rows and columns as input ones, the ADD of the block input and the second conv's output
+    (same shape), and no band's first conv reading x rows an earlier band's ADD wrote."""
+    from microtile.ops import kernel_for
+
+    if conv1.opcode != "CONV_2D" or conv2.opcode != "CONV_2D" or add.opcode != "ADD" \
+            or conv2.inputs[0] != conv1.outputs[0] or len(add.inputs) != 2:
+        return None
+    x, t, u, z = (graph.tensor(i) for i in (conv1.inputs[0], conv1.outputs[0], conv2.outputs[0], add.outputs[0]))
+    if sorted(add.inputs) != sorted([x.index, u.index]) or not (x.shape == u.shape == z.shape) \
+            or len(x.shape) != 4 or x.shape[0] != 1 or any(v.dtype != "int8" for v in (x, t, u, z)) \
+            or any("explicit_padding" in c.options for c in (conv1, conv2)):
+        return None
+    p1, p2 = kernel_for(conv1).params(conv1, graph), kernel_for(conv2).params(conv2, graph)
+    for p in (p1, p2):
+        if (p["sh"], p["sw"]) != (1, 1) or p["oh"] != p["h"] or p["ow"] != p["w"]:
+            return None
+    h = p2["oh"]
+    if h < 2:
+        return None
+    rows = math.ceil(h / min(max_bands, h))
+    bands, done = [], 0
+    for o0 in range(0, h, rows):
+        o1 = min(h, o0 + rows)
+        t0, t1 = max(0, o0 - p2["ph"]), min(h, o1 - 1 - p2["ph"] + p2["kh"])
+        new0 = max(t0, bands[-1].in_rows[1]) if bands else t0  # rows of t this band's conv1 makes
+        if new0 < t1 and max(0, new0 - p1["ph"]) < done:  # it would read x rows the last ADD wrote
+            return None
+        bands.append(Band((o0, o1), (t0, t1), max(0, p2["ph"] - o0)))
+        done = o1
+    plan = ResidualPlan(tuple(bands), p1["pw"], p2["pw"], p1["ph"], x.shape[2] * x.shape[3],
+                        t.shape[2] * t.shape[3], u.shape[2] * u.shape[3], conv1, conv2)
+    if plan.scratch_bytes >= t.nbytes + u.nbytes:
+        return None
+    return plan
+
+
+def residual_fusions(graph: Graph, ops: list[Operator], life: dict, protected: set[int],
+                     config: RamConfig) -> dict[int, ResidualPlan]:
+    """Step of the ADD -> ResidualPlan, for every conv -> conv -> ADD run back to back
+    whose middle tensors only the next layer reads and whose input only the block reads."""
+    found = {}
+    for step in range(2, len(ops)):
+        c1, c2, add = ops[step - 2:step + 1]
+        if not c1.outputs or not c2.outputs or {step - 1, step - 2} & set(found):
+            continue
+        x, t, u = c1.inputs[0], c1.outputs[0], c2.outputs[0]
+        if x in protected or t in protected or u in protected or life.get(x, (0, -1))[1] != step \
+                or life.get(t) != (step - 2, step - 1) or life.get(u) != (step - 1, step):
+            continue
+        readers = [i for i, op in enumerate(ops) if {x, t, u} & set(op.inputs)]
+        if readers != [step - 2, step - 1, step]:
+            continue
+        plan = residual_plan(c1, c2, add, graph, config.max_bands)
+        if plan is not None:
+            found[step] = plan
+    return found
 
 
 def fused_plan(pw: Operator, dw: Operator, graph: Graph, max_bands: int,
@@ -294,7 +392,11 @@ def find_aliases(graph: Graph, ops: list[Operator], inputs: list[int], outputs: 
     best = list(live)
     for step, how in bands.items():
         x, y = graph.tensor(ops[step].inputs[0]).nbytes, graph.tensor(ops[step].outputs[0]).nbytes
-        if isinstance(how, FusedPlan):
+        if isinstance(how, ResidualPlan):  # t, u and z take no bytes of their own
+            t, u = (graph.tensor(o.outputs[0]).nbytes for o in (how.conv1, how.conv2))
+            best[step - 2], best[step - 1] = live[step - 2] - t + how.scratch_bytes, live[step - 1] - t - u + how.scratch_bytes
+            best[step] = live[step] - u - y + how.scratch_bytes
+        elif isinstance(how, FusedPlan):
             t = graph.tensor(how.conv.outputs[0]).nbytes
             best[step - 1] = best[step] = live[step - 1] - t + y + how.scratch_bytes
         elif isinstance(how, (BandPlan, PanelPlan)):
@@ -307,7 +409,8 @@ def find_aliases(graph: Graph, ops: list[Operator], inputs: list[int], outputs: 
             best[step] = live[step] - graph.tensor(op.outputs[0]).nbytes
     target = max(best, default=0)
     skip = {s for s, how in bands.items()
-            if max(live[s], live[s - 1] if isinstance(how, FusedPlan) else 0) <= target}
+            if max(live[s], live[s - 1] if isinstance(how, (FusedPlan, ResidualPlan)) else 0,
+                   live[s - 2] if isinstance(how, ResidualPlan) else 0) <= target}
     return _find(graph, ops, inputs, outputs, config, kernels, skip) if skip else (aliases, bands)
 
 
@@ -329,6 +432,9 @@ def _find(graph: Graph, ops: list[Operator], inputs: list[int], outputs: list[in
     bands: dict[int, BandPlan | int | FusedPlan] = {}
     fused = fusions(graph, ops, life, set(outputs), config) if config.fuse else {}
     fused = {s: fp for s, fp in fused.items() if s not in skip}
+    residual = residual_fusions(graph, ops, life, protected, config) if config.fuse else {}
+    residual = {s: rp for s, rp in residual.items() if s not in skip}
+    fused = {s: fp for s, fp in fused.items() if not {s - 1, s} & {r - k for r in residual for k in (0, 1, 2)}}
     # tensor -> (chain, offset in it); chain -> its extent (low, high), as the planner will group them
     where: dict[int, tuple[int, int]] = {}
     extent: dict[int, tuple[int, int]] = {}
@@ -345,6 +451,14 @@ def _find(graph: Graph, ops: list[Operator], inputs: list[int], outputs: list[in
         extent[c] = (min(low, pos + delta), max(high, pos + delta + graph.tensor(o).nbytes))
     for step, op in enumerate(ops):
         outs = op.outputs
+        if step + 1 in residual or step + 2 in residual:  # a conv of a fused residual block: no bytes
+            continue
+        if step in residual:  # the ADD of the block: over the block input
+            aliases.append(Alias(outs[0], op.inputs[0] if op.inputs[0] == ops[step - 2].inputs[0] else op.inputs[1],
+                                 0, "add"))
+            bands[step] = residual[step]
+            join(outs[0], ops[step - 2].inputs[0], 0)
+            continue
         if op.opcode == "RESHAPE" and config.reshape_alias:
             aliases.append(Alias(outs[0], op.inputs[0], 0, "reshape"))
         elif op.opcode == "CONCATENATION" and config.concat_place:

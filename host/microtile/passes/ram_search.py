@@ -13,15 +13,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 from microtile.errors import DoesNotFitError
 from microtile.importer.ir import Graph
-from microtile.passes.inplace import PanelPlan
+from microtile.passes.inplace import FusedPlan, PanelPlan, ResidualPlan
 from microtile.passes.pipeline import RamConfig
 
 COPY_BYTE = 0.5     # instructions per byte copied (word copies: LDR + STR + loop per 4 bytes)
-# instructions per extra kernel call of a band (prologue, tile and panel set-up): QEMU measured
-# 1,070 (VWW), 3,028 (KWS) and 6,095 (IC) per extra call at one row per band; the largest is used
-BAND_CALL = 6000
+# An extra kernel call of a band: its set-up, plus, for a conv, the padded rows of the last
+# register tile (a band of P pixels runs ceil(P / 3) tiles of 3: up to 2 pixels' K x N MACs
+# made and thrown away). QEMU measured 1,070 (VWW: no wasted row), 3,028 (KWS: 1 pixel of
+# 64 x 64) and 6,095 (IC: 1 pixel of 144 x 16) instructions per extra call at one row per band.
+BAND_CALL = 1100
+TILE_ROWS = 3       # the conv schedules' usual register tile height (3x2)
+WASTED_MAC = 1.0    # instructions per MAC of a thrown-away tile row
 COST_SLACK = 0.05   # candidates within 5% of the fastest predicted count are "as fast"
 EXACT_RETRIES = 4   # smallest candidates planned exactly when none fits the budget greedily
 DEFAULT_IPM = 8.0   # instructions per MAC (or element) of a layer with no prediction
@@ -126,24 +132,37 @@ def baseline_instructions(prep, board) -> float:
     return total
 
 
+def _band_call(op, graph, band) -> float:
+    """The predicted instructions of one more call of ``op`` for ``band`` (see BAND_CALL)."""
+    if op.opcode != "CONV_2D":
+        return BAND_CALL
+    y, w = graph.tensor(op.outputs[0]), graph.tensor(op.inputs[1])
+    pixels = (band.out_rows[1] - band.out_rows[0]) * y.shape[2]
+    return BAND_CALL + (-pixels % TILE_ROWS) * int(np.prod(w.shape[1:])) * y.shape[3] * WASTED_MAC
+
+
 def extra_instructions(prep) -> float:
     """What the techniques add: band copies and calls, minus the copies they remove."""
+    graph = prep.graph
     extra = 0.0
-    for bp in prep.bands.values():
+    for step, bp in prep.bands.items():
         if isinstance(bp, (int, PanelPlan)):  # kernels in place: the depthwise's plane copies cost about
             continue                          # what they save; the conv's panel is built anyway
-        if not hasattr(bp, "copied_bytes"):  # fused: two calls per band and the ring rows moved
-            moved = sum(max(0, a.in_rows[1] - b.in_rows[0]) for a, b in zip(bp.bands, bp.bands[1:]))  # either way
-            extra += 2 * (len(bp.bands) - 1) * BAND_CALL + moved * bp.t_row_bytes * COPY_BYTE
+        op = prep.device_ops[step]
+        if isinstance(bp, ResidualPlan):  # three calls per band, ring moves
+            layers = [bp.conv1, bp.conv2, op]
+        elif isinstance(bp, FusedPlan):   # two calls per band, ring moves
+            layers = [bp.conv, op]
+        else:                             # one call per band and its input rows copied
+            extra += bp.copied_bytes * COPY_BYTE + sum(_band_call(op, graph, b) for b in bp.bands[1:])
             continue
-        extra += bp.copied_bytes * COPY_BYTE + (len(bp.bands) - 1) * BAND_CALL
-    graph = prep.graph
+        moved = sum(max(0, a.in_rows[1] - b.in_rows[0]) for a, b in zip(bp.bands, bp.bands[1:]))  # either way
+        extra += moved * bp.t_row_bytes * COPY_BYTE + sum(_band_call(layer, graph, b) for layer in layers
+                                                          for b in bp.bands[1:])
     for a in prep.plan.aliases:
         if a.kind in ("reshape", "concat"):
             extra -= graph.tensor(a.member).nbytes * COPY_BYTE
-    from microtile.passes.fdt import extra_instructions as fdt_extra
-
-    return extra + fdt_extra(graph)  # FDT's extra calls, accumulator updates and partial sums
+    return extra
 
 
 def search_ram(graph: Graph, kernels: str, board, budget: int | None = None,

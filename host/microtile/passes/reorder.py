@@ -2,8 +2,10 @@
 branches) that minimises the peak of live activation bytes.
 
 An exact search over the graph's topological orders by dynamic programming on the set
-of operators already run (the live bytes depend only on that set); a graph with more
-states than MAX_STATES keeps its order. Sizes are the planner's aligned bytes, so the
+of operators already run (the live bytes depend only on that set); among orders with the
+same peak, the one with the fewest live bytes summed over the steps wins (in-place layers
+then find their input at its last reader more often); a graph with more states than
+MAX_STATES keeps its order. Sizes are the planner's aligned bytes, so the
 peak here is a lower bound of the arena the planner can reach for that order.
 """
 from __future__ import annotations
@@ -18,6 +20,11 @@ MAX_STATES = 20000
 def live_peak(graph: Graph, ops: list[Operator]) -> int:
     """Max over steps of the bytes of tensors alive at that step (inputs and outputs
     of the graph included)."""
+    return live_profile(graph, ops)[0]
+
+
+def live_profile(graph: Graph, ops: list[Operator]) -> tuple[int, int]:
+    """(peak, sum over steps) of the live bytes."""
     size = _sizes(graph)
     last = {}
     for step, op in enumerate(ops):
@@ -27,12 +34,13 @@ def live_peak(graph: Graph, ops: list[Operator]) -> int:
     for i in graph.outputs:
         last[i] = len(ops)
     live = {i for i in graph.inputs if i in size}
-    peak = sum(size[i] for i in live)
+    peak, total = sum(size[i] for i in live), 0
     for step, op in enumerate(ops):
         live |= {o for o in op.outputs if o in size}
-        peak = max(peak, sum(size[i] for i in live))
+        now = sum(size[i] for i in live)
+        peak, total = max(peak, now), total + now
         live = {i for i in live if last.get(i, -1) > step}
-    return peak
+    return peak, total
 
 
 def _sizes(graph: Graph) -> dict[int, int]:
@@ -63,14 +71,14 @@ def reorder(graph: Graph) -> Graph:
                 total += size[i]
         return total
 
-    # best[done] = (peak so far, order) over orders running exactly the ops in done
+    # best[done] = (peak so far, live bytes summed so far, order) over orders running exactly the ops in done
     start = frozenset()
-    best = {start: (live_after(start), [])}
+    best = {start: (live_after(start), 0, [])}
     frontier = [start]
     for _ in range(n):
-        nxt: dict[frozenset, tuple[int, list[int]]] = {}
+        nxt: dict[frozenset, tuple[int, int, list[int]]] = {}
         for done in frontier:
-            peak, order = best[done]
+            peak, total, order = best[done]
             base = live_after(done)
             for k in range(n):
                 if k in done or not deps[k] <= done:
@@ -78,16 +86,16 @@ def reorder(graph: Graph) -> Graph:
                 after = done | {k}
                 # during op k: what was live, plus its outputs
                 during = base + sum(size[o] for o in ops[k].outputs if o in size)
-                cand = (max(peak, during, live_after(after)), order + [k])
-                if after not in nxt or cand[0] < nxt[after][0]:
+                cand = (max(peak, during, live_after(after)), total + during, order + [k])
+                if after not in nxt or cand[:2] < nxt[after][:2]:
                     nxt[after] = cand
         if len(nxt) > MAX_STATES:
             return graph
         best.update(nxt)
         frontier = list(nxt)
     full = frozenset(range(n))
-    order = best[full][1]
+    order = best[full][2]
     new_ops = [ops[k] for k in order]
-    if live_peak(graph, new_ops) >= live_peak(graph, ops):
+    if live_profile(graph, new_ops) >= live_profile(graph, ops):
         return graph
     return copy_graph(graph, operators=new_ops)
