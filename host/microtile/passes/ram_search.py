@@ -162,7 +162,9 @@ def extra_instructions(prep) -> float:
     for a in prep.plan.aliases:
         if a.kind in ("reshape", "concat"):
             extra -= graph.tensor(a.member).nbytes * COPY_BYTE
-    return extra
+    from microtile.passes.fdt import extra_instructions as fdt_extra
+
+    return extra + fdt_extra(graph)  # FDT's extra calls, accumulator updates and partial sums
 
 
 def search_ram(graph: Graph, kernels: str, board, budget: int | None = None,
