@@ -268,17 +268,22 @@ def test_every_technique_is_bit_exact_natively(techniques, kernels, config):
 
 @pytest.mark.parametrize("kernels", ["reference", "optimized"])
 @pytest.mark.parametrize("config", [RamConfig(), RamConfig(max_bands=3, exact=False)], ids=lambda c: c.label())
-def test_a_residual_block_runs_fused_over_its_input_bit_exact(kernels, config):
-    g = zoo.build("resnet8_ic")
+@pytest.mark.parametrize("name, layers", [("resnet8_ic", 2), ("mcunet_vww", 3)])
+def test_a_residual_block_runs_fused_over_its_input_bit_exact(name, layers, kernels, config):
+    """ResNet-8's conv, conv, ADD; MobileNetV2's 1x1 conv, depthwise, 1x1 conv, ADD."""
+    g = zoo.build(name)
     model = NativeModel.build(g, kernels, ram=config)
     fused = {s: b for s, b in model.compiled.bands.items() if isinstance(b, ResidualPlan)}
-    assert fused, "the first residual block (conv, conv, ADD of the block input) should run fused"
+    assert fused and {len(rp.layers) for rp in fused.values()} == {layers}
     for step, rp in fused.items():
         add = model.compiled.device_ops[step]
-        x = rp.conv1.inputs[0]
+        x = rp.layers[0].inputs[0]
         assert add.opcode == "ADD" and x in add.inputs
         assert model.compiled.plan.offsets[add.outputs[0]] == model.compiled.plan.offsets[x]  # over the block input
-        assert rp.scratch_bytes < g.tensor(x).nbytes  # the ring and a band, not the two conv outputs
+        outputs = sum(g.tensor(layer.outputs[0]).nbytes for layer in rp.layers)
+        assert rp.scratch_bytes < outputs  # rings and a band, not the layers' outputs
+    first = fused[min(fused)]  # the largest block: a small fraction
+    assert first.scratch_bytes < 0.4 * sum(g.tensor(layer.outputs[0]).nbytes for layer in first.layers)
     plain = prepare(g, kernels, None, replace(config, fuse=False)).plan.arena_size
     assert model.compiled.plan.arena_size < plain
     for x in _inputs(g, 2, seed=11):

@@ -390,39 +390,46 @@ def _emit_fused(op: Operator, graph: Graph, em: _Emitter, fp: FusedPlan) -> str:
 
 
 def _emit_residual(op: Operator, graph: Graph, em: _Emitter, rp: ResidualPlan) -> str:
-    """A residual block band by band (passes/inplace.ResidualPlan): conv1 makes the t rows
-    the band needs into a ring (the rows the last band made move to its front), conv2 a
-    band of u into scratch after the ring, and the ADD writes the band's rows of z."""
+    """A residual block band by band (passes/inplace.ResidualPlan): each layer but the last
+    makes its new rows into its ring (the rows it made for the last band and still needed
+    move to the ring's front), the last layer makes a band of u after the rings, and the
+    ADD writes the band's rows of z."""
     from types import SimpleNamespace
 
-    sub, c1, c2 = em.band_graph, rp.conv1, rp.conv2
-    x_off, z_off = em.offsets[c1.inputs[0]], em.offsets[op.outputs[0]]
-    h = graph.tensor(c1.inputs[0]).shape[1]
-    ring_bytes = -(-rp.ring_rows * rp.t_row_bytes // ALIGN) * ALIGN
-    calls, kernel_scratch, prev = [], 0, None
-    for b in rp.bands:
-        t0, t1 = b.in_rows
-        lines, new0 = [], t0
-        if prev is not None and prev[1] > t0:
-            keep0 = max(t0, prev[0])
-            lines.append(f"memmove(arena + @RING@, arena + @RING@ + {(keep0 - prev[0]) * rp.t_row_bytes}, "
-                         f"{(prev[1] - keep0) * rp.t_row_bytes}u);")
-            new0 = prev[1]
-        steps = []
-        if new0 < t1:
-            k1 = graph.tensor(c1.inputs[1]).shape[1]
-            x0, x1 = max(0, new0 - rp.ph1), min(h, t1 - 1 - rp.ph1 + k1)
-            band1 = Band((new0, t1), (x0, x1), max(0, rp.ph1 - new0))
-            steps.append((c1, band_operator(c1, sub, band1, SimpleNamespace(pad_left=rp.pad_left1)),
-                          f"((int8_t *)(arena + {x_off + x0 * rp.x_row_bytes}))",
-                          f"((int8_t *)(arena + @RING@ + {(new0 - t0) * rp.t_row_bytes}))"))
-        conv2 = band_operator(c2, sub, b, SimpleNamespace(pad_left=rp.pad_left2))
-        steps.append((c2, conv2, "((int8_t *)(arena + @RING@))", f"((int8_t *)(arena + @RING@ + {ring_bytes}))"))
-        for layer_op, band_op, src, dst in steps:
-            em.pointers[band_op.inputs[0]], em.pointers[band_op.outputs[0]] = src, dst
-            em.scratch_bytes[em.layer] = 0
-            lines.append(kernel_for(layer_op).emit(band_op, sub, em).strip())
-            kernel_scratch = max(kernel_scratch, em.scratch_bytes[em.layer])
+    sub, layers = em.band_graph, rp.layers
+    x_off, z_off = em.offsets[layers[0].inputs[0]], em.offsets[op.outputs[0]]
+    rings = rp.ring_offsets()
+    window = [None] * len(rings)  # (first row, end row) each ring holds
+    calls, kernel_scratch = [], 0
+
+    def emit(layer: Operator, band: Band, pad_left: int, src: str, dst: str) -> str:
+        nonlocal kernel_scratch
+        band_op = band_operator(layer, sub, band, SimpleNamespace(pad_left=pad_left))
+        em.pointers[band_op.inputs[0]], em.pointers[band_op.outputs[0]] = src, dst
+        em.scratch_bytes[em.layer] = 0
+        text = kernel_for(layer).emit(band_op, sub, em).strip()
+        kernel_scratch = max(kernel_scratch, em.scratch_bytes[em.layer])
+        return text
+
+    def source(k: int, first_row: int) -> str:  # layer k's input row first_row
+        if k == 0:
+            return f"((int8_t *)(arena + {x_off + first_row * rp.row_bytes[0]}))"
+        return f"((int8_t *)(arena + @RING@ + {rings[k - 1] + (first_row - window[k - 1][0]) * rp.row_bytes[k]}))"
+
+    for b, steps in zip(rp.bands, rp.steps):
+        lines = []
+        for k, st in enumerate(steps):
+            (new0, new1), rb = st.band.out_rows, rp.row_bytes[k + 1]
+            if new0 >= new1:
+                continue
+            if window[k] is not None and window[k][1] > st.window and st.window > window[k][0]:
+                lines.append(f"memmove(arena + @RING@ + {rings[k]}, arena + @RING@ + "
+                             f"{rings[k] + (st.window - window[k][0]) * rb}, {(window[k][1] - st.window) * rb}u);")
+            window[k] = (st.window, new1)
+            lines.append(emit(layers[k], st.band, rp.pad_left[k], source(k, st.band.in_rows[0]),
+                              f"((int8_t *)(arena + @RING@ + {rings[k] + (new0 - st.window) * rb}))"))
+        lines.append(emit(layers[-1], b, rp.pad_left[-1], source(len(layers) - 1, b.in_rows[0]),
+                          f"((int8_t *)(arena + @RING@ + {rings[-1]}))"))
         # the ADD on the band's rows: x's rows and the u band in, z's rows out (over x's when aliased)
         rows = b.out_rows[1] - b.out_rows[0]
         band_tensors = []
@@ -431,19 +438,18 @@ def _emit_residual(op: Operator, graph: Graph, em: _Emitter, rp: ResidualPlan) -
             bt = Tensor(len(sub.tensors), f"{t.name}_rows{b.out_rows[0]}", (1, rows, *t.shape[2:]), t.dtype, t.quant)
             sub.tensors.append(bt)
             band_tensors.append(bt.index)
-        for i, bi in zip((*op.inputs, op.outputs[0]), band_tensors):
-            em.pointers[bi] = (f"((int8_t *)(arena + @RING@ + {ring_bytes}))" if i == c2.outputs[0] else
-                               f"((int8_t *)(arena + {(x_off if i != op.outputs[0] else z_off) + b.out_rows[0] * rp.x_row_bytes}))")
+            em.pointers[bt.index] = (f"((int8_t *)(arena + @RING@ + {rings[-1]}))" if i == layers[-1].outputs[0] else
+                                     f"((int8_t *)(arena + {(z_off if i == op.outputs[0] else x_off) + b.out_rows[0] * rp.row_bytes[0]}))")
         em.scratch_bytes[em.layer] = 0
         lines.append(kernel_for(op).emit(Operator(op.index, op.opcode, band_tensors[:2], band_tensors[2:], op.options),
                                          sub, em).strip())
         kernel_scratch = max(kernel_scratch, em.scratch_bytes[em.layer])
-        calls.append(f"/* rows {b.out_rows[0]}..{b.out_rows[1] - 1} from conv1 rows {t0}..{t1 - 1} */\n" + "\n".join(lines))
-        prev = (t0, t1)
+        calls.append(f"/* rows {b.out_rows[0]}..{b.out_rows[1] - 1} */\n" + "\n".join(lines))
     ring_at = (kernel_scratch + ALIGN - 1) // ALIGN * ALIGN
     em.scratch_bytes[em.layer] = ring_at + rp.scratch_bytes
-    head = (f"/* #{c1.index} CONV_2D, #{c2.index} CONV_2D and this ADD fused in {len(rp.bands)} bands: a ring of "
-            f"{rp.ring_rows} conv1 rows and {rp.band_rows} conv2 rows, output over the block input */")
+    names = ", ".join(f"#{layer.index} {layer.opcode}" for layer in layers)
+    head = (f"/* {names} and this ADD fused in {len(rp.bands)} bands: rings of {', '.join(map(str, rp.ring_rows))} "
+            f"rows and a band of {rp.band_rows}, output over the block input */")
     return head + "\n" + "\n".join(calls).replace("@RING@", str(em.layer_scratch() + ring_at))
 
 
@@ -454,8 +460,8 @@ def emit_layer(op: Operator, graph: Graph, em: _Emitter, step: int, bands: dict[
     with operator_errors(op):
         if isinstance(bands.get(step + 1), FusedPlan):
             return f"/* #{op.index} CONV_2D: fused into the next layer */"
-        if isinstance(bands.get(step + 1), ResidualPlan) or isinstance(bands.get(step + 2), ResidualPlan):
-            return f"/* #{op.index} CONV_2D: fused into the residual block's ADD */"
+        if any(isinstance(bands.get(step + k), ResidualPlan) and len(bands[step + k].layers) >= k for k in (1, 2, 3)):
+            return f"/* #{op.index} {op.opcode}: fused into the residual block's ADD */"
         if isinstance(bands.get(step), ResidualPlan):
             return _emit_residual(op, graph, em, bands[step])
         if isinstance(bands.get(step), FusedPlan):
@@ -517,7 +523,7 @@ def prepare(graph: Graph, kernels: str, board, config: RamConfig, exact: bool | 
     def plan_with(aliases: list, bands: dict, exact: bool) -> MemoryPlan:
         fused = {step: fp for step, fp in bands.items() if isinstance(fp, FusedPlan)}
         virtual = {fp.conv.outputs[0] for fp in fused.values()}
-        virtual |= {c.outputs[0] for rp in bands.values() if isinstance(rp, ResidualPlan) for c in (rp.conv1, rp.conv2)}
+        virtual |= {c.outputs[0] for rp in bands.values() if isinstance(rp, ResidualPlan) for c in rp.layers}
         extend = {fp.conv.inputs[0]: step for step, fp in fused.items()}
         scratch = scratch_of(bands)
         kept = [a for a in aliases if a.kind not in band_kinds or any(device_ops[s].outputs[0] == a.member for s in bands)]

@@ -12,12 +12,13 @@
   copy ("direct"), a band's output must also miss the band's own input rows: no scratch,
   a larger delta. Bands run top-down (output at or before the input) or bottom-up
   (at or after it), whichever keeps the chain of in-place layers from drifting.
-- a residual block, CONV_2D -> CONV_2D -> ADD with the first conv's input (``ResidualPlan``,
-  line-buffered fusion): per band of output rows, the first conv makes the rows the band
-  needs into a ring, the second conv a band of its output into scratch, and the ADD
-  writes the band over the block input's own rows, which no later band reads. Neither
-  conv output exists whole, no row is computed twice, and the block needs its input's
-  bytes plus the ring.
+- a residual block, 2 or 3 window layers (conv -> conv, or MobileNetV2's 1x1 conv ->
+  depthwise -> 1x1 conv) and the ADD of the block input (``ResidualPlan``, line-buffered
+  fusion): per band of output rows, each layer but the last makes the rows the next one
+  needs into its ring (rows the last band made stay), the last layer makes a band into
+  scratch, and the ADD writes the band over the block input's own rows, which no later
+  band reads. No layer output exists whole, no row is computed twice, and the block needs
+  its input's bytes plus the rings.
 - CONV_2D on the optimised kernel, whole, over its own input (``PanelPlan``): the kernel
   copies each group of output pixels' receptive fields into its im2col panel before it
   writes their outputs, so the output may sit where no group's writes reach bytes a later
@@ -152,94 +153,144 @@ def panel_plan(op: Operator, graph: Graph, kernels: str,
 
 
 @dataclass(frozen=True)
+class ChainStep:
+    """One layer of a fused block in one band: the rows of its output it makes (into its
+    ring), the rows of its input it reads, its padding above, and where its ring's window
+    starts (the ring holds the rows [window, window + ring rows) of the layer's output)."""
+    band: Band
+    window: int
+
+
+@dataclass(frozen=True)
 class ResidualPlan:
-    """conv1 (x -> t) -> conv2 (t -> u) -> ADD(x, u) = z, run band by band (see the module
-    docstring); z is written over x (delta 0). Bands are rows of z; ``t_rows`` are the rows
-    of t each band's conv2 reads (the ring), ``x_rows`` what its conv1 reads."""
-    bands: tuple[Band, ...]     # z / u rows, in_rows = t rows (the ring), pad_top of conv2
-    pad_left1: int
-    pad_left2: int
-    ph1: int                    # conv1's padding above (a band's pad_top comes from it)
-    x_row_bytes: int
-    t_row_bytes: int
-    u_row_bytes: int
-    conv1: Operator = field(compare=False, repr=False, default=None)
-    conv2: Operator = field(compare=False, repr=False, default=None)
+    """A residual block, 2 or 3 window layers (x -> t1 [-> t2] -> u) and ADD(x, u) = z, run
+    band by band (see the module docstring); z is written over x (delta 0). ``bands`` are
+    rows of z (in_rows: the rows of the last layer's input it reads, from the last ring);
+    ``steps[b][k]`` says what layer k (all but the last) does in band b."""
+    bands: tuple[Band, ...]
+    steps: tuple[tuple[ChainStep, ...], ...]
+    ring_rows: tuple[int, ...]     # per intermediate tensor
+    row_bytes: tuple[int, ...]     # x, the intermediates, u
+    pad_left: tuple[int, ...]      # per layer
+    layers: tuple[Operator, ...] = field(compare=False, repr=False, default=())
     delta: int = 0
 
-    @property
-    def ring_rows(self) -> int:
-        return max(b.in_rows[1] - b.in_rows[0] for b in self.bands)
+    def ring_offsets(self) -> list[int]:
+        """Where each ring, then the band of u, start in the plan's scratch."""
+        at, out = 0, []
+        for rows, rb in zip(self.ring_rows, self.row_bytes[1:-1]):
+            out.append(at)
+            at += -(-rows * rb // ALIGN) * ALIGN
+        return out + [at]
 
     @property
     def band_rows(self) -> int:
         return max(b.out_rows[1] - b.out_rows[0] for b in self.bands)
 
     @property
+    def moved_bytes(self) -> int:
+        """Bytes moved to the rings' fronts over the run (rows kept for the next band)."""
+        moved, end = 0, [0] * len(self.ring_rows)
+        for steps in self.steps:
+            for k, st in enumerate(steps):
+                if st.band.out_rows[0] < st.band.out_rows[1]:
+                    moved += max(0, end[k] - st.window) * self.row_bytes[k + 1]
+                    end[k] = st.band.out_rows[1]
+        return moved
+
+    @property
     def scratch_bytes(self) -> int:
-        """The ring of t rows, then one band of u."""
-        ring = -(-self.ring_rows * self.t_row_bytes // ALIGN) * ALIGN
-        return ring + self.band_rows * self.u_row_bytes
+        """The rings, then one band of u."""
+        return self.ring_offsets()[-1] + self.band_rows * self.row_bytes[-1]
 
 
-def residual_plan(conv1: Operator, conv2: Operator, add: Operator, graph: Graph,
-                  max_bands: int) -> ResidualPlan | None:
-    """The fused plan of a residual block, or None: both convs stride 1 with as many output
-    rows and columns as input ones, the ADD of the block input and the second conv's output
-    (same shape), and no band's first conv reading x rows an earlier band's ADD wrote."""
+def _rows_read(p: dict, o0: int, o1: int) -> tuple[int, int, int]:
+    """The input rows [i0, i1) a window layer reads for output rows [o0, o1), and the band's
+    padding above."""
+    i0 = max(0, o0 * p["sh"] - p["ph"])
+    return i0, min(p["h"], (o1 - 1) * p["sh"] - p["ph"] + p["kh"]), max(0, p["ph"] - o0 * p["sh"])
+
+
+def residual_plan(layers: list[Operator], add: Operator, graph: Graph, max_bands: int) -> ResidualPlan | None:
+    """The fused plan of a residual block, or None: CONV_2D / DEPTHWISE_CONV_2D layers, each
+    reading the last one's output, stride 1 with as many output rows and columns as input
+    ones, the ADD of the block input and the last layer's output (same shape), and no band's
+    first layer reading x rows an earlier band's ADD wrote."""
     from microtile.ops import kernel_for
 
-    if conv1.opcode != "CONV_2D" or conv2.opcode != "CONV_2D" or add.opcode != "ADD" \
-            or conv2.inputs[0] != conv1.outputs[0] or len(add.inputs) != 2:
+    if add.opcode != "ADD" or len(add.inputs) != 2 or not 2 <= len(layers) <= 3 \
+            or any(op.opcode not in BAND_OPS or "explicit_padding" in op.options for op in layers) \
+            or any(b.inputs[0] != a.outputs[0] for a, b in zip(layers, layers[1:])):
         return None
-    x, t, u, z = (graph.tensor(i) for i in (conv1.inputs[0], conv1.outputs[0], conv2.outputs[0], add.outputs[0]))
+    tensors = [graph.tensor(layers[0].inputs[0])] + [graph.tensor(op.outputs[0]) for op in layers]
+    x, u, z = tensors[0], tensors[-1], graph.tensor(add.outputs[0])
     if sorted(add.inputs) != sorted([x.index, u.index]) or not (x.shape == u.shape == z.shape) \
-            or len(x.shape) != 4 or x.shape[0] != 1 or any(v.dtype != "int8" for v in (x, t, u, z)) \
-            or any("explicit_padding" in c.options for c in (conv1, conv2)):
+            or len(x.shape) != 4 or x.shape[0] != 1 or any(t.dtype != "int8" for t in (*tensors, z)):
         return None
-    p1, p2 = kernel_for(conv1).params(conv1, graph), kernel_for(conv2).params(conv2, graph)
-    for p in (p1, p2):
+    params = [kernel_for(op).params(op, graph) for op in layers]
+    for p in params:
         if (p["sh"], p["sw"]) != (1, 1) or p["oh"] != p["h"] or p["ow"] != p["w"]:
             return None
-    h = p2["oh"]
+    h = params[-1]["oh"]
     if h < 2:
         return None
     rows = math.ceil(h / min(max_bands, h))
-    bands, done = [], 0
+    n = len(layers)
+    made = [0] * (n - 1)            # rows of each intermediate made so far
+    window = [0] * (n - 1)          # first row each ring holds
+    ring = [0] * (n - 1)
+    bands, steps, written = [], [], 0
     for o0 in range(0, h, rows):
         o1 = min(h, o0 + rows)
-        t0, t1 = max(0, o0 - p2["ph"]), min(h, o1 - 1 - p2["ph"] + p2["kh"])
-        new0 = max(t0, bands[-1].in_rows[1]) if bands else t0  # rows of t this band's conv1 makes
-        if new0 < t1 and max(0, new0 - p1["ph"]) < done:  # it would read x rows the last ADD wrote
-            return None
-        bands.append(Band((o0, o1), (t0, t1), max(0, p2["ph"] - o0)))
-        done = o1
-    plan = ResidualPlan(tuple(bands), p1["pw"], p2["pw"], p1["ph"], x.shape[2] * x.shape[3],
-                        t.shape[2] * t.shape[3], u.shape[2] * u.shape[3], conv1, conv2)
-    if plan.scratch_bytes >= t.nbytes + u.nbytes:
+        i0, i1, top = _rows_read(params[-1], o0, o1)
+        bands.append(Band((o0, o1), (i0, i1), top))
+        need = (i0, i1)             # rows of the last intermediate this band reads
+        band_steps = [None] * (n - 1)
+        for k in range(n - 2, -1, -1):  # backwards: what layer k makes, and so reads
+            lo, hi = need
+            window[k] = lo
+            ring[k] = max(ring[k], hi - lo)
+            new0 = max(lo, made[k])
+            r0, r1, pad = _rows_read(params[k], new0, max(new0, hi)) if new0 < hi else (0, 0, 0)
+            band_steps[k] = ChainStep(Band((new0, max(new0, hi)), (r0, r1), pad), lo)
+            made[k] = max(made[k], hi)
+            need = (r0, r1) if new0 < hi else (window[k - 1], window[k - 1]) if k else (0, 0)
+        first = band_steps[0].band
+        if first.out_rows[0] < first.out_rows[1] and first.in_rows[0] < written:
+            return None  # the first layer would read x rows an earlier band's ADD wrote
+        steps.append(tuple(band_steps))
+        written = o1
+    plan = ResidualPlan(tuple(bands), tuple(steps), tuple(ring),
+                        tuple(t.shape[2] * t.shape[3] for t in tensors), tuple(p["pw"] for p in params), tuple(layers))
+    if plan.scratch_bytes >= sum(t.nbytes for t in tensors[1:]):
         return None
     return plan
 
 
 def residual_fusions(graph: Graph, ops: list[Operator], life: dict, protected: set[int],
                      config: RamConfig) -> dict[int, ResidualPlan]:
-    """Step of the ADD -> ResidualPlan, for every conv -> conv -> ADD run back to back
-    whose middle tensors only the next layer reads and whose input only the block reads."""
-    found = {}
+    """Step of the ADD -> ResidualPlan, for every block of 3 (else 2) window layers and the
+    ADD of its input, run back to back, whose tensors only the block reads."""
+    found: dict[int, ResidualPlan] = {}
     for step in range(2, len(ops)):
-        c1, c2, add = ops[step - 2:step + 1]
-        if not c1.outputs or not c2.outputs or {step - 1, step - 2} & set(found):
-            continue
-        x, t, u = c1.inputs[0], c1.outputs[0], c2.outputs[0]
-        if x in protected or t in protected or u in protected or life.get(x, (0, -1))[1] != step \
-                or life.get(t) != (step - 2, step - 1) or life.get(u) != (step - 1, step):
-            continue
-        readers = [i for i, op in enumerate(ops) if {x, t, u} & set(op.inputs)]
-        if readers != [step - 2, step - 1, step]:
-            continue
-        plan = residual_plan(c1, c2, add, graph, config.max_bands)
-        if plan is not None:
-            found[step] = plan
+        for n in (3, 2):
+            if step - n < 0 or set(range(step - n, step)) & {s - k for s in found for k in range(4)}:
+                continue
+            layers, add = ops[step - n:step], ops[step]
+            if not all(op.outputs for op in layers):
+                continue
+            x = layers[0].inputs[0]
+            middle = [op.outputs[0] for op in layers]
+            if x in protected or set(middle) & protected or life.get(x, (0, -1))[1] != step \
+                    or any(life.get(t) != (step - n + k, step - n + k + 1) for k, t in enumerate(middle)):
+                continue
+            readers = [i for i, op in enumerate(ops) if ({x} | set(middle)) & set(op.inputs)]
+            if readers != list(range(step - n, step + 1)):
+                continue
+            plan = residual_plan(layers, add, graph, config.max_bands)
+            if plan is not None:
+                found[step] = plan
+                break
     return found
 
 
@@ -392,10 +443,12 @@ def find_aliases(graph: Graph, ops: list[Operator], inputs: list[int], outputs: 
     best = list(live)
     for step, how in bands.items():
         x, y = graph.tensor(ops[step].inputs[0]).nbytes, graph.tensor(ops[step].outputs[0]).nbytes
-        if isinstance(how, ResidualPlan):  # t, u and z take no bytes of their own
-            t, u = (graph.tensor(o.outputs[0]).nbytes for o in (how.conv1, how.conv2))
-            best[step - 2], best[step - 1] = live[step - 2] - t + how.scratch_bytes, live[step - 1] - t - u + how.scratch_bytes
-            best[step] = live[step] - u - y + how.scratch_bytes
+        if isinstance(how, ResidualPlan):  # the layers' outputs and z take no bytes of their own
+            n = len(how.layers)
+            for k in range(n + 1):
+                gone = sum(graph.tensor(o.outputs[0]).nbytes for o in (*how.layers, ops[step])
+                           if life[o.outputs[0]][0] <= step - n + k <= life[o.outputs[0]][1])
+                best[step - n + k] = live[step - n + k] - gone + how.scratch_bytes
         elif isinstance(how, FusedPlan):
             t = graph.tensor(how.conv.outputs[0]).nbytes
             best[step - 1] = best[step] = live[step - 1] - t + y + how.scratch_bytes
@@ -408,9 +461,11 @@ def find_aliases(graph: Graph, ops: list[Operator], inputs: list[int], outputs: 
                 any(a.base == op.outputs[0] and a.kind == "concat" for a in aliases):
             best[step] = live[step] - graph.tensor(op.outputs[0]).nbytes
     target = max(best, default=0)
-    skip = {s for s, how in bands.items()
-            if max(live[s], live[s - 1] if isinstance(how, (FusedPlan, ResidualPlan)) else 0,
-                   live[s - 2] if isinstance(how, ResidualPlan) else 0) <= target}
+    def steps_of(s: int, how) -> range:
+        return range(s - len(how.layers), s + 1) if isinstance(how, ResidualPlan) else \
+            range(s - 1, s + 1) if isinstance(how, FusedPlan) else range(s, s + 1)
+
+    skip = {s for s, how in bands.items() if max(live[k] for k in steps_of(s, how)) <= target}
     return _find(graph, ops, inputs, outputs, config, kernels, skip) if skip else (aliases, bands)
 
 
@@ -434,7 +489,8 @@ def _find(graph: Graph, ops: list[Operator], inputs: list[int], outputs: list[in
     fused = {s: fp for s, fp in fused.items() if s not in skip}
     residual = residual_fusions(graph, ops, life, protected, config) if config.fuse else {}
     residual = {s: rp for s, rp in residual.items() if s not in skip}
-    fused = {s: fp for s, fp in fused.items() if not {s - 1, s} & {r - k for r in residual for k in (0, 1, 2)}}
+    fused = {s: fp for s, fp in fused.items()
+             if not {s - 1, s} & {r - k for r, rp in residual.items() for k in range(len(rp.layers) + 1)}}
     # tensor -> (chain, offset in it); chain -> its extent (low, high), as the planner will group them
     where: dict[int, tuple[int, int]] = {}
     extent: dict[int, tuple[int, int]] = {}
@@ -451,13 +507,13 @@ def _find(graph: Graph, ops: list[Operator], inputs: list[int], outputs: list[in
         extent[c] = (min(low, pos + delta), max(high, pos + delta + graph.tensor(o).nbytes))
     for step, op in enumerate(ops):
         outs = op.outputs
-        if step + 1 in residual or step + 2 in residual:  # a conv of a fused residual block: no bytes
+        if any(0 < r - step <= len(rp.layers) for r, rp in residual.items()):  # a layer of a fused block
             continue
         if step in residual:  # the ADD of the block: over the block input
-            aliases.append(Alias(outs[0], op.inputs[0] if op.inputs[0] == ops[step - 2].inputs[0] else op.inputs[1],
-                                 0, "add"))
+            x = residual[step].layers[0].inputs[0]
+            aliases.append(Alias(outs[0], x, 0, "add"))
             bands[step] = residual[step]
-            join(outs[0], ops[step - 2].inputs[0], 0)
+            join(outs[0], x, 0)
             continue
         if op.opcode == "RESHAPE" and config.reshape_alias:
             aliases.append(Alias(outs[0], op.inputs[0], 0, "reshape"))

@@ -149,16 +149,15 @@ def extra_instructions(prep) -> float:
         if isinstance(bp, (int, PanelPlan)):  # kernels in place: the depthwise's plane copies cost about
             continue                          # what they save; the conv's panel is built anyway
         op = prep.device_ops[step]
-        if isinstance(bp, ResidualPlan):  # three calls per band, ring moves
-            layers = [bp.conv1, bp.conv2, op]
-        elif isinstance(bp, FusedPlan):   # two calls per band, ring moves
+        if isinstance(bp, ResidualPlan):  # a call per layer and band, ring moves
+            layers, moved = [*bp.layers, op], bp.moved_bytes
+        elif isinstance(bp, FusedPlan):   # two calls per band, ring moves (either way)
             layers = [bp.conv, op]
+            moved = sum(max(0, a.in_rows[1] - b.in_rows[0]) for a, b in zip(bp.bands, bp.bands[1:])) * bp.t_row_bytes
         else:                             # one call per band and its input rows copied
             extra += bp.copied_bytes * COPY_BYTE + sum(_band_call(op, graph, b) for b in bp.bands[1:])
             continue
-        moved = sum(max(0, a.in_rows[1] - b.in_rows[0]) for a, b in zip(bp.bands, bp.bands[1:]))  # either way
-        extra += moved * bp.t_row_bytes * COPY_BYTE + sum(_band_call(layer, graph, b) for layer in layers
-                                                          for b in bp.bands[1:])
+        extra += moved * COPY_BYTE + sum(_band_call(layer, graph, b) for layer in layers for b in bp.bands[1:])
     for a in prep.plan.aliases:
         if a.kind in ("reshape", "concat"):
             extra -= graph.tensor(a.member).nbytes * COPY_BYTE
