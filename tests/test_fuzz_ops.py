@@ -28,17 +28,18 @@ def test_every_registered_operator_has_a_generator():
 
 
 def test_sample_of_every_operator_both_kernel_sets():
-    """~15 cases per operator (330 in all), C kernels under ASan + UBSan, TFLM on every 4th."""
-    fuzzer = Fuzzer(seed=7, kernel_sets=("reference", "optimized"), tflm_every=4, log=lambda m: None)
+    """8 cases per operator (176 in all; `python -m microtile.check.fuzz_ops` runs thousands),
+    C kernels under ASan + UBSan, TFLM on every other one."""
+    fuzzer = Fuzzer(seed=7, kernel_sets=("reference", "optimized"), tflm_every=2, log=lambda m: None)
     try:
-        fuzzer.run(sorted(GENERATORS), 15)
+        fuzzer.run(sorted(GENERATORS), 8)
     finally:
         fuzzer.tflm.close()
     assert not fuzzer.failures, "\n".join(f"{f.what}\n  {f.reproducer()}" for f in fuzzer.failures)
     for op, s in fuzzer.stats.items():
-        assert s.cases == 15 and s.tflm >= 3, op
+        assert s.cases == 8 and s.tflm >= 3, op
         if op != "DEQUANTIZE":  # host side: no C kernel
-            assert s.native["reference"] >= 10, op
+            assert s.native["reference"] >= 5, op
     for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "AVERAGE_POOL_2D", "ADD", "SOFTMAX"):
         assert fuzzer.stats[op].native["optimized"] > 0, op
 
