@@ -2,11 +2,14 @@
  *
  * TFLM's per-element work depends on the element only through diff = x - row max,
  * an integer in [-255, 0]: the rescaled exp(diff) (Q0.31) and its Q12.19 copy that is
- * summed. The host evaluates both with the same fixed-point arithmetic for all 256
- * diffs (0 where diff < diff_min) and stores them as tables indexed by -diff. Per row
- * the kernel then finds the max (byte-SIMD), sums one table (one load and one add
- * per element), takes TFLM's fixed-point reciprocal once, and per element does one
- * table load, the rounding doubling high multiply and the rounding shift.
+ * summed. The host evaluates the first with the same fixed-point arithmetic for all
+ * 256 diffs (0 where diff < diff_min) and stores it as one table indexed by -diff; the
+ * Q12.19 copy is its rounding shift by 12 (gemmlowp's Rescale of a non-negative
+ * value: (e + 2^11) >> 12), computed in the sum loop instead of a second 1 KB table
+ * (the ROM rule of issue 8). Per row the kernel then finds the max (byte-SIMD), sums
+ * (one load, one add, one shift and one add per element), takes TFLM's fixed-point
+ * reciprocal once, and per element does one table load, the rounding doubling high
+ * multiply and the rounding shift.
  * Always inlined: model.c calls it with a static const parameter struct. */
 #ifndef MT_SOFTMAX_OPT_H
 #define MT_SOFTMAX_OPT_H
@@ -22,7 +25,6 @@ typedef struct {
     int32_t outer;             /* rows */
     int32_t depth;             /* row length, < 4096 */
     const int32_t *exp_q31;    /* [256] exp(diff) in Q0.31 at -diff, 0 below diff_min */
-    const int32_t *exp_q12;    /* [256] the same in Q12.19 (the summed value) */
 } mt_softmax_opt_params;
 
 static MT_ALWAYS_INLINE int32_t mt_softmax_row_max(const int8_t *row, int32_t depth)
@@ -52,7 +54,9 @@ static MT_ALWAYS_INLINE void mt_softmax_s8_opt(const mt_softmax_opt_params *p, c
         const int32_t max_in_row = mt_softmax_row_max(row, p->depth);
         int32_t sum = 0;
         for (int32_t c = 0; c < p->depth; c++) {
-            sum += p->exp_q12[max_in_row - row[c]]; /* < 4096 * 2^19: no overflow */
+            /* the Q12.19 value (unsigned: exp(0) = 2^31 - 1 plus the rounding overflows
+             * int32); < 4096 * 2^19 summed: no overflow */
+            sum += (int32_t)(((uint32_t)p->exp_q31[max_in_row - row[c]] + (1u << 11)) >> 12);
         }
         int num_bits_over_unit;
         const int32_t scale = mt_fp_get_reciprocal(sum, 12, &num_bits_over_unit);

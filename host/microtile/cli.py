@@ -521,8 +521,9 @@ def _nbytes(text: str) -> int:
 
 def _flash_budget_option(parser) -> None:
     parser.add_argument("--flash-budget", type=_nbytes, metavar="BYTES",
-                        help="flash the schedule may fill with int16 weight copies (default: a margin of the "
-                             "reference build's ROM + 10%%; the kernels' code is not bounded by it; docs/schedules.md)")
+                        help="ROM the optimised build may take, int16 weight copies filling what its smallest "
+                             "build leaves (default: the reference build's ROM + 10%%; below the smallest build: "
+                             "exit 2; docs/schedules.md)")
 
 
 def _ram_budget_option(parser) -> None:

@@ -93,7 +93,11 @@ def build_firmware(compiled: CompiledModel, board: Board, verbose: bool = False)
     if not (out / "microtile.elf").exists():
         _build_into(out, compiled, board, key, cmake, verbose)
     elf = out / "microtile.elf"
-    return Firmware(elf, key, elf_sizes(elf, board))
+    sizes = elf_sizes(elf, board)
+    if compiled.kernels == "optimized":  # --flash-budget bounds the measured ROM (issue 8)
+        from microtile.passes.schedule import check_flash_budget
+        check_flash_budget(compiled.graph, board, sizes.rom_bytes)
+    return Firmware(elf, key, sizes)
 
 
 def _build_into(out: Path, compiled: CompiledModel, board: Board, key: str, cmake: str, verbose: bool) -> None:

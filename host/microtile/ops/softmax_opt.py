@@ -2,9 +2,11 @@
 
 TFLM's int8 softmax uses an element only through diff = x - max(row), an integer in
 [-255, 0]. For each diff the host evaluates, with the same fixed-point arithmetic as
-the reference (ops/fixedpoint.py, as softmax_int8 does), exp(diff) in Q0.31 and its
-Q12.19 rescale; entries with diff < diff_min are 0 (they neither count in the sum nor
-produce anything but -128). The kernel indexes both tables by -diff.
+the reference (ops/fixedpoint.py, as softmax_int8 does), exp(diff) in Q0.31; entries
+with diff < diff_min are 0 (they neither count in the sum nor produce anything but
+-128). The kernel indexes the table by -diff and derives the Q12.19 rescale it sums
+as (e + 2^11) >> 12 (softmax_tables checks that this is gemmlowp's Rescale), so one
+1 KB table instead of two.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ def softmax_tables(multiplier: int, left_shift: int, diff_min: int) -> tuple[np.
     exp_q31 = np.where(valid, exp, 0).astype(np.int64)
     exp_q12 = np.where(valid, exp_accum, 0).astype(np.int64)
     assert exp_q31.min() >= 0 and exp_q12.min() >= 0 and exp_q12.max() <= (1 << 19)
+    assert np.array_equal((exp_q31 + (1 << 11)) >> 12, exp_q12)  # what the kernel computes
     return exp_q31.astype(np.int32), exp_q12.astype(np.int32)
 
 
@@ -37,10 +40,9 @@ def emit_softmax_opt(op: Operator, graph: Graph, ctx: EmitContext, multiplier: i
     """The optimised call for Softmax.emit (int8 output), or None for the reference kernel."""
     if graph.tensor(op.outputs[0]).dtype != "int8":
         return None
-    exp_q31, exp_q12 = softmax_tables(multiplier, left_shift, diff_min)
+    exp_q31, _ = softmax_tables(multiplier, left_shift, diff_min)
     ctx.include("mt_softmax_opt.h")
     t31 = ctx.const_array("softmax_exp_q31", exp_q31)
-    t12 = ctx.const_array("softmax_exp_q12", exp_q12)
     params = ctx.static_struct("mt_softmax_opt_params", f"softmax_opt{op.index}",
-                               f"{{ {outer}, {depth}, {t31}, {t12} }}")
+                               f"{{ {outer}, {depth}, {t31} }}")
     return f"mt_softmax_s8_opt(&{params}, {ctx.ptr(op.inputs[0])}, {ctx.ptr(op.outputs[0])});"
