@@ -438,15 +438,12 @@ def rom_limit(graph: Graph, board) -> int:
 def rom_spare(graph: Graph, board, layers: dict | None = None) -> int:
     """ROM bytes int16 weight copies may add: the ROM limit less the predicted ROM of the
     smallest optimised build (every layer int8); never past FLASH_FRACTION of the flash.
-    A --flash-budget below that smallest build: FlashBudgetError."""
+    A --flash-budget below the smallest build is refused after the build, on the
+    measured ROM (check_flash_budget): the RAM search's candidate graphs predict
+    differently, so a prediction would refuse budgets the chosen one meets."""
     if layers is None:
         layers = _matmul_layers(graph, board)
     smallest = optimized_rom(graph, layers, {index: (False, False) for index in layers})
-    if FLASH_BUDGET is not None and FLASH_BUDGET < smallest:
-        raise FlashBudgetError(
-            f"--flash-budget {FLASH_BUDGET:,} B is below the smallest ROM the optimised kernels can build "
-            f"{graph.name or 'this model'} in (about {smallest:,} B predicted); give at least {smallest:,} B, "
-            "or build with --kernels reference")
     spare = rom_limit(graph, board) - smallest
     consts = _graph_const_bytes(graph)
     return int(max(0, min(spare, _board_limits(board)[1] - consts)))
@@ -478,7 +475,7 @@ def check_flash_budget(graph: Graph, board, rom_bytes: int) -> None:
     smallest = rom_bytes - copies
     need = smallest if smallest > FLASH_BUDGET else rom_bytes
     raise FlashBudgetError(
-        f"--flash-budget {FLASH_BUDGET:,} B is below the optimised build's ROM of {graph.name or 'this model'} "
+        f"--flash-budget {FLASH_BUDGET:,} B is below the ROM of the optimised build of {graph.name or 'this model'} "
         f"({rom_bytes:,} B measured, {copies:,} B of them int16 weight copies; the smallest possible is "
         f"{smallest:,} B): give at least {need:,} B, or build with --kernels reference")
 
