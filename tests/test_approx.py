@@ -354,3 +354,9 @@ def test_compensated_weights_cut_the_output_error_and_stay_in_the_pattern(name, 
     bad = dict(record, weights=(w.astype(np.int64) + (~approx.unit_mask(layer, keep))).reshape(-1).tolist())
     with pytest.raises(MicrotileError, match="zero outside its keep mask"):
         masks_from_records(g, [bad])
+    weights_list = record["weights"]
+    for broken in (dict(record, weights=["a"] * len(weights_list)), dict(record, weights=[0.9] * len(weights_list)),
+                   dict(record, weights=None), dict(record, bias_delta="x"), dict(record, bias_delta=[2**40] * len(delta)),
+                   dict(record, keep=[[1] * len(row) for row in record["keep"]]), 1):
+        with pytest.raises(MicrotileError, match="--approx: layer"):  # one line, never a traceback
+            masks_from_records(g, [broken])

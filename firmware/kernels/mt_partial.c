@@ -19,12 +19,12 @@ void mt_partial_fc_s8(const mt_partial_fc_params *p, const int8_t *input, const 
         const int8_t *in = input + b * p->depth;
         for (int32_t oc = 0; oc < p->out_c; oc++) {
             const int8_t *w = weights + oc * p->depth;
-            int32_t sum = 0;
+            uint32_t sum = 0; /* wraps like TFLM's int32 sums would, without undefined behaviour */
             for (int32_t d = 0; d < p->depth; d++) {
-                sum += ((int32_t)w[d] + p->weights_offset) * ((int32_t)in[d] + p->input_offset);
+                sum += (uint32_t)(((int32_t)w[d] + p->weights_offset) * ((int32_t)in[d] + p->input_offset));
             }
             int32_t i = b * p->out_c + oc;
-            acc[i] = (int32_t)((uint32_t)base_of(acc_in, p->first, i, oc) + (uint32_t)sum);
+            acc[i] = (int32_t)((uint32_t)base_of(acc_in, p->first, i, oc) + sum);
         }
     }
 }
@@ -38,7 +38,7 @@ void mt_partial_conv_s8(const mt_partial_conv_params *p, const int8_t *input, co
                 int32_t y0 = oy * p->sh - p->ph;
                 int32_t x0 = ox * p->sw - p->pw;
                 for (int32_t oc = 0; oc < p->out_c; oc++) {
-                    int32_t sum = 0;
+                    uint32_t sum = 0;
                     for (int32_t ky = 0; ky < p->kh; ky++) {
                         int32_t y = y0 + ky;
                         if (y < 0 || y >= p->h) {
@@ -52,12 +52,12 @@ void mt_partial_conv_s8(const mt_partial_conv_params *p, const int8_t *input, co
                             const int8_t *in = input + ((n * p->h + y) * p->w + x) * p->c;
                             const int8_t *w = weights + ((oc * p->kh + ky) * p->kw + kx) * p->c;
                             for (int32_t c = 0; c < p->c; c++) {
-                                sum += (int32_t)w[c] * ((int32_t)in[c] + p->input_offset);
+                                sum += (uint32_t)((int32_t)w[c] * ((int32_t)in[c] + p->input_offset));
                             }
                         }
                     }
                     int32_t i = ((n * p->oh + oy) * p->ow + ox) * p->out_c + oc;
-                    acc[i] = (int32_t)((uint32_t)base_of(acc_in, p->first, i, oc) + (uint32_t)sum);
+                    acc[i] = (int32_t)((uint32_t)base_of(acc_in, p->first, i, oc) + sum);
                 }
             }
         }

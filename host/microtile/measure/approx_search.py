@@ -258,25 +258,36 @@ def masks_from_records(graph: Graph, records: list[dict], board=None) -> tuple[l
     layers = approx.prunable_layers(graph, board)
     by_index = {L.op.index: L for L in layers}
     masks, deltas, weights = {}, {}, {}
+
+    def ints(values, name: str, index, low: int, high: int) -> np.ndarray:
+        """A flat list of Python ints in [low, high] (no floats, bools or nesting), as int64."""
+        if not isinstance(values, list) or not all(type(v) is int and low <= v <= high for v in values):
+            raise MicrotileError(f"--approx: layer {index} {name} must be a list of integers in [{low}, {high}]; "
+                                 "use the JSON `microtile approx` wrote for this model")
+        return np.asarray(values, dtype=np.int64)
+
     for r in records:
-        L = by_index.get(r.get("index"))
-        keep = r.get("keep")
+        L = by_index.get(r.get("index")) if isinstance(r, dict) else None
+        keep = r.get("keep") if isinstance(r, dict) else None
         if L is None or not isinstance(keep, list):
-            raise MicrotileError(f"--approx: layer {r.get('index')} is not a prunable layer of {graph.name}; "
+            raise MicrotileError(f"--approx: layer {r.get('index') if isinstance(r, dict) else r!r} is not a prunable "
+                                 f"layer of {graph.name}; use the JSON `microtile approx` wrote for this model")
+        if not all(isinstance(row, str) and set(row) <= {"0", "1"} for row in keep):
+            raise MicrotileError(f"--approx: layer {L.op.index} keep rows must be strings of 0 and 1; "
                                  "use the JSON `microtile approx` wrote for this model")
         m = np.array([[c == "1" for c in row] for row in keep], dtype=bool)
         if m.shape != (L.n_tiles, L.k_blocks):
             raise MicrotileError(f"--approx: layer {L.op.index} mask is {m.shape}, the model needs "
                                  f"{(L.n_tiles, L.k_blocks)}; use the JSON written for this model and board")
         masks[L.op.index] = m
-        delta = np.asarray(r.get("bias_delta", np.zeros(L.w2d.shape[0])), dtype=np.int64)
+        delta = ints(r.get("bias_delta", [0] * L.w2d.shape[0]), "bias_delta", L.op.index, -2**31, 2**31 - 1)
         if delta.shape != (L.w2d.shape[0],):
             raise MicrotileError(f"--approx: layer {L.op.index} bias_delta has {delta.size} values, the model "
                                  f"needs {L.w2d.shape[0]}; use the JSON written for this model")
         deltas[L.op.index] = delta
         if "weights" in r:  # the refit kept weights (compensated_weights), zero where the mask drops
-            w = np.asarray(r["weights"], dtype=np.int64)
-            ok = w.size == L.w2d.size and np.abs(w).max(initial=0) <= 127
+            w = ints(r["weights"], "weights", L.op.index, -128, 127)
+            ok = w.size == L.w2d.size
             if not ok or np.any(w.reshape(L.w2d.shape)[approx.unit_mask(L, m) == 0]):
                 raise MicrotileError(f"--approx: layer {L.op.index} weights are not {L.w2d.size} int8 values zero "
                                      "outside its keep mask; use the JSON `microtile approx` wrote for this model")

@@ -214,7 +214,14 @@ def compensated_weights(layer: Layer, keep: np.ndarray, rows: np.ndarray) -> np.
             continue
         g = gram[c] if layer.depthwise else gram
         out[c, kept] = np.linalg.lstsq(g[np.ix_(kept, kept)], g[kept] @ w[c], rcond=None)[0]
-    return np.clip(np.rint(out), -127, 127).astype(np.int8)
+    out = np.clip(np.rint(out), -127, 127)
+    plain = apply_mask(layer, keep).astype(np.float64)
+    for c in range(n):  # rounding and clipping (an ill-conditioned fit) may lose: then the plain mask
+        g = gram[c] if layer.depthwise else gram
+        err = [(w[c] - v) @ g @ (w[c] - v) for v in (out[c], plain[c])]
+        if err[0] > err[1]:
+            out[c] = plain[c]
+    return out.astype(np.int8)
 
 
 def bias_correction(layer: Layer, keep: np.ndarray, mean: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:

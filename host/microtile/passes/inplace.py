@@ -487,7 +487,8 @@ def _find(graph: Graph, ops: list[Operator], inputs: list[int], outputs: list[in
     bands: dict[int, BandPlan | int | FusedPlan] = {}
     fused = fusions(graph, ops, life, set(outputs), config) if config.fuse else {}
     fused = {s: fp for s, fp in fused.items() if s not in skip}
-    residual = residual_fusions(graph, ops, life, protected, config) if config.fuse else {}
+    # the block's ADD writes over its input: an in-place ADD too
+    residual = residual_fusions(graph, ops, life, protected, config) if config.fuse and config.add_inplace else {}
     residual = {s: rp for s, rp in residual.items() if s not in skip}
     fused = {s: fp for s, fp in fused.items()
              if not {s - 1, s} & {r - k for r, rp in residual.items() for k in range(len(rp.layers) + 1)}}
@@ -517,6 +518,10 @@ def _find(graph: Graph, ops: list[Operator], inputs: list[int], outputs: list[in
             continue
         if op.opcode == "RESHAPE" and config.reshape_alias:
             aliases.append(Alias(outs[0], op.inputs[0], 0, "reshape"))
+        elif op.opcode in ("MT_PARTIAL_FC", "MT_PARTIAL_CONV") and len(op.inputs) > 2 \
+                and ends_here(op.inputs[2], step):  # FDT: each element's sum is read before it is written
+            aliases.append(Alias(outs[0], op.inputs[2], 0, "partial"))
+            join(outs[0], op.inputs[2], 0)
         elif op.opcode == "CONCATENATION" and config.concat_place:
             y = graph.tensor(outs[0])
             axis = int(op.options.get("axis", 0)) % len(y.shape)

@@ -25,7 +25,8 @@ class RamConfig:
     concat_place: bool = True     # CONCATENATION inputs written into their slices of the output
     conv_inplace: bool = True     # CONV_2D run in bands of rows over its own input
     depthwise_inplace: bool = True  # DEPTHWISE_CONV_2D likewise
-    fuse: bool = True             # a 1x1 CONV_2D and the depthwise reading it, line-buffered (no middle tensor)
+    fuse: bool = True             # line-buffered fusion (no middle tensor): a 1x1 CONV_2D and the depthwise
+                                  # reading it; a residual block and its ADD (with add_inplace)
     input_inplace: bool = True    # layers may write over the device inputs (see passes/inplace.py)
     reorder: bool = True          # operator order of branchy graphs chosen for the lowest peak
     exact: bool = True            # exact (CP-SAT) offsets, greedy under a time limit

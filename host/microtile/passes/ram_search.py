@@ -17,14 +17,16 @@ import numpy as np
 
 from microtile.errors import DoesNotFitError
 from microtile.importer.ir import Graph
-from microtile.passes.inplace import FusedPlan, PanelPlan, ResidualPlan
+from microtile.passes.inplace import Band, FusedPlan, PanelPlan, ResidualPlan
 from microtile.passes.pipeline import RamConfig
 
 COPY_BYTE = 0.5     # instructions per byte copied (word copies: LDR + STR + loop per 4 bytes)
 # An extra kernel call of a band: its set-up, plus, for a conv, the padded rows of the last
 # register tile (a band of P pixels runs ceil(P / 3) tiles of 3: up to 2 pixels' K x N MACs
-# made and thrown away). QEMU measured 1,070 (VWW: no wasted row), 3,028 (KWS: 1 pixel of
-# 64 x 64) and 6,095 (IC: 1 pixel of 144 x 16) instructions per extra call at one row per band.
+# made and thrown away). A rough fit: QEMU measured 1,070 (VWW: no wasted row), 3,028 (KWS:
+# 1 pixel of 64 x 64; this predicts 5,196) and 6,095 (IC: 1 pixel of 144 x 16; 3,404)
+# instructions per extra call at one row per band. It ranks candidates; the RAM benchmark
+# measures what the chosen point really adds.
 BAND_CALL = 1100
 TILE_ROWS = 3       # the conv schedules' usual register tile height (3x2)
 WASTED_MAC = 1.0    # instructions per MAC of a thrown-away tile row
@@ -149,15 +151,18 @@ def extra_instructions(prep) -> float:
         if isinstance(bp, (int, PanelPlan)):  # kernels in place: the depthwise's plane copies cost about
             continue                          # what they save; the conv's panel is built anyway
         op = prep.device_ops[step]
-        if isinstance(bp, ResidualPlan):  # a call per layer and band, ring moves
-            layers, moved = [*bp.layers, op], bp.moved_bytes
-        elif isinstance(bp, FusedPlan):   # two calls per band, ring moves (either way)
-            layers = [bp.conv, op]
+        if isinstance(bp, ResidualPlan):  # a call per layer and band (each on the rows it makes), ring moves
+            calls = [(layer, st.band) for steps in bp.steps[1:] for layer, st in zip(bp.layers, steps)
+                     if st.band.out_rows[0] < st.band.out_rows[1]]
+            calls += [(layer, b) for b in bp.bands[1:] for layer in (bp.layers[-1], op)]
+            moved = bp.moved_bytes
+        elif isinstance(bp, FusedPlan):   # two calls per band (the conv on the ring rows), ring moves
+            calls = [(bp.conv, Band(b.in_rows, b.in_rows, 0)) for b in bp.bands[1:]] + [(op, b) for b in bp.bands[1:]]
             moved = sum(max(0, a.in_rows[1] - b.in_rows[0]) for a, b in zip(bp.bands, bp.bands[1:])) * bp.t_row_bytes
         else:                             # one call per band and its input rows copied
-            extra += bp.copied_bytes * COPY_BYTE + sum(_band_call(op, graph, b) for b in bp.bands[1:])
-            continue
-        extra += moved * COPY_BYTE + sum(_band_call(layer, graph, b) for layer in layers for b in bp.bands[1:])
+            calls, moved = [(op, b) for b in bp.bands[1:]], 0
+            extra += bp.copied_bytes * COPY_BYTE
+        extra += moved * COPY_BYTE + sum(_band_call(layer, graph, b) for layer, b in calls)
     for a in prep.plan.aliases:
         if a.kind in ("reshape", "concat"):
             extra -= graph.tensor(a.member).nbytes * COPY_BYTE

@@ -2,10 +2,11 @@
 branches) that minimises the peak of live activation bytes.
 
 An exact search over the graph's topological orders by dynamic programming on the set
-of operators already run (the live bytes depend only on that set); among orders with the
-same peak, the one with the fewest live bytes summed over the steps wins (in-place layers
-then find their input at its last reader more often); a graph with more states than
-MAX_STATES keeps its order. Sizes are the planner's aligned bytes, so the
+of operators already run (the live bytes depend only on that set). Ties on the peak are
+broken by the live bytes summed over the steps (in-place layers then find their input at
+its last reader more often); per state only the best (peak, sum) prefix is kept, so the
+peak is exact and the sum a heuristic. A graph with more states than MAX_STATES keeps its
+order. Sizes are the planner's aligned bytes, so the
 peak here is a lower bound of the arena the planner can reach for that order.
 """
 from __future__ import annotations
