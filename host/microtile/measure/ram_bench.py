@@ -5,9 +5,10 @@
 technique, with all, with each alone and with all but each, and prints the arena of
 each beside the layer-by-layer bound and TFLM's arena (its greedy planner's
 non-persistent head, read from the interpreter's allocation report), with the
-instructions each adds as the search predicts them. ``--measure`` also runs the
+estimated cycles each adds as the search predicts them. ``--measure`` also runs the
 plain build and the chosen point on the target (one seeded random input, checked
-bit-exact against TFLM) and reports the measured instructions.
+bit-exact against TFLM) and reports the executed instructions and estimated cycles the
+chosen point adds.
 """
 from __future__ import annotations
 
@@ -79,10 +80,10 @@ def ram_line(ram: dict) -> str:
 
 
 def pareto_rows(search) -> list[str]:
-    rows = [f"{'arena B':>9}  {'predicted instr.':>17}  {'added':>8}  planner         config"]
+    rows = [f"{'arena B':>9}  {'predicted est. cycles':>22}  {'added':>8}  planner         config"]
     for c in search.pareto():
         mark = "  <- chosen" if search.chosen is not None and c.config == search.chosen.config else ""
-        rows.append(f"{c.arena:>9,}  {round(c.cost):>17,}  {c.extra / search.baseline:>+8.2%}  {c.method:<15} "
+        rows.append(f"{c.arena:>9,}  {round(c.cost):>22,}  {c.extra / search.baseline:>+8.2%}  {c.method:<15} "
                     f"{c.config.label()}{mark}")
     return rows
 
@@ -107,13 +108,13 @@ def bench_one(path: Path, board_name: str, measure: bool) -> dict:
     by = {c.config: c for c in table.candidates}
     techniques = {n: {"alone_bytes": by[replace(none, **{n: True})].arena,
                       "all_but_bytes": by[replace(full, **{n: False})].arena,
-                      "predicted_added_instructions_alone": round(by[replace(none, **{n: True})].extra)} for n in names}
+                      "predicted_added_est_cycles_alone": round(by[replace(none, **{n: True})].extra)} for n in names}
     out = {"model": path.stem, "board": board.name, "tflm_arena_bytes": tflm_arena_of(path),
            "layer_bound_bytes": search.layer_bound, "none_bytes": by[none].arena, "all_bytes": by[full].arena,
            "chosen_bytes": compiled.plan.arena_size, "chosen_config": compiled.ram.label(),
            "chosen_planner": compiled.plan.method,
-           "predicted_plain_instructions": round(search.baseline),
-           "predicted_chosen_added_instructions": round(search.chosen.extra),
+           "predicted_plain_est_cycles": round(search.baseline),
+           "predicted_chosen_added_est_cycles": round(search.chosen.extra),
            "techniques": techniques, "pareto": [c.as_dict() for c in search.pareto()]}
     if measure:
         from microtile.measure.runner import run_model
@@ -128,9 +129,9 @@ def bench_one(path: Path, board_name: str, measure: bool) -> dict:
             out[f"{key}_measured"] = {"arena_bytes": r["ram"]["arena_bytes"], "verdict": r["verdict"],
                                       r["counter_unit"]: r["total"].get(r["counter_unit"]),
                                       "est_cycles": r["total"]["est_cycles"]}
-        unit = "instructions"
-        a, b = out["plain_measured"].get(unit), out["chosen_measured"].get(unit)
-        out["measured_added_fraction"] = (b - a) / a if a and b else None
+        for unit, key in (("instructions", "measured_added_fraction"), ("est_cycles", "measured_added_est_cycles_fraction")):
+            a, b = out["plain_measured"].get(unit), out["chosen_measured"].get(unit)
+            out[key] = (b - a) / a if a and b else None
     return out
 
 
@@ -140,17 +141,18 @@ def print_table(results: list[dict]) -> None:
     print(f"{'model':<24}{'TFLM':>8}{'bound':>8}{'none':>8}{'all':>8}{'chosen':>8}{'vs TFLM':>9}  added")
     for r in results:
         added = r.get("measured_added_fraction")
-        added_text = (f"{added:+.2%} measured" if added is not None
-                      else f"{r['predicted_chosen_added_instructions'] / r['predicted_plain_instructions']:+.2%} predicted instr.")
+        cycles = r.get("measured_added_est_cycles_fraction")
+        added_text = (f"{added:+.2%} instructions, {cycles:+.2%} est. cycles (measured)" if added is not None
+                      else f"{r['predicted_chosen_added_est_cycles'] / r['predicted_plain_est_cycles']:+.2%} est. cycles (predicted)")
         vs = f"{r['chosen_bytes'] / r['tflm_arena_bytes'] - 1:+.1%}" if r["tflm_arena_bytes"] else "n/a"
         print(f"{r['model']:<24}{format(r['tflm_arena_bytes'], ',') if r['tflm_arena_bytes'] else 'n/a':>8}{r['layer_bound_bytes']:>8,}{r['none_bytes']:>8,}"
               f"{r['all_bytes']:>8,}{r['chosen_bytes']:>8,}{vs:>9}  {added_text}")
-    print("\narena bytes with one technique alone / with all but it (predicted added instructions alone):")
+    print("\narena bytes with one technique alone / with all but it (predicted added est. cycles alone):")
     names = RamConfig.techniques()
     print(f"{'technique':<20}" + "".join(f"{r['model'][:14]:>24}" for r in results))
     for n in names:
         cells = [f"{r['techniques'][n]['alone_bytes']:,}/{r['techniques'][n]['all_but_bytes']:,} "
-                 f"({r['techniques'][n]['predicted_added_instructions_alone']:+,})" for r in results]
+                 f"({r['techniques'][n]['predicted_added_est_cycles_alone']:+,})" for r in results]
         print(f"{n:<20}" + "".join(f"{c:>24}" for c in cells))
     ratios = [r["chosen_bytes"] / r["tflm_arena_bytes"] for r in results if r["tflm_arena_bytes"]]
     if ratios:

@@ -1,9 +1,11 @@
 """The search under a RAM budget: which RAM techniques a model is compiled with.
 
 Candidates: no technique; each technique alone; all of them; all but one. Each is
-prepared (passes, aliases, greedy plan) and given a cost: the instructions the
-techniques add to the plain build, predicted (band copies and calls; copies RESHAPE
-and CONCATENATION no longer make are subtracted). The chosen point is the fastest
+prepared (passes, aliases, greedy plan) and given a cost in estimated cycles: the
+plain build's (the schedules' predicted cycles per MAC on the board, the vector kernels'
+instructions x VECTOR_CPI) plus what the techniques add (band copies and calls, FDT's
+partitions, predicted in instructions x VECTOR_CPI; copies RESHAPE and CONCATENATION no
+longer make are subtracted). The chosen point is the fastest
 candidate whose arena fits the budget, where candidates within COST_SLACK of the
 fastest count as equally fast and the smallest arena among them wins; it is then
 planned exactly (CP-SAT) when its config says so. No candidate within the budget:
@@ -17,6 +19,7 @@ import numpy as np
 
 from microtile.errors import DoesNotFitError
 from microtile.importer.ir import Graph
+from microtile.ops.opt_schedules import VECTOR_CPI
 from microtile.passes.inplace import Band, FusedPlan, PanelPlan, ResidualPlan
 from microtile.passes.pipeline import RamConfig
 
@@ -30,7 +33,7 @@ COPY_BYTE = 0.5     # instructions per byte copied (word copies: LDR + STR + loo
 BAND_CALL = 1100
 TILE_ROWS = 3       # the conv schedules' usual register tile height (3x2)
 WASTED_MAC = 1.0    # instructions per MAC of a thrown-away tile row
-COST_SLACK = 0.05   # candidates within 5% of the fastest predicted count are "as fast"
+COST_SLACK = 0.05   # candidates within 5% of the fastest predicted est. cycles are "as fast"
 EXACT_RETRIES = 4   # smallest candidates planned exactly when none fits the budget greedily
 DEFAULT_IPM = 8.0   # instructions per MAC (or element) of a layer with no prediction
 
@@ -39,21 +42,21 @@ DEFAULT_IPM = 8.0   # instructions per MAC (or element) of a layer with no predi
 class Candidate:
     config: RamConfig
     arena: int
-    extra: float          # predicted instructions added to the plain build
-    cost: float           # predicted instructions of the whole build
+    extra: float          # predicted estimated cycles added to the plain build
+    cost: float           # predicted estimated cycles of the whole build
     method: str
     fits: bool = True
 
     def as_dict(self) -> dict:
         return {"config": self.config.label(), "techniques": self.config.on(), "max_bands": self.config.max_bands,
-                "arena_bytes": self.arena, "predicted_instructions": round(self.cost),
-                "predicted_extra_instructions": round(self.extra), "planner": self.method, "fits": self.fits}
+                "arena_bytes": self.arena, "predicted_est_cycles": round(self.cost),
+                "predicted_extra_est_cycles": round(self.extra), "planner": self.method, "fits": self.fits}
 
 
 @dataclass
 class RamSearch:
     budget: int
-    baseline: float                      # predicted instructions of the plain build
+    baseline: float                      # predicted estimated cycles of the plain build
     layer_bound: int
     candidates: list[Candidate] = field(default_factory=list)
     chosen: Candidate | None = None
@@ -69,7 +72,7 @@ class RamSearch:
 
     def as_dict(self) -> dict:
         return {"budget_bytes": self.budget, "layer_bound_bytes": self.layer_bound,
-                "predicted_plain_instructions": round(self.baseline),
+                "predicted_plain_est_cycles": round(self.baseline),
                 "chosen": self.chosen.as_dict() if self.chosen else None,
                 "pareto": [c.as_dict() for c in self.pareto()],
                 "candidates": [c.as_dict() for c in self.candidates]}
@@ -110,27 +113,29 @@ def candidate_configs() -> list[RamConfig]:
     return list(dict.fromkeys(configs))
 
 
-def baseline_instructions(prep, board) -> float:
-    """Predicted instructions of the layers (the schedules' and vector kernels' cost models)."""
+def baseline_instructions(prep, board, cycles: bool = False) -> float:
+    """Predicted instructions (or, with ``cycles``, estimated cycles) of the layers: the
+    schedules' and vector kernels' cost models."""
     from microtile.ops import kernel_for
-    from microtile.ops.opt_schedules import explain_op
+    from microtile.ops.opt_schedules import VECTOR_CPI, explain_op
     from microtile.passes.schedule import matmul_shape, schedule_for
 
     total = 0.0
     graph = prep.graph
     for op in prep.device_ops:
         work = kernel_for(op).macs(op, graph) or graph.tensor(op.outputs[0]).size
-        ipm = DEFAULT_IPM
+        ipm, cpm = DEFAULT_IPM, DEFAULT_IPM * VECTOR_CPI
         try:
             if matmul_shape(op, graph) is not None:
-                ipm = schedule_for(op, graph, board).predicted_ipm
+                s = schedule_for(op, graph, board)
+                ipm, cpm = s.predicted_ipm, s.predicted_cpm or s.predicted_ipm * VECTOR_CPI  # 0: no board
             else:
                 e = explain_op(op, graph)
                 if e is not None:
-                    ipm = e["predicted_ipm"]
+                    ipm, cpm = e["predicted_ipm"], e["predicted_cpm"]
         except Exception:  # a layer the cost models do not cover keeps the default
             pass
-        total += ipm * work
+        total += (cpm if cycles else ipm) * work
     return total
 
 
@@ -187,8 +192,8 @@ def search_ram(graph: Graph, kernels: str, board, budget: int | None = None,
         prep = prepare(graph, kernels, board, config, exact=None if exact_all else False, scratch_cache=cache)
         preps[config] = prep
         if search is None:
-            search = RamSearch(budget or 0, baseline_instructions(prep, board), prep.plan.layer_bound)
-        extra = extra_instructions(prep)
+            search = RamSearch(budget or 0, baseline_instructions(prep, board, cycles=True), prep.plan.layer_bound)
+        extra = extra_instructions(prep) * VECTOR_CPI  # copies and calls: instructions at the vector kernels' CPI
         search.candidates.append(Candidate(config, prep.plan.arena_size, extra, search.baseline + extra,
                                            prep.plan.method, budget is None or prep.plan.arena_size <= budget))
         if configs is None and config == RamConfig() and not prep.plan.aliases and not prep.bands \
