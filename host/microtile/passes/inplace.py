@@ -104,8 +104,7 @@ class PanelPlan:
     """A CONV_2D run whole by the optimised kernel (mt_conv_s8_opt) with its output
     ``delta`` bytes from its input: nothing beyond the plain layer (no band, no copy)."""
     delta: int
-    scratch_bytes: int = 0
-    copied_bytes: int = 0
+    scratch_bytes: int = 0  # none beyond the plain layer's panel
 
 
 PANEL_ROWS = (1, 3, 4)  # the register tiles' pixel counts (passes/schedule.py): the plan holds for each
@@ -173,7 +172,6 @@ class ResidualPlan:
     row_bytes: tuple[int, ...]     # x, the intermediates, u
     pad_left: tuple[int, ...]      # per layer
     layers: tuple[Operator, ...] = field(compare=False, repr=False, default=())
-    delta: int = 0
 
     def ring_offsets(self) -> list[int]:
         """Where each ring, then the band of u, start in the plan's scratch."""
