@@ -100,3 +100,40 @@ def test_refit_reduces_the_calibration_reconstruction_error(dscnn):
         # the greedy order is no worse than removing the first 8 channels
         assert channel_prune.reconstruction_error([fit], np.arange(64)[~np.isin(np.arange(64), order)]) <= \
             channel_prune.reconstruction_error([fit], np.arange(8, 64))
+
+
+def test_channel_search_records_rebuild_the_same_network(dscnn, tmp_path):
+    """Greedy channel steps on a fake cost (each layer 1000 cycles); the JSON records
+    rebuild, through `run --approx`'s path, exactly the network the search evaluated."""
+    import json
+
+    from microtile.measure.approx_search import ChannelSearch, channels_from_records, pruned_model_file
+
+    x = _inputs(dscnn, 12, seed=5)
+    values = all_values(dscnn, x)
+    y = values[dscnn.outputs[0]].reshape(12, -1).argmax(axis=1)  # agreement with the exact network
+    chs = ChannelSearch(dscnn, x, y, values, log=lambda m: None)
+    cost = {op.index: 1000.0 for op in dscnn.operators}
+    chs.set_cost((cost, cost))
+    assert chs.predicted({2: 16})["est_cycles"] == pytest.approx(13000 - 3 * 1000 * 0.25)
+    points, levels = chs.greedy(100.0)  # any loss allowed: every group to its last step
+    assert levels == {0: 32, 2: 32, 4: 32, 6: 32, 8: 32} and all(p["within_budget"] for p in points)
+    records = chs.records(levels)
+    json.dumps(records)
+    small = chs.build(levels)
+    rebuilt = channels_from_records(dscnn, json.loads(json.dumps(records)))
+    for a, b in zip(small.tensors, rebuilt.tensors):
+        assert a.shape == b.shape and (a.data is None or np.array_equal(a.data, b.data))
+    model = tmp_path / "m.tflite"
+    model.write_bytes(write_tflite(dscnn))
+    (tmp_path / "c.json").write_text(json.dumps({"chosen": {"layers": [], "channels": records}}))
+    path, pruned = pruned_model_file(model, tmp_path / "c.json", tmp_path / "out")
+    loaded = load_tflite(path)
+    assert pruned == set() and loaded.tensor(loaded.operators[2].inputs[1]).shape == (32, 1, 1, 32)
+    np.testing.assert_array_equal(all_values(loaded, x)[loaded.outputs[0]], all_values(small, x)[small.outputs[0]])
+    bad = json.loads(json.dumps(records))
+    bad[0]["consumers"][0]["weights"][records[0]["removed"][0]] = 5  # a removed input channel (1x1: k = c)
+    with pytest.raises(MicrotileError, match="--approx: channel group 0"):
+        channels_from_records(dscnn, bad)
+    with pytest.raises(MicrotileError, match="not a channel group"):
+        channels_from_records(dscnn, [{"producer": 11, "removed": [0]}])

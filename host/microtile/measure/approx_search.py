@@ -33,7 +33,7 @@ import numpy as np
 from microtile.errors import MicrotileError
 from microtile.importer.ir import Graph
 from microtile.importer.tflite_format import load_tflite, write_tflite
-from microtile.passes import approx
+from microtile.passes import approx, channel_prune
 
 # per layer: 0.05 steps up to 0.5 (a pointwise conv already loses calibration Top-1 at
 # 0.2 on KWS, and breaks even in cycles at ~0.12), then 0.1 steps to 0.9
@@ -117,10 +117,10 @@ class Search:
         self.cost = None
 
     # -- cost
-    def calibrate_cost(self, measure: Callable[[Graph, set], tuple[list, list]]) -> None:
+    def calibrate_cost(self, measure: Callable[[Graph, set], tuple[list, list]], exact=None) -> None:
         """measure(graph, pruned op indices) -> (instructions, est_cycles) per device layer,
-        by op index. The exact build and two probes fix a line per layer and count."""
-        exact = measure(self.graph, set())
+        by op index. The exact build (given, or measured) and two probes fix a line per layer and count."""
+        exact = exact if exact is not None else measure(self.graph, set())
         probes = []
         for f in PROBES:
             g = self.prune_at({L.op.index: f for L in self.layers}, mark=False)
@@ -183,11 +183,14 @@ class Search:
                      " ".join(f"{f:g}:{sens[i][f]:.3g}" for f in FRACTIONS[1:]))
         return sens
 
-    def greedy(self, budget_pp: float) -> list[dict]:
+    def greedy(self, budget_pp: float, reference_top1: float | None = None) -> list[dict]:
+        """reference_top1: the Top-1 the budget is measured from (the original exact
+        network when this search starts from a channel-pruned one)."""
+        ref = self.exact_top1 if reference_top1 is None else reference_top1
         sens = self.sensitivity()
         levels = {L.op.index: 0.0 for L in self.layers}
         values = self.exact_values
-        points = [self.point(levels, self.exact_top1, 0.0, accepted=True)]
+        points = [self.point(levels, self.exact_top1, 0.0, accepted=(ref - self.exact_top1) * 100 <= budget_pp + 1e-9)]
         frozen: set[int] = set()
         while True:
             best, best_score = None, -math.inf
@@ -211,7 +214,7 @@ class Search:
             i, nxt = best
             trial = {**levels, i: nxt}
             acc, mse, trial_values = self.evaluate(trial, i, values)
-            ok = (self.exact_top1 - acc) * 100 <= budget_pp + 1e-9
+            ok = (ref - acc) * 100 <= budget_pp + 1e-9
             points.append(self.point(trial, acc, mse, accepted=ok))
             self.log(f"layer {i} -> {nxt:g}: calibration Top-1 {acc:.4f}, predicted "
                      f"{points[-1]['instructions']:,.0f} instructions {'kept' if ok else 'over budget: layer frozen'}")
@@ -242,6 +245,176 @@ class Search:
                             "bias_delta": self.bias_deltas({L.op.index: f})[L.op.index].tolist(),
                             "weights": self.weights[L.op.index][f].reshape(-1).tolist()})
         return records
+
+
+# ---------------------------------------------------------------- channel pruning moves
+
+CHANNEL_STEP = 4           # whole depthwise groups of 4 channels, even pointwise tiles
+MAX_CHANNEL_FRACTION = 0.5
+
+
+class ChannelSearch:
+    """Greedy channel-count steps per group (passes/channel_prune.py) on the calibration
+    split: removal order by the refit reconstruction error, consumers refit on the exact
+    network's activations (so groups compose), cost predicted from the exact build's
+    measured per-layer counts scaled by each layer's remaining MACs."""
+
+    def __init__(self, graph: Graph, x_cal: np.ndarray, y_cal: np.ndarray, exact_values: dict,
+                 log: Callable[[str], None] = print):
+        self.graph, self.x, self.y, self.log = graph, x_cal, y_cal, log
+        self.groups = channel_prune.find_groups(graph)
+        self.pos = {op.index: i for i, op in enumerate(graph.operators)}
+        ops = {op.index: op for op in graph.operators}
+        self.exact_values = exact_values
+        self.exact_top1 = top1(exact_values, graph, y_cal)
+        self.exact_out = exact_values[graph.outputs[0]].astype(np.float64)
+        self.fits, self.order, self.counts = {}, {}, {}
+        for g in self.groups:
+            fits = [channel_prune.consumer_fit(graph, ops[c], exact_values[ops[c].inputs[0]]) for c in g.consumers]
+            top = int(g.channels * MAX_CHANNEL_FRACTION) // CHANNEL_STEP * CHANNEL_STEP
+            self.fits[g.producer] = fits
+            self.order[g.producer] = channel_prune.elimination_order(fits, g.channels, top)
+            self.counts[g.producer] = list(range(0, top + 1, CHANNEL_STEP))
+            log(f"channel group {g.producer} -> {g.consumers}: {g.channels} channels, removal order "
+                f"{self.order[g.producer][:8]} ...")
+        self._refit: dict = {}
+        self.cost = None
+
+    def removed(self, levels: dict[int, int]) -> dict[int, np.ndarray]:
+        return {p: np.sort(np.asarray(self.order[p][:n], dtype=np.int64)) for p, n in levels.items() if n > 0}
+
+    def refits(self, p: int, n: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        if (p, n) not in self._refit:
+            r = np.sort(np.asarray(self.order[p][:n], dtype=np.int64))
+            self._refit[p, n] = {f.op: channel_prune.refit(f, r) for f in self.fits[p]}
+        return self._refit[p, n]
+
+    def build(self, levels: dict[int, int]) -> Graph:
+        weights, deltas = {}, {}
+        for p, n in levels.items():
+            if n > 0:
+                for c, (w, d) in self.refits(p, n).items():
+                    weights[c], deltas[c] = w, d
+        return channel_prune.prune_channels(self.graph, self.groups, self.removed(levels), weights, deltas)
+
+    def set_cost(self, exact: tuple[dict, dict]) -> None:
+        self.cost = exact
+
+    def predicted(self, levels: dict[int, int]) -> dict:
+        ins, cyc = self.cost
+        ratio = {i: 1.0 for i in ins}
+        for g in self.groups:
+            r = 1 - levels.get(g.producer, 0) / g.channels
+            for i in g.ops:
+                if i in ratio:
+                    ratio[i] *= r
+        return {"instructions": float(sum(ins[i] * ratio[i] for i in ins)),
+                "est_cycles": float(sum(cyc[i] * ratio[i] for i in cyc))}
+
+    def evaluate(self, levels: dict[int, int], changed: int | None = None, base: dict | None = None):
+        g = self.build(levels)
+        values = all_values(g, self.x) if base is None else all_values(g, self.x, self.pos[changed], base)
+        out = values[g.outputs[0]].astype(np.float64)
+        return top1(values, g, self.y), float(np.mean((out - self.exact_out) ** 2)), values
+
+    def point(self, levels: dict[int, int], acc: float, mse: float, accepted: bool) -> dict:
+        cost = self.predicted(levels)
+        return {"channels": {str(p): n for p, n in levels.items()}, "fractions": {}, "calibration_top1": acc,
+                "output_mse": mse, "instructions": round(cost["instructions"]),
+                "est_cycles": round(cost["est_cycles"]), "within_budget": accepted}
+
+    def greedy(self, budget_pp: float) -> tuple[list[dict], dict[int, int]]:
+        """(evaluated points, the accepted channel levels)."""
+        sens = {}
+        for g in self.groups:
+            p = g.producer
+            sens[p] = {0: 0.0}
+            for n in self.counts[p][1:]:
+                sens[p][n] = self.evaluate({p: n}, p, self.exact_values)[1]
+            self.log(f"sensitivity: channel group {p}: " + " ".join(f"-{n}:{sens[p][n]:.3g}" for n in self.counts[p][1:]))
+        levels = {g.producer: 0 for g in self.groups}
+        values = self.exact_values
+        points = [self.point(levels, self.exact_top1, 0.0, accepted=True)]
+        frozen: set[int] = set()
+        while True:
+            best, best_score = None, -math.inf
+            now = self.predicted(levels)["est_cycles"]
+            for p, n in levels.items():
+                steps = self.counts[p]
+                if p in frozen or n == steps[-1]:
+                    continue
+                nxt = steps[steps.index(n) + 1]
+                saved = now - self.predicted({**levels, p: nxt})["est_cycles"]
+                score = saved / (max(sens[p][nxt] - sens[p][n], 0.0) + 1e-6)
+                if score > best_score:
+                    best, best_score = (p, nxt), score
+            if best is None:
+                return points, levels
+            p, nxt = best
+            trial = {**levels, p: nxt}
+            acc, mse, trial_values = self.evaluate(trial, p, values)
+            ok = (self.exact_top1 - acc) * 100 <= budget_pp + 1e-9
+            points.append(self.point(trial, acc, mse, accepted=ok))
+            self.log(f"channel group {p} -> -{nxt}: calibration Top-1 {acc:.4f}, predicted "
+                     f"{points[-1]['instructions']:,.0f} instructions {'kept' if ok else 'over budget: group frozen'}")
+            if ok:
+                levels, values = trial, trial_values
+            else:
+                frozen.add(p)
+
+    def records(self, levels: dict[int, int]) -> list[dict]:
+        """What `run --approx` needs to rebuild the smaller network: per group the removed
+        channels and each consumer's refit weights (original shape) and bias delta."""
+        out = []
+        for g in self.groups:
+            n = levels.get(g.producer, 0)
+            if n <= 0:
+                continue
+            out.append({"producer": g.producer, "channels": g.channels,
+                        "removed": self.removed({g.producer: n})[g.producer].tolist(),
+                        "consumers": [{"index": c, "weights": w.reshape(-1).tolist(), "bias_delta": d.tolist()}
+                                      for c, (w, d) in self.refits(g.producer, n).items()]})
+        return out
+
+
+def channels_from_records(graph: Graph, records) -> Graph:
+    """The smaller network of a JSON's `channels` records (ChannelSearch.records)."""
+    groups = {g.producer: g for g in channel_prune.find_groups(graph)}
+    ops = {op.index: op for op in graph.operators}
+    hint = "use the JSON `microtile approx` wrote for this model"
+    if not isinstance(records, list):
+        raise MicrotileError(f"--approx: `channels` must be a list; {hint}")
+    removed, weights, deltas = {}, {}, {}
+    for r in records:
+        g = groups.get(r.get("producer")) if isinstance(r, dict) else None
+        if g is None:
+            raise MicrotileError(f"--approx: channel record {r.get('producer') if isinstance(r, dict) else r!r} "
+                                 f"is not a channel group of {graph.name}; {hint}")
+        rem = r.get("removed")
+        if not isinstance(rem, list) or not all(type(v) is int for v in rem):
+            raise MicrotileError(f"--approx: channel group {g.producer} removed must be a list of integers; {hint}")
+        removed[g.producer] = channel_prune.check_removed(g, np.asarray(rem, dtype=np.int64))
+        cons = r.get("consumers", [])
+        if not isinstance(cons, list):
+            raise MicrotileError(f"--approx: channel group {g.producer} consumers must be a list; {hint}")
+        for c in cons:
+            i = c.get("index") if isinstance(c, dict) else None
+            if i not in g.consumers:
+                raise MicrotileError(f"--approx: channel group {g.producer}: {i!r} is not one of its consumers; {hint}")
+            w0 = approx.weight_matrix(ops[i], graph)
+            w, d = c.get("weights"), c.get("bias_delta")
+            if not (isinstance(w, list) and len(w) == w0.size and all(type(v) is int and -128 <= v <= 127 for v in w)
+                    and isinstance(d, list) and len(d) == w0.shape[0]
+                    and all(type(v) is int and -2**31 <= v < 2**31 for v in d)):
+                raise MicrotileError(f"--approx: channel group {g.producer} consumer {i}: weights must be "
+                                     f"{w0.size} int8 and bias_delta {w0.shape[0]} int32 integers; {hint}")
+            w = np.asarray(w, dtype=np.int64).reshape(w0.shape)
+            c_in = int(graph.tensor(ops[i].inputs[0]).shape[-1])
+            if np.any(w.reshape(w0.shape[0], -1, c_in)[:, :, removed[g.producer]]):
+                raise MicrotileError(f"--approx: channel group {g.producer} consumer {i}: weights are not zero at "
+                                     f"the removed channels; {hint}")
+            weights[i], deltas[i] = w.astype(np.int8), np.asarray(d, dtype=np.int64)
+    return channel_prune.prune_channels(graph, list(groups.values()), removed, weights, deltas)
 
 
 def mark_pareto(points: list[dict]) -> None:
@@ -308,6 +481,8 @@ def pruned_model_file(model: str | Path, approx_json: str | Path, out_dir: Path 
     if not isinstance(records, list):
         raise MicrotileError(f"--approx {approx_json}: no `chosen.layers` in it; give the file `microtile approx --json` wrote")
     graph = load_tflite(model)
+    if "channels" in chosen:  # the smaller network first: the layer records index its operators
+        graph = channels_from_records(graph, chosen["channels"])
     layers, masks, deltas, weights = masks_from_records(graph, records, board)
     pruned = approx.prune_graph(graph, layers, masks, mark=False, bias_delta=deltas, weights=weights)
     if out_dir is None:  # a run's own folder, removed when the process ends
@@ -420,25 +595,43 @@ def run_approx(model: str, labels: str, calibrate: int, budget: float, board_nam
     x_held, y_held = _stack(held)
     log(f"split: {len(cal)} calibration inputs ({cal[0].name} .. {cal[-1].name}), {len(held)} held out")
 
-    search = Search(graph, board, x_cal, y_cal, log)
+    check_batchable(graph, x_cal)
     with tempfile.TemporaryDirectory(prefix="microtile-approx-") as tmp:
         work = Path(tmp)
-        search.calibrate_cost(_device_measure(board_name, cal[0], work, log))
-        points = search.greedy(budget)
+        measure = _device_measure(board_name, cal[0], work, log)
+        exact_cost = measure(graph, set())
+        # 1. channel-count steps per group: a smaller network on the normal kernels
+        chs = ChannelSearch(graph, x_cal, y_cal, all_values(graph, x_cal), log)
+        chs.set_cost(exact_cost)
+        ch_points, ch_levels = chs.greedy(budget)
+        # 2. the per-layer k-block / tap fractions on that network, within the same budget
+        #    from the original exact network's calibration Top-1
+        search = Search(chs.build(ch_levels), board, x_cal, y_cal, log)
+        search.calibrate_cost(measure, exact=None if any(ch_levels.values()) else exact_cost)
+        mask_points = search.greedy(budget, reference_top1=chs.exact_top1)
+        for p in mask_points:
+            p["channels"] = {str(k): v for k, v in ch_levels.items()}
+        points = ch_points + mask_points
         mark_pareto(points)
         fits = [p for p in points if p["within_budget"]]
         best = min(fits, key=lambda p: (p["est_cycles"], -p["calibration_top1"]))
+        from_masks = any(p is best for p in mask_points)
         levels = {int(i): f for i, f in best["fractions"].items()}
+        best_ch = {int(i): n for i, n in best["channels"].items()}
+
+        def chosen_at(mark: bool) -> Graph:
+            return search.prune_at(levels, mark=mark) if from_masks else chs.build(best_ch)
 
         # held-out accuracy: the reference executor, exact and chosen, same inputs
         exact_held = top1(all_values(graph, x_held), graph, y_held)
-        chosen_graph = search.prune_at(levels)
+        chosen_graph = chosen_at(True)
         chosen_values = all_values(chosen_graph, x_held)
         chosen_held = top1(chosen_values, chosen_graph, y_held)
 
         # the chosen network on the target, against TFLM running the pruned .tflite
-        records = search.layer_records(levels)
-        plain = search.prune_at(levels, mark=False)
+        records = search.layer_records(levels) if from_masks else []
+        channel_records = chs.records(best_ch)
+        plain = chosen_at(False)
         pruned_path = work / f"{Path(model).stem}.pruned.tflite"
         pruned_path.write_bytes(write_tflite(plain, "microtile approx: pruned k-blocks"))
         on_device = held[:device_limit]
@@ -458,7 +651,7 @@ def run_approx(model: str, labels: str, calibrate: int, budget: float, board_nam
 
     exact_ins, exact_cyc = measured(exact_dev)
     chosen_ins, chosen_cyc = measured(dev)
-    exact_pred = search.predicted({})
+    exact_pred = chs.predicted({})
     result = {
         "model": str(model), "board": board_name, "budget_pp": budget,
         "split": {"labels": str(labels), "calibration": len(cal), "heldout": len(held),
@@ -473,7 +666,8 @@ def run_approx(model: str, labels: str, calibrate: int, budget: float, board_nam
                    "instructions_predicted": best["instructions"], "est_cycles_predicted": best["est_cycles"],
                    "device_samples": dev.samples, "device_mismatches": dev.mismatch_count if dev.samples else None,
                    "reference_mismatches": int(ref_mismatches), "device_error": dev.error,
-                   "fractions": best["fractions"], "layers": records},
+                   "fractions": best["fractions"], "layers": records,
+                   "channel_counts": best["channels"], "channels": channel_records},
         "pareto": points,
         "counter_unit": dev.counter_unit,
     }
