@@ -1,5 +1,10 @@
 """`microtile approx`: a design-space exploration of per-layer pruning fractions (issue 10).
 
+0. First, structured channel pruning (passes/channel_prune.py, ChannelSearch): greedy
+   channel-count steps of 4 per channel group, each consumer refit by least squares;
+   the smaller network runs on the normal kernels. Steps 2-5 then run on that network,
+   within the same budget from the original exact network's calibration Top-1.
+
 1. The first N labelled inputs are the calibration split, the rest the held-out split;
    the search reads only the calibration split.
 2. Significance of every (channel tile, k-block) unit from the calibration activations,
@@ -656,7 +661,7 @@ def run_approx(model: str, labels: str, calibrate: int, budget: float, board_nam
         "model": str(model), "board": board_name, "budget_pp": budget,
         "split": {"labels": str(labels), "calibration": len(cal), "heldout": len(held),
                   "calibration_range": [cal[0].name, cal[-1].name], "heldout_range": [held[0].name, held[-1].name]},
-        "exact": {"heldout_top1": exact_held, "calibration_top1": search.exact_top1,
+        "exact": {"heldout_top1": exact_held, "calibration_top1": chs.exact_top1,
                   "instructions": exact_ins, "est_cycles": exact_cyc,
                   "instructions_predicted": round(exact_pred["instructions"]),
                   "est_cycles_predicted": round(exact_pred["est_cycles"]),
