@@ -162,7 +162,14 @@ def emit_depthwise_opt(op: Operator, graph: Graph, ctx: EmitContext, p: dict) ->
     init = params_init(p, in_place, padded_plane(p), data)
     params = ctx.static_struct("mt_depthwise_opt_params", "dw_opt_params", init)
     scratch = f"(int8_t *){ctx.scratch(scratch_bytes)}" if scratch_bytes else "NULL"
+    if SHARED is not None and SHARED(p, in_place):
+        return f"mt_depthwise_s8_opt_shared(&{params}, {src}, {dst}, {scratch});"
     return f"{_shape_function(ctx, p, in_place)}(&{params}, {src}, {dst}, {scratch});"
+
+
+# Which calls take the shared, run-time-geometry kernel (mt_depthwise_opt.c) instead of a
+# specialised function: None (all specialised) or a predicate (p, in_place) -> bool.
+SHARED = None
 
 
 def params_init(p: dict, in_place: bool, padded: bool, data: str) -> str:
