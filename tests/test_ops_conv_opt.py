@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from microtile.passes import schedule
 from microtile.build.native import NativeModel
-from microtile.ops.conv import folded_bias, pack_weights, requant_table
+from microtile.ops import kernel_for
+from microtile.ops.conv import constant_channels, folded_bias, pack_weights, requant_table
 
 from op_harness import random_int8, tflm
 from test_ops_conv import conv_graph, fc_graph
@@ -105,6 +106,52 @@ def test_exact_requantisation_path_with_huge_bias():
     assert not fast
     for weights in ("int8", "int16"):
         _check(graph, rng, weights, runs=3)
+
+
+def test_constant_channels_from_the_exact_accumulator_range():
+    """A dead channel (tiny weights, a bias far out) outputs one value for every input;
+    a channel whose range crosses the clamp, or whose sum could wrap int32, does not."""
+    w = np.array([[1, -1, 1, 0], [100, -100, 100, 100], [1, 1, 1, 1], [0, 0, 0, 0]], dtype=np.int8)
+    bias = np.array([-(1 << 30), -(1 << 30) + 1000, (1 << 31) - 2, 5], dtype=np.int64)
+    m, sh = np.full(4, 1 << 30), np.full(4, -3)  # x 1/16
+    c = constant_channels(w, bias, m, sh, in_zp=0, out_zp=0, act=(-128, 127))
+    # 0: -2^26 at both ends -> -128; 1: ends about -2^26 -> still -128 (10^5 of range
+    # is nothing next to the bias); 2: bias + sum may pass 2^31 (TFLM wraps): not
+    # constant; 3: zero weights: the bias alone, 5 / 16 -> 0
+    assert list(c[[0, 1, 3]]) == [-128, -128, 0] and not -128 <= c[2] <= 127
+    # a RELU-style floor turns a channel of ordinary range constant only when its top end is under it
+    w2 = np.array([[10, 10, 10, 10]], dtype=np.int8)
+    assert constant_channels(w2, np.array([-40000]), m[:1], sh[:1], 0, 0, (0, 127))[0] == 0
+    assert not 0 <= constant_channels(w2, np.array([0]), m[:1], sh[:1], 0, 0, (0, 127))[0] <= 127
+    # the dead channels' huge bias kept the table off the fast path; with the range known it is fast
+    _, fast = requant_table(w[[0, 3]], bias[[0, 3]], m[:2], sh[:2], 0, 0, 4)
+    assert not fast
+    table, fast = requant_table(w[[0, 3]], bias[[0, 3]], m[:2], sh[:2], 0, 0, 4, act=(-128, 127))
+    assert fast and list(table[:3]) == [0, 2 * -128 + 1, 1]  # (mult, k, right) of channel 0
+
+
+@pytest.mark.parametrize("act", ["NONE", "RELU"])
+def test_dead_channel_runs_the_fast_path_bit_exact(act):
+    rng = np.random.default_rng(11)
+    graph = conv_graph(rng, h=6, w=5, c=8, oc=6, kh=1, kw=1, act=act)
+    graph.tensor(1).data[2] = np.clip(graph.tensor(1).data[2], -1, 1)
+    graph.tensor(2).data = graph.tensor(2).data.copy()
+    graph.tensor(2).data[2] = -(1 << 30)  # channel 2: dead
+    op = graph.operators[0]
+    p = kernel_for(op).params(op, graph)
+    w2d = graph.tensor(1).data.reshape(6, -1)
+    const = constant_channels(w2d, graph.tensor(2).data.astype(np.int64), p["mult"], p["shift"], p["in_zp"],
+                              p["out_zp"], tuple(p["act"]))
+    assert const[2] == p["act"][0] and (np.abs(const[[0, 1, 3, 4, 5]]) > 127).all()
+    assert not requant_table(w2d, graph.tensor(2).data, p["mult"], p["shift"], p["in_zp"], p["out_zp"], 8)[1]
+    model = NativeModel.build(graph, kernels="optimized")
+    assert "_m0" not in model.compiled.model_c  # the exact 64-bit path is no longer needed
+    oracle = tflm(graph)
+    for _ in range(3):
+        x = _inputs(graph, rng)
+        expected, got = oracle(x)[0], model.run(x)[0]
+        np.testing.assert_array_equal(got, expected)
+        assert (expected[..., 2] == const[2]).all()
 
 
 def test_fast_requantisation_needs_negative_shifts():

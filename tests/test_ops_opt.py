@@ -84,6 +84,19 @@ def test_fast_requant_refuses_what_it_cannot_do():
     assert fast_requant(m, np.array([-8]), 5, np.array([1 << 20])) is not None
 
 
+def test_fast_requant_serves_channels_with_multiplier_zero():
+    """TFLM quantises a scale below 2^-32 to (multiplier 0, shift 0): that channel
+    outputs its zero point for every accumulator, and so must the fast form (shift 0
+    alone still refuses it)."""
+    mult, shift, zp, bound = np.array([0, 1 << 30]), np.array([0, -7]), -5, np.array([1 << 24, 1 << 24])
+    k, r = fast_requant(mult, shift, zp, bound)
+    acc = np.array([[-(1 << 24)], [-3], [0], [1], [1 << 24]]) * np.ones((1, 2), dtype=np.int64)
+    want = multiply_by_quantized_multiplier(acc, mult[None, :], shift[None, :]) + zp
+    assert np.array_equal(reference_fast_requant(acc, mult[None, :], k[None, :], r[None, :]), want)
+    assert np.all(want[:, 0] == zp)
+    assert fast_requant(np.array([1 << 30]), np.array([0]), zp, bound[:1]) is None
+
+
 # ---------------------------------------------------------------- DEPTHWISE_CONV_2D
 
 dw_geometry = st.fixed_dictionaries({

@@ -1,13 +1,15 @@
 /* Optimised DEPTHWISE_CONV_2D, int8, any depth multiplier; bit-exact with TFLM.
  *
  * Schedule: channel group outer, pixels inner. Output channels go in groups of 4
- * (one word); a group's constants (34 words) are read over and over for all its
+ * (one word); a group's constants (29 words for 3x3) are read over and over for all its
  * pixels, so they stay in the flash accelerator's data cache instead of streaming
  * the whole layer's weights from flash at every pixel. Per pixel and tap: one word
  * load brings the group's 4 input channels, two SXTB16 (SXTAB16 where the input
- * offset is added per tap) split them into (c0, c2) and (c1, c3) halfword pairs,
- * and SMLABB/SMLATT accumulate against weights stored offline as doubled int16
- * pairs in the same order. Interior pixels of a 3x3 kernel run fully unrolled with
+ * offset is added per tap) split them into (c0, c2) and (c1, c3) halfword pairs;
+ * one word load brings the tap's 4 int8 weights, two more SXTB16 split them the
+ * same way, and SMLABB/SMLATT accumulate. (Doubled int16 weight pairs saved the two
+ * SXTB16 but doubled the weights' flash and their loads.) The accumulators are
+ * doubled once per pixel, for the requantisation's SMMLAR. Interior pixels of a 3x3 kernel run fully unrolled with
  * constant offsets and the input offset folded into the bias offline (no offset
  * per tap, no bounds checks); border pixels walk the clipped window and add the
  * offset per tap. Requantisation: SMMLAR + sign fix + shift + SSAT (see
@@ -30,11 +32,12 @@
  * share one copy.
  *
  * Parameter stream `data` (int32 words, written by host/microtile/ops/depthwise_opt.py):
- *   per group of 4 output channels: bias2[4], bias2f[4], taps x {W02, W13}, {mult, k, right} x 4
+ *   per group of 4 output channels: bias[4], biasf[4], taps x W, {mult, k, right} x 4
  *   then per remaining output channel (out channels % 4): bias2, mult, k, right, taps x w2
- * where bias2 = 2 * bias, bias2f = 2 * (bias + input_offset * sum over taps of w) (the
- * interior's folded offset, modulo 2^32), W02 = (2w[c0], 2w[c2]) and
- * W13 = (2w[c1], 2w[c3]) as halfword pairs, w2 = 2w. */
+ * where biasf = bias + input_offset * sum over taps of w (the interior's folded
+ * offset, modulo 2^32), W = the tap's int8 weights of c0..c3 in bytes 0..3, and for
+ * the remaining channels bias2 = 2 * bias, w2 = 2w (their accumulator is doubled
+ * throughout). */
 #ifndef MT_DEPTHWISE_OPT_H
 #define MT_DEPTHWISE_OPT_H
 
@@ -59,12 +62,13 @@ typedef struct {
 } mt_depthwise_opt_params;
 
 /* The per-group stream length in words for `taps` filter taps. */
-#define MT_DW_GROUP_WORDS(taps) (8 + 2 * (taps) + 12)
+#define MT_DW_GROUP_WORDS(taps) (8 + (taps) + 12)
 #define MT_DW_REM_WORDS(taps) (4 + (taps))
 
 #if MT_HAS_DSP
 /* The 4 multiply-accumulates of a tap: (e, x) = channels (0, 2), (1, 3) of the input
- * word against the weight pairs (w0, w1); the accumulators and temporaries. */
+ * word against the weight pairs (w0, w1) (the tap's weight word split by SXTB16);
+ * the accumulators and temporaries. */
 #define MT_DW_MAC4_ASM \
     "smlabb %[a0], %[e], %[w0], %[a0]\n\t" \
     "smlatt %[a2], %[e], %[w0], %[a2]\n\t" \
@@ -81,26 +85,29 @@ typedef struct {
         uint32_t x_, e_, w0_, w1_; \
         __asm__ volatile( \
             "ldr %[x], %[in]\n\t" \
-            "ldrd %[w0], %[w1], %[w]\n\t" \
+            "ldr %[w0], %[w]\n\t" \
             "sxtab16 %[e], %[off], %[x]\n\t" \
             "sxtab16 %[x], %[off], %[x], ror #8\n\t" \
+            "sxtb16 %[w1], %[w0], ror #8\n\t" \
+            "sxtb16 %[w0], %[w0]\n\t" \
             MT_DW_MAC4_ASM \
             : MT_DW_MAC4_OUTPUTS \
             : [in] "m"(*(const uint32_t *)(const void *)(ptr)), \
-              [w] "m"(*(const uint64_t *)(const void *)(wp)), [off] "r"(off2)); \
+              [w] "m"(*(const uint32_t *)(const void *)(wp)), [off] "r"(off2)); \
     } while (0)
 
-/* One tap, 4 channels, offset folded into the bias (interior): three chained loads;
- * the weights at byte offset OFF (a literal) from the base register WB, so the
+/* One tap, 4 channels, offset folded into the bias (interior): two chained loads;
+ * the weight word at byte offset OFF (a literal) from the base register WB, so the
  * compiler keeps one weight pointer instead of one spilled address per tap. */
 #define MT_DW_TAPF(ptr, WB, OFF) do { \
         uint32_t x_, e_, w0_, w1_; \
         __asm__ volatile( \
             "ldr %[x], %[in]\n\t" \
             "ldr %[w0], [%[wb], #" #OFF "]\n\t" \
-            "ldr %[w1], [%[wb], #" #OFF "+4]\n\t" \
             "sxtb16 %[e], %[x]\n\t" \
             "sxtb16 %[x], %[x], ror #8\n\t" \
+            "sxtb16 %[w1], %[w0], ror #8\n\t" \
+            "sxtb16 %[w0], %[w0]\n\t" \
             MT_DW_MAC4_ASM \
             : MT_DW_MAC4_OUTPUTS \
             : [in] "m"(*(const uint32_t *)(const void *)(ptr)), [wb] "r"(WB)); \
@@ -126,7 +133,8 @@ typedef struct {
     } while (0)
 #else
 #define MT_DW_TAP(ptr, wp) do { \
-        const uint32_t w0_ = (uint32_t)(wp)[0], w1_ = (uint32_t)(wp)[1]; \
+        const uint32_t w_ = (uint32_t)(wp)[0]; \
+        const uint32_t w0_ = mt_sxtb16(w_), w1_ = mt_sxtb16_ror8(w_); \
         const uint32_t x_ = mt_read_u32(ptr); \
         const uint32_t e_ = mt_sxtab16(off2, x_); \
         const uint32_t o_ = mt_sxtab16_ror8(off2, x_); \
@@ -147,7 +155,8 @@ typedef struct {
     } while (0)
 #define MT_DW_WORD(B, OFF) ((uint32_t)*(const int32_t *)(const void *)((const char *)(B) + (OFF)))
 #define MT_DW_TAPF(ptr, WB, OFF) do { \
-        const uint32_t w0_ = MT_DW_WORD(WB, OFF), w1_ = MT_DW_WORD(WB, (OFF) + 4); \
+        const uint32_t w_ = MT_DW_WORD(WB, OFF); \
+        const uint32_t w0_ = mt_sxtb16(w_), w1_ = mt_sxtb16_ror8(w_); \
         MT_DW_TAP_ONE(ptr, w0_, w1_, a0, a1, a2, a3); \
     } while (0)
 
@@ -172,10 +181,15 @@ static MT_ALWAYS_INLINE void mt_dw_clamp_store(const mt_depthwise_opt_params *p,
     mt_write_u32(out, v);
 }
 
-/* Requantise, pack, clamp and store one pixel of a group; q = {mult, k, right} x 4. */
+/* Requantise, pack, clamp and store one pixel of a group; q = {mult, k, right} x 4;
+ * MT_DW_REQ1 takes the doubled accumulator (modulo 2^32, as TFLM's sum wraps). */
 static MT_ALWAYS_INLINE void mt_dw_store4(const mt_depthwise_opt_params *p, const mt_depthwise_opt_params *rt, const int32_t *q,
                                           int32_t a0, int32_t a1, int32_t a2, int32_t a3, int8_t *out)
 {
+    a0 = (int32_t)((uint32_t)a0 << 1);
+    a1 = (int32_t)((uint32_t)a1 << 1);
+    a2 = (int32_t)((uint32_t)a2 << 1);
+    a3 = (int32_t)((uint32_t)a3 << 1);
     MT_DW_REQ1(a0, q, 0);
     MT_DW_REQ1(a1, q, 12);
     MT_DW_REQ1(a2, q, 24);
@@ -202,19 +216,19 @@ static MT_ALWAYS_INLINE void mt_dw_pixel_clipped(const mt_depthwise_opt_params *
     const int32_t in_row = p->in_w * px;
     const uint32_t off2 = (uint32_t)(uint16_t)rt->input_offset * 0x00010001u;
     int32_t a0 = d[0], a1 = d[1], a2 = d[2], a3 = d[3];
-    const int32_t *w = d + 8 + 2 * (ky0 * p->k_w + kx0);
+    const int32_t *w = d + 8 + ky0 * p->k_w + kx0;
     for (int32_t ky = 0; ky < ky_n; ky++) {
         const int8_t *ip = in;
         const int32_t *wk = w;
         for (int32_t kx = 0; kx < kx_n; kx++) {
             MT_DW_TAP(ip, wk);
             ip += px;
-            wk += 2;
+            wk++;
         }
         in += in_row;
-        w += 2 * p->k_w;
+        w += p->k_w;
     }
-    mt_dw_store4(p, rt, d + 8 + 2 * p->k_h * p->k_w, a0, a1, a2, a3, out);
+    mt_dw_store4(p, rt, d + 8 + p->k_h * p->k_w, a0, a1, a2, a3, out);
 }
 
 /* A border pixel of a 3-wide kernel: ky_n rows of kx_n taps, kx_n a constant after
@@ -226,17 +240,17 @@ static MT_ALWAYS_INLINE void mt_dw_pixel_rows3(const mt_depthwise_opt_params *p,
     const int32_t in_row = p->in_w * px;
     const uint32_t off2 = (uint32_t)(uint16_t)rt->input_offset * 0x00010001u;
     int32_t a0 = d[0], a1 = d[1], a2 = d[2], a3 = d[3];
-    const int32_t *w = d + 8 + 2 * tap0;
+    const int32_t *w = d + 8 + tap0;
     for (int32_t ky = 0; ky < ky_n; ky++) {
         MT_DW_TAP(in, w);
-        MT_DW_TAP(in + px, w + 2);
+        MT_DW_TAP(in + px, w + 1);
         if (kx_n > 2) {
-            MT_DW_TAP(in + 2 * px, w + 4);
+            MT_DW_TAP(in + 2 * px, w + 2);
         }
         in += in_row;
-        w += 6;
+        w += 3;
     }
-    mt_dw_store4(p, rt, d + 8 + 2 * 3 * p->k_h, a0, a1, a2, a3, out);
+    mt_dw_store4(p, rt, d + 8 + 3 * p->k_h, a0, a1, a2, a3, out);
 }
 
 /* One interior pixel of a 3x3 kernel (offset folded); `in` = window's top-left. */
@@ -247,15 +261,15 @@ static MT_ALWAYS_INLINE void mt_dw_pixel_3x3(const mt_depthwise_opt_params *p, c
     int32_t a0 = d[4], a1 = d[5], a2 = d[6], a3 = d[7];
     const int32_t *w = d + 8;
     MT_DW_TAPF(in, w, 0);
-    MT_DW_TAPF(in + px, w, 8);
-    MT_DW_TAPF(in + 2 * px, w, 16);
-    MT_DW_TAPF(in + r, w, 24);
-    MT_DW_TAPF(in + r + px, w, 32);
-    MT_DW_TAPF(in + r + 2 * px, w, 40);
-    MT_DW_TAPF(in + 2 * r, w, 48);
-    MT_DW_TAPF(in + 2 * r + px, w, 56);
-    MT_DW_TAPF(in + 2 * r + 2 * px, w, 64);
-    mt_dw_store4(p, rt, d + 26, a0, a1, a2, a3, out);
+    MT_DW_TAPF(in + px, w, 4);
+    MT_DW_TAPF(in + 2 * px, w, 8);
+    MT_DW_TAPF(in + r, w, 12);
+    MT_DW_TAPF(in + r + px, w, 16);
+    MT_DW_TAPF(in + r + 2 * px, w, 20);
+    MT_DW_TAPF(in + 2 * r, w, 24);
+    MT_DW_TAPF(in + 2 * r + px, w, 28);
+    MT_DW_TAPF(in + 2 * r + 2 * px, w, 32);
+    mt_dw_store4(p, rt, d + 17, a0, a1, a2, a3, out);
 }
 
 /* Any pixel of a group in output row with input row y0 (window rows [ky0, ky1)). */

@@ -563,6 +563,17 @@ void mt_conv_row(const mt_conv_opt_params *p, const int8_t *in_b, int32_t oy, in
     mt_panel_from_bytes(panel, mr, row, bytes, kb);
 }
 
+/* `words` words of int8 input from src, extended, down panel column dst (stride mr). */
+static inline uint64_t *mt_panel_run(uint64_t *dst, int32_t mr, const int8_t *src, int32_t words)
+{
+    _Pragma("GCC unroll 4") /* the loop overhead was a third of a word's cost */
+    for (int32_t t = 0; t < words; t++) {
+        *dst = mt_ext4(mt_read_u32(src + 4 * t));
+        dst += mr;
+    }
+    return dst;
+}
+
 void mt_conv_s8_opt(const mt_conv_opt_params *p, const int8_t *input, int8_t *output,
                     uint64_t *scratch)
 {
@@ -571,15 +582,55 @@ void mt_conv_s8_opt(const mt_conv_opt_params *p, const int8_t *input, int8_t *ou
     const int32_t kb = g->k_blocks;
     const int32_t pixels = p->out_h * p->out_w;
     int8_t *bytes = (int8_t *)(scratch + mr * kb);
+    /* A pixel whose receptive field lies inside the image, with filter rows of whole
+       words, is extended here, row by row: no call, no per-tap test (mt_conv_row's
+       set-up cost more than a 1x1 conv's few words). The rest go through mt_conv_row. */
+    const int32_t words = (p->k_w * p->in_c) / 4;
+    const int32_t row_bytes = p->in_w * p->in_c;
+    const int32_t y_last = p->in_h - p->k_h, x_last = p->in_w - p->k_w; /* the last inside origin */
+    const int words_only = ((p->k_w * p->in_c) & 3) == 0 && y_last >= 0 && x_last >= 0;
+    /* a 1x1 conv with stride 1, no padding and whole words per pixel is a GEMM over
+       the input itself: 3 consecutive pixels' rows extended a block at a time */
+    const int pointwise = p->k_h == 1 && p->k_w == 1 && p->stride_h == 1 && p->stride_w == 1 && p->pad_h == 0 &&
+                          p->pad_w == 0 && (p->in_c & 3) == 0 && mr == 3;
     for (int32_t b = 0; b < p->batches; b++) {
         const int8_t *in_b = input + b * p->in_h * p->in_w * p->in_c;
         int8_t *out_b = output + b * pixels * g->out_c;
         int32_t oy = 0, ox = 0;
-        for (int32_t m0 = 0; m0 < pixels; m0 += mr) {
+        if (pointwise) {
+            const int32_t full = pixels - pixels % 3;
+            for (int32_t m0 = 0; m0 < full; m0 += 3) {
+                const int8_t *x = in_b + m0 * p->in_c;
+                uint64_t *dst = scratch;
+                for (int32_t k = 0; k < kb; k++) {
+                    const uint32_t a0 = mt_read_u32(x), a1 = mt_read_u32(x + p->in_c), a2 = mt_read_u32(x + 2 * p->in_c);
+                    dst[0] = mt_ext4(a0);
+                    dst[1] = mt_ext4(a1);
+                    dst[2] = mt_ext4(a2);
+                    dst += 3;
+                    x += 4;
+                }
+                mt_gemm_s8_opt_rows(g, scratch, 3, out_b + m0 * g->out_c);
+            }
+            oy = full / p->out_w; /* the last 1-2 pixels: the general path below */
+            ox = full % p->out_w;
+        }
+        for (int32_t m0 = pointwise ? pixels - pixels % 3 : 0; m0 < pixels; m0 += mr) {
             const int32_t rows = pixels - m0 < mr ? pixels - m0 : mr;
             for (int32_t r = 0; r < mr; r++) {
                 if (r < rows) {
-                    mt_conv_row(p, in_b, oy, ox, scratch, r, bytes);
+                    const int32_t y0 = oy * p->stride_h - p->pad_h;
+                    const int32_t x0 = ox * p->stride_w - p->pad_w;
+                    if (words_only && (uint32_t)y0 <= (uint32_t)y_last && (uint32_t)x0 <= (uint32_t)x_last) {
+                        const int8_t *src = in_b + y0 * row_bytes + x0 * p->in_c;
+                        uint64_t *dst = scratch + r;
+                        for (int32_t ky = 0; ky < p->k_h; ky++) {
+                            dst = mt_panel_run(dst, mr, src, words);
+                            src += row_bytes;
+                        }
+                    } else {
+                        mt_conv_row(p, in_b, oy, ox, scratch, r, bytes);
+                    }
                     if (++ox == p->out_w) {
                         ox = 0;
                         oy++;

@@ -233,21 +233,45 @@ def folded_bias(w: np.ndarray, bias: np.ndarray | None, input_zero_point: int, p
     return out
 
 
+def constant_channels(w: np.ndarray, bias: np.ndarray, mult: np.ndarray, shift: np.ndarray, in_zp: int,
+                      out_zp: int, act: tuple[int, int]) -> np.ndarray:
+    """Per channel the one int8 value it outputs for every input, or a value outside
+    int8 where it can output more than one. The accumulator's range over all int8
+    inputs, bias + sum_k w_k (x_k - zp), is exact; the requantisation is monotonic in
+    it, so equal clamped outputs at both ends mean a constant channel (a dead channel:
+    weights ~0 and a bias far out, common in trained models)."""
+    w = w.astype(np.int64)
+    lo_x, hi_x = -128 - in_zp, 127 - in_zp
+    lo = bias + np.minimum(w * lo_x, w * hi_x).sum(axis=1)
+    hi = bias + np.maximum(w * lo_x, w * hi_x).sum(axis=1)
+    inside = (lo >= -(1 << 31)) & (hi < (1 << 31))  # beyond int32 TFLM's sum wraps: not monotonic
+    m, sh = np.asarray(mult, np.int64).reshape(-1), np.asarray(shift, np.int64).reshape(-1)
+    ends = [np.clip(multiply_by_quantized_multiplier(np.clip(a, -(1 << 31), (1 << 31) - 1), m, sh) + out_zp,
+                    act[0], act[1]) for a in (lo, hi)]
+    return np.where(inside & (ends[0] == ends[1]), ends[0], 1 << 10)
+
+
 def requant_table(w: np.ndarray, bias: np.ndarray | None, mult: np.ndarray, shift: np.ndarray,
-                  in_zp: int, out_zp: int, padded: int) -> tuple[np.ndarray, bool]:
+                  in_zp: int, out_zp: int, padded: int, act: tuple[int, int] | None = None) -> tuple[np.ndarray, bool]:
     """Per channel 3 words for the optimised kernels and whether they are the fast
     form: (mult, k, right) for mt_requant_fast when every channel qualifies for every
-    input (|acc| bounded from the weights and bias), else (mult, shift, 0)."""
+    input (|acc| bounded from the weights and bias), else (mult, shift, 0). Given the
+    activation range, a constant channel (constant_channels) takes the fast form
+    (0, 2c + 1, 1), which outputs c whatever its accumulator: its huge bias no longer
+    keeps the layer off the fast path."""
     from microtile.ops.requant_opt import fast_requant, max_abs_input
 
     n = w.shape[0]
     b = np.zeros(n, dtype=np.int64) if bias is None else np.asarray(bias, dtype=np.int64).reshape(-1)
     bound = np.abs(b) + np.abs(w.astype(np.int64)).sum(axis=1) * max_abs_input(in_zp)
-    fast = fast_requant(mult, shift, out_zp, bound)
+    const = np.full(n, 1 << 10) if act is None else constant_channels(w, b, mult, shift, in_zp, out_zp, act)
+    fixed = const < (1 << 10)
+    fast = fast_requant(np.where(fixed, 0, mult), shift, out_zp, np.where(fixed, 0, bound))
     table = np.zeros((padded, 3), dtype=np.int64)
     table[:n, 0] = mult
     if fast is not None:
-        table[:n, 1], table[:n, 2] = fast
+        table[:n, 0] = np.where(fixed, 0, mult)
+        table[:n, 1], table[:n, 2] = np.where(fixed, 2 * const + 1, fast[0]), np.where(fixed, 1, fast[1])
         table[n:, 2] = 1
     else:
         table[:n, 1] = shift
@@ -266,7 +290,7 @@ def _emit_gemm(ctx: EmitContext, op: Operator, graph: Graph, w2d: np.ndarray, mu
     bias_t = graph.tensor(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
     bias_data = None if bias_t is None else bias_t.data
     bias = folded_bias(w2d, bias_data, in_zp, padded)
-    table, fast = requant_table(w2d, bias_data, mult, shift, in_zp, out_zp, padded)
+    table, fast = requant_table(w2d, bias_data, mult, shift, in_zp, out_zp, padded, tuple(act))
     # weights and their tables in SRAM (.data) where the schedule's RAM budget placed them
     wname = ctx.const_array("gemm_w", packed, sram=s.sram)
     bname = ctx.const_array("gemm_bias", bias, sram=s.sram)

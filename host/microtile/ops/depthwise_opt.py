@@ -18,25 +18,26 @@ import numpy as np
 from microtile.errors import MicrotileError
 from microtile.importer.ir import Graph, Operator
 from microtile.ops import EmitContext
-from microtile.ops.requant_opt import fast_requant, fast_requant_problem, max_abs_input, pack16
+from microtile.ops.requant_opt import fast_requant, fast_requant_problem, max_abs_input
 
 
 def depthwise_stream(weights: np.ndarray, bias: np.ndarray, mult: np.ndarray, k: np.ndarray,
                      right: np.ndarray, input_offset: int) -> np.ndarray:
     """weights (KH*KW, OC) int, bias / mult / k / right (OC,) -> the kernel's int32 stream
-    (layout in the header). The interior bias folds the input offset in:
-    2 * (bias + input_offset * sum of the channel's taps), modulo 2**32 (the kernel's
-    accumulator wraps the same way; its final value is the exact sum)."""
+    (layout in the header). A group's weights are one word per tap, its 4 channels'
+    int8 weights in bytes 0..3; its interior bias folds the input offset in:
+    bias + input_offset * sum of the channel's taps, modulo 2**32 (the kernel's
+    accumulator wraps the same way; its final value is the exact sum). The channels
+    left over keep doubled weights and bias (their accumulator is doubled throughout)."""
     taps, c_n = weights.shape
-    w2 = 2 * weights.astype(np.int64)
-    b2 = 2 * bias.astype(np.int64)
-    b2f = b2 + input_offset * w2.sum(axis=0)
+    w = weights.astype(np.int64)
+    w2, b2 = 2 * w, 2 * bias.astype(np.int64)
+    bf = bias.astype(np.int64) + input_offset * w.sum(axis=0)
     words: list[np.ndarray] = []
     for g in range(c_n // 4):
         c = 4 * g
-        words += [b2[c:c + 4], b2f[c:c + 4]]
-        pairs = np.stack([pack16(w2[:, c], w2[:, c + 2]), pack16(w2[:, c + 1], w2[:, c + 3])], axis=1)
-        words.append(pairs.reshape(-1).astype(np.int64))
+        words += [bias[c:c + 4].astype(np.int64), bf[c:c + 4]]
+        words.append(((w[:, c:c + 4] & 0xFF) << np.array([0, 8, 16, 24])).sum(axis=1))
         words.append(np.stack([mult[c:c + 4], k[c:c + 4], right[c:c + 4]], axis=1).reshape(-1))
     for c in range(c_n & ~3, c_n):
         words.append(np.array([b2[c], mult[c], k[c], right[c]], dtype=np.int64))

@@ -14,8 +14,8 @@ import numpy as np
 from microtile.importer.ir import Graph, Operator
 
 # Depthwise, per group of 4 output channels of one output pixel (channel group outer):
-DW_TAP = 9          # LDR input word, 2 LDR weight words, 2 SXTB16 (SXTAB16 at borders), 4 SMLABB/SMLATT
-DW_GROUP_FIXED = 4 + 28 + 4 + 4   # bias LDRDs, requantise 4 (3 LDR, SMMLAR/ADD/ASR/SSAT each), BFI x3 + STR, pixel loop
+DW_TAP = 10         # LDR input word, LDR weight word, 4 SXTB16 (SXTAB16 for the input at borders), 4 SMLABB/SMLATT
+DW_GROUP_FIXED = 4 + 4 + 28 + 4 + 4   # bias LDRDs, double the 4 sums, requantise 4 (3 LDR, SMMLAR/ADD/ASR/SSAT each), BFI x3 + STR, pixel loop
 DW_CLAMP_SIDE = 2   # SSUB8 + SEL per clamped side of the activation range
 DW_TAP_LOOP = 3     # per tap of a kernel that is not 3 wide (tap loop)
 DW_SCALAR_TAP = 10  # per tap of a channel beyond a multiple of 4 (byte load, offset, multiply, loop)
@@ -75,8 +75,8 @@ def _explain_op(op: Operator, graph: Graph) -> dict | None:
         if p["dm"] > 1:  # each group's source plane gathered first
             per_pixel += groups * DW_GATHER_BYTES * p["h"] * p["w"] / (p["oh"] * p["ow"])
         ipm = per_pixel / (p["oc"] * taps)
-        text = ("channel group outer (its constants stay cached), 4 channels per word: LDR + 2 SXTB16 per tap, "
-                "SMLABB/SMLATT against doubled int16 weight pairs; "
+        text = ("channel group outer (its constants stay cached), 4 channels per word: per tap LDR + 2 SXTB16 "
+                "of the input and of the int8 weights, 4 SMLABB/SMLATT; "
                 + ("3x3 interior unrolled with the input offset folded into the bias, border rows unrolled; "
                    if p["kh"] == 3 and p["kw"] == 3 else "tap loop at borders; ")
                 + (f"depth multiplier {p['dm']}: each group's source plane gathered; " if p["dm"] > 1 else "")

@@ -40,7 +40,11 @@ def fast_requant_problem(shift: np.ndarray, out_zp: int, acc_bound: np.ndarray) 
 def fast_requant(mult: np.ndarray, shift: np.ndarray, out_zp: int,
                  acc_bound: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Per channel (k, right) for mt_requant_fast, or None when some channel does not
-    qualify (fast_requant_problem says why)."""
+    qualify (fast_requant_problem says why). A channel with multiplier 0 (TFLM's
+    QuantizeMultiplier gives (0, shift 0) for a scale below 2^-32, e.g. all-zero
+    weights) outputs the zero point for every accumulator; so does the fast form with
+    any right shift, so it takes right = 1 and keeps the layer on the fast path."""
+    shift = np.where(np.asarray(mult).reshape(-1) == 0, -1, np.asarray(shift, dtype=np.int64).reshape(-1))
     if fast_requant_problem(shift, out_zp, acc_bound) is not None:
         return None
     right = -np.asarray(shift, dtype=np.int64).reshape(-1)

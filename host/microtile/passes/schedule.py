@@ -391,7 +391,7 @@ def _depthwise_bytes(op: Operator, graph: Graph) -> tuple[int, tuple] | None:
     if depthwise_fallback(op, graph, p) is not None:
         return None
     taps, oc = p["kh"] * p["kw"], p["oc"]
-    words = (oc // 4) * (8 + 2 * taps + 12) + (oc % 4) * (4 + taps)  # MT_DW_GROUP_WORDS, MT_DW_REM_WORDS
+    words = (oc // 4) * (8 + taps + 12) + (oc % 4) * (4 + taps)  # MT_DW_GROUP_WORDS, MT_DW_REM_WORDS
     shape = tuple(p[k] for k in ("h", "w", "c", "oh", "ow", "kh", "kw", "sh", "sw", "ph", "pw", "dm"))
     return 4 * words, shape
 
