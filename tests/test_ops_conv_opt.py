@@ -93,6 +93,11 @@ def test_kws_first_layer_and_pointwise(weights):
     _check(conv_graph(rng, h=49, w=10, c=1, oc=64, kh=10, kw=4, sh=2, sw=2), rng, weights)
     _check(conv_graph(rng, h=5, w=5, c=64, oc=30, kh=1, kw=1), rng, weights)
     _check(conv_graph(rng, h=7, w=6, c=5, oc=7, kh=3, kw=3, sh=2, sw=2), rng, weights)
+    # one word per filter row at the borders (mt_conv_row's shifted words): the row as
+    # wide as a word, odd widths, both sides clipped, stride 1
+    _check(conv_graph(rng, h=6, w=2, c=2, oc=5, kh=3, kw=2), rng, weights)
+    _check(conv_graph(rng, h=5, w=7, c=1, oc=3, kh=2, kw=4), rng, weights)
+    _check(conv_graph(rng, h=4, w=3, c=4, oc=2, kh=1, kw=1, sh=2, sw=2, padding="VALID"), rng, weights)
 
 
 def test_exact_requantisation_path_with_huge_bias():

@@ -515,6 +515,32 @@ void mt_conv_row(const mt_conv_opt_params *p, const int8_t *in_b, int32_t oy, in
         }
         return;
     }
+    if (run == 4 && p->in_w * c >= 4) {
+        /* one word per filter row (KWS's 10x4 first layer): the clipped row as one
+           word, shifted, with zp bytes shifted in; no per-tap gather */
+        const int32_t row_bytes = p->in_w * c;
+        const uint32_t zp4 = ((uint32_t)(uint8_t)p->input_zp) * 0x01010101u;
+        const int32_t o = x0 * c; /* the row's first byte, relative to the image row */
+        uint64_t *dst = panel + row;
+        for (int32_t ky = 0; ky < p->k_h; ky++) {
+            const int32_t iy = y0 + ky;
+            const int8_t *r = in_b + iy * row_bytes;
+            uint32_t w = zp4;
+            if (iy < 0 || iy >= p->in_h || o <= -4 || o >= row_bytes) {
+                /* the row outside the image: all padding */
+            } else if (o < 0) {
+                w = (mt_read_u32(r) << (8 * -o)) | (zp4 >> (8 * (4 + o)));
+            } else if (o > row_bytes - 4) {
+                const int32_t e = o - (row_bytes - 4); /* 1..3 bytes past the row's end */
+                w = (mt_read_u32(r + row_bytes - 4) >> (8 * e)) | (zp4 << (8 * (4 - e)));
+            } else {
+                w = mt_read_u32(r + o);
+            }
+            *dst = mt_ext4(w);
+            dst += mr;
+        }
+        return;
+    }
     /* general case: gather bytes (padding = zp, tail = 0), then extend */
     int8_t *q = bytes;
     for (int32_t ky = 0; ky < p->k_h; ky++) {
