@@ -98,6 +98,9 @@ def test_kws_first_layer_and_pointwise(weights):
     _check(conv_graph(rng, h=6, w=2, c=2, oc=5, kh=3, kw=2), rng, weights)
     _check(conv_graph(rng, h=5, w=7, c=1, oc=3, kh=2, kw=4), rng, weights)
     _check(conv_graph(rng, h=4, w=3, c=4, oc=2, kh=1, kw=1, sh=2, sw=2, padding="VALID"), rng, weights)
+    # the RGB 3x3 first layer (IC, VWW): 7 words of constant shifts, rows of zp above and below
+    _check(conv_graph(rng, h=9, w=8, c=3, oc=5, kh=3, kw=3), rng, weights)
+    _check(conv_graph(rng, h=10, w=7, c=3, oc=4, kh=3, kw=3, sh=2, sw=2), rng, weights)
 
 
 def test_exact_requantisation_path_with_huge_bias():

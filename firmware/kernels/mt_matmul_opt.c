@@ -515,6 +515,27 @@ void mt_conv_row(const mt_conv_opt_params *p, const int8_t *in_b, int32_t oy, in
         }
         return;
     }
+    if (inside_x && run == 9 && p->k_h == 3) {
+        /* a 3x3 window of 3 channels (the RGB first layer of IC and VWW): its 27 bytes
+           are 7 panel words of constant shifts; unaligned word reads that stay inside
+           each 9-byte row, and rows outside the image read a row of zp bytes */
+        const uint32_t zp4 = ((uint32_t)(uint8_t)p->input_zp) * 0x01010101u;
+        const uint32_t zrow[3] = {zp4, zp4, zp4};
+        const int8_t *r[3];
+        for (int32_t ky = 0; ky < 3; ky++) {
+            const int32_t iy = y0 + ky;
+            r[ky] = iy < 0 || iy >= p->in_h ? (const int8_t *)zrow : in_b + (iy * p->in_w + x0) * c;
+        }
+        uint64_t *dst = panel + row;
+        dst[0] = mt_ext4(mt_read_u32(r[0]));
+        dst[mr] = mt_ext4(mt_read_u32(r[0] + 4));
+        dst[2 * mr] = mt_ext4((mt_read_u32(r[0] + 5) >> 24) | (mt_read_u32(r[1]) << 8));
+        dst[3 * mr] = mt_ext4(mt_read_u32(r[1] + 3));
+        dst[4 * mr] = mt_ext4((mt_read_u32(r[1] + 5) >> 16) | (mt_read_u32(r[2]) << 16));
+        dst[5 * mr] = mt_ext4(mt_read_u32(r[2] + 2));
+        dst[6 * mr] = mt_ext4(mt_read_u32(r[2] + 5) >> 8); /* the top byte: K tail, zero */
+        return;
+    }
     if (run == 4 && p->in_w * c >= 4) {
         /* one word per filter row (KWS's 10x4 first layer): the clipped row as one
            word, shifted, with zp bytes shifted in; no per-tap gather */
