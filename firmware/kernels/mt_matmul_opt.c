@@ -352,9 +352,14 @@ static inline uint64_t mt_next_direct(const uint64_t **a)
                         y[i * (NR) + j] = mt_out8(s[i * (NR) + j], m, q1, q2, (MODE), lo, hi, zp); \
                     }                                                                 \
                 }                                                                     \
+                int8_t *o_ = output + n0;                                             \
                 _Pragma("GCC unroll 8")                                               \
-                for (int i = 0; i < (MR) * (NR); i++) {                               \
-                    output[(i / (NR)) * n_out + n0 + i % (NR)] = y[i];                \
+                for (int i = 0; i < (MR); i++) {                                      \
+                    _Pragma("GCC unroll 8")                                           \
+                    for (int j = 0; j < (NR); j++) {                                  \
+                        o_[j] = y[i * (NR) + j];                                      \
+                    }                                                                 \
+                    o_ += n_out;                                                      \
                 }                                                                     \
             } else { /* unrolled too: constant indices keep s[] in registers */       \
                 _Pragma("GCC unroll 8")                                               \
