@@ -488,6 +488,29 @@ void mt_fully_connected_s8_opt(const mt_fully_connected_opt_params *p, const int
 
 /* The receptive field of output pixel (oy, ox) as K int8 values (padding = zp),
  * into the panel row (also used by the pruned kernels, mt_pruned_opt.c). */
+/* A window of 3 filter rows of 9 bytes (3x3 of 3 channels: the RGB first layer of IC
+ * and VWW) inside the image horizontally, from (y0, x0): its 27 bytes as 7 panel words of constant shifts
+ * (unaligned word reads that stay inside each 9-byte row; rows outside the image
+ * read a row of zp bytes), down panel column dst (stride mr). */
+static inline void mt_panel_rgb3x3(const mt_conv_opt_params *p, const int8_t *in_b, int32_t y0, int32_t x0,
+                                   uint64_t *dst, int32_t mr)
+{
+    const uint32_t zp4 = ((uint32_t)(uint8_t)p->input_zp) * 0x01010101u;
+    const uint32_t zrow[3] = {zp4, zp4, zp4};
+    const int8_t *r[3];
+    for (int32_t ky = 0; ky < 3; ky++) {
+        const int32_t iy = y0 + ky;
+        r[ky] = iy < 0 || iy >= p->in_h ? (const int8_t *)zrow : in_b + (iy * p->in_w + x0) * p->in_c;
+    }
+    dst[0] = mt_ext4(mt_read_u32(r[0]));
+    dst[mr] = mt_ext4(mt_read_u32(r[0] + 4));
+    dst[2 * mr] = mt_ext4((mt_read_u32(r[0] + 5) >> 24) | (mt_read_u32(r[1]) << 8));
+    dst[3 * mr] = mt_ext4(mt_read_u32(r[1] + 3));
+    dst[4 * mr] = mt_ext4((mt_read_u32(r[1] + 5) >> 16) | (mt_read_u32(r[2]) << 16));
+    dst[5 * mr] = mt_ext4(mt_read_u32(r[2] + 2));
+    dst[6 * mr] = mt_ext4(mt_read_u32(r[2] + 5) >> 8); /* the top byte: K tail, zero */
+}
+
 void mt_conv_row(const mt_conv_opt_params *p, const int8_t *in_b, int32_t oy, int32_t ox,
                         uint64_t *panel, int32_t row, int8_t *bytes)
 {
@@ -521,24 +544,7 @@ void mt_conv_row(const mt_conv_opt_params *p, const int8_t *in_b, int32_t oy, in
         return;
     }
     if (inside_x && run == 9 && p->k_h == 3) {
-        /* a 3x3 window of 3 channels (the RGB first layer of IC and VWW): its 27 bytes
-           are 7 panel words of constant shifts; unaligned word reads that stay inside
-           each 9-byte row, and rows outside the image read a row of zp bytes */
-        const uint32_t zp4 = ((uint32_t)(uint8_t)p->input_zp) * 0x01010101u;
-        const uint32_t zrow[3] = {zp4, zp4, zp4};
-        const int8_t *r[3];
-        for (int32_t ky = 0; ky < 3; ky++) {
-            const int32_t iy = y0 + ky;
-            r[ky] = iy < 0 || iy >= p->in_h ? (const int8_t *)zrow : in_b + (iy * p->in_w + x0) * c;
-        }
-        uint64_t *dst = panel + row;
-        dst[0] = mt_ext4(mt_read_u32(r[0]));
-        dst[mr] = mt_ext4(mt_read_u32(r[0] + 4));
-        dst[2 * mr] = mt_ext4((mt_read_u32(r[0] + 5) >> 24) | (mt_read_u32(r[1]) << 8));
-        dst[3 * mr] = mt_ext4(mt_read_u32(r[1] + 3));
-        dst[4 * mr] = mt_ext4((mt_read_u32(r[1] + 5) >> 16) | (mt_read_u32(r[2]) << 16));
-        dst[5 * mr] = mt_ext4(mt_read_u32(r[2] + 2));
-        dst[6 * mr] = mt_ext4(mt_read_u32(r[2] + 5) >> 8); /* the top byte: K tail, zero */
+        mt_panel_rgb3x3(p, in_b, y0, x0, panel + row, mr);
         return;
     }
     if (run == 4 && p->in_w * c >= 4) {
@@ -641,6 +647,7 @@ void mt_conv_s8_opt(const mt_conv_opt_params *p, const int8_t *input, int8_t *ou
     const int32_t row_bytes = p->in_w * p->in_c;
     const int32_t y_last = p->in_h - p->k_h, x_last = p->in_w - p->k_w; /* the last inside origin */
     const int words_only = ((p->k_w * p->in_c) & 3) == 0 && y_last >= 0 && x_last >= 0;
+    const int rgb3x3 = p->k_h == 3 && p->k_w * p->in_c == 9 && x_last >= 0; /* mt_panel_rgb3x3, inline */
     /* a 1x1 conv with stride 1, no padding and whole words per pixel is a GEMM over
        the input itself: 3 consecutive pixels' rows extended a block at a time */
     const int pointwise = p->k_h == 1 && p->k_w == 1 && p->stride_h == 1 && p->stride_w == 1 && p->pad_h == 0 &&
@@ -680,6 +687,8 @@ void mt_conv_s8_opt(const mt_conv_opt_params *p, const int8_t *input, int8_t *ou
                             dst = mt_panel_run(dst, mr, src, words);
                             src += row_bytes;
                         }
+                    } else if (rgb3x3 && (uint32_t)x0 <= (uint32_t)x_last) {
+                        mt_panel_rgb3x3(p, in_b, y0, x0, scratch + r, mr);
                     } else {
                         mt_conv_row(p, in_b, oy, ox, scratch, r, bytes);
                     }
