@@ -306,6 +306,9 @@ static inline uint64_t mt_next_direct(const uint64_t **a)
     MT_DEFINE_ROWS_AS(mt_gemm_rows_##MR##x##NR##_w##WIDE##_m##MODE, MR, NR, WIDE, MODE, \
                       MT_KLOOP_##MR##x##NR##_w##WIDE)
 #define MT_DEFINE_ROWS_AS(NAME, MR, NR, WIDE, MODE, KLOOP)                            \
+    /* on a flash line (32 B on the L4's ART): the hot loop's line split no longer moves */ \
+    /* with the code before it (IC's estimate moved 1.4 % with it) */                 \
+    __attribute__((aligned(32)))                                                      \
     void NAME(const mt_gemm_opt *g, const uint64_t *panel, int32_t rows, int8_t *output) \
     {                                                                                 \
         const uint64_t *b = (const uint64_t *)g->weights;                             \
