@@ -340,16 +340,16 @@ def cmd_compile(args) -> int:
     from pathlib import Path
 
     from microtile.targets.boards import load_board
-    from microtile.build.firmware import build_firmware
+    from microtile.build.firmware import build_within_rom_rule
     from microtile.codegen.model_source import compile_model
     from microtile.importer.tflite_format import load_tflite
 
     board = load_board(args.board)
-    compiled = compile_model(load_tflite(args.model), args.kernels, board)
+    graph = load_tflite(args.model)
+    compiled, fw = build_within_rom_rule(graph, compile_model(graph, args.kernels, board), board)
     if args.out:
         compiled.write(Path(args.out))
         console.print(f"wrote model.c and model.h to {args.out}")
-    fw = build_firmware(compiled, board)
     console.print(f"{fw.elf}\narena {compiled.plan.arena_size:,} B, weights {compiled.const_bytes:,} B, "
                   f"ROM {fw.sizes.rom_bytes:,} B, static RAM {fw.sizes.ram_static_bytes:,} B")
     if args.explain:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from microtile.targets.boards import Board, load_board
-from microtile.build.firmware import Firmware, build_firmware
+from microtile.build.firmware import Firmware, build_within_rom_rule
 from microtile.codegen.model_source import CompiledModel, compile_model
 from microtile.errors import DeviceFaultError, LinkError, MicrotileError, ToolMissingError
 from microtile.measure.inputs import DEFAULT_SEED, Sample, load_samples
@@ -268,7 +268,7 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
 
         firmware = build_zephyr(compiled, board)
     elif os_name == "baremetal":
-        firmware = build_firmware(compiled, board)
+        compiled, firmware = build_within_rom_rule(graph, compiled, board)
     else:
         raise MicrotileError(f"unknown --os {os_name!r}: baremetal or zephyr")
     oracle = TflmOracle(model_path)

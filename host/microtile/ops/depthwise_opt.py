@@ -163,14 +163,16 @@ def emit_depthwise_opt(op: Operator, graph: Graph, ctx: EmitContext, p: dict) ->
     init = params_init(p, in_place, padded_plane(p), data)
     params = ctx.static_struct("mt_depthwise_opt_params", "dw_opt_params", init)
     scratch = f"(int8_t *){ctx.scratch(scratch_bytes)}" if scratch_bytes else "NULL"
-    if SHARED is not None and SHARED(p, in_place):
+    if (SHARED is not None and SHARED(p, in_place)) or shape_function_name(p, in_place) in SHARED_SHAPES:
         return f"mt_depthwise_s8_opt_shared(&{params}, {src}, {dst}, {scratch});"
     return f"{_shape_function(ctx, p, in_place)}(&{params}, {src}, {dst}, {scratch});"
 
 
 # Which calls take the shared, run-time-geometry kernel (mt_depthwise_opt.c) instead of a
-# specialised function: None (all specialised) or a predicate (p, in_place) -> bool.
+# specialised function: None (all specialised) or a predicate (p, in_place) -> bool;
+# and the shapes (function names) build/firmware.py's ROM rule sends there.
 SHARED = None
+SHARED_SHAPES: frozenset[str] = frozenset()
 
 
 def params_init(p: dict, in_place: bool, padded: bool, data: str) -> str:
@@ -180,18 +182,31 @@ def params_init(p: dict, in_place: bool, padded: bool, data: str) -> str:
             f"{p['dm']}, {int(in_place)}, {int(padded)}, {data}}}")
 
 
+def _shape(p: dict, in_place: bool) -> tuple:
+    return (p["n"], p["h"], p["w"], p["c"], p["oh"], p["ow"], p["kh"], p["kw"], p["sh"], p["sw"],
+            p["ph"], p["pw"], p["dm"], int(in_place), int(padded_plane(p)),
+            -128 if p["act"][0] == -128 else -127, 127 if p["act"][1] == 127 else 126)
+
+
+def shape_function_name(p: dict, in_place: bool) -> str:
+    """The specialised function of this layer's shape (its name spells the geometry)."""
+    return ("mt_dw_shape_" + "_".join(str(v) for v in _shape(p, in_place))).replace("-", "m")
+
+
+def shape_function_macs(name: str) -> int:
+    """MACs of one call of the shape function `name` (from the geometry it spells)."""
+    n, _, _, c, oh, ow, kh, kw, _, _, _, _, dm = (int(v) for v in name[len("mt_dw_shape_"):].split("_")[:13])
+    return n * oh * ow * c * dm * kh * kw
+
+
 def _shape_function(ctx: EmitContext, p: dict, in_place: bool) -> str:
     """The name of a model.c function running the kernel specialised for this layer's
     shape (its geometry as constants), defined once and shared by every layer of that
     shape: KWS's four depthwise layers take one copy (~4.6 KB) instead of one inlined
     copy each. The run-time parameters (offset, activation range, data) come from the
     layer's struct."""
-    shape = (p["n"], p["h"], p["w"], p["c"], p["oh"], p["ow"], p["kh"], p["kw"], p["sh"], p["sw"],
-             p["ph"], p["pw"], p["dm"], int(in_place), int(padded_plane(p)),
-             -128 if p["act"][0] == -128 else -127, 127 if p["act"][1] == 127 else 126)
-    name = "mt_dw_shape_" + "_".join(str(v) for v in shape)
-    n, h, w, c, oh, ow, kh, kw, sh, sw, ph, pw, dm, inp, padded, lo, hi = shape
-    name = name.replace("-", "m")
+    name = shape_function_name(p, in_place)
+    n, h, w, c, oh, ow, kh, kw, sh, sw, ph, pw, dm, inp, padded, lo, hi = _shape(p, in_place)
     ctx.define(
         f"static __attribute__((noinline)) void {name}(const mt_depthwise_opt_params *rt, const int8_t *in,\n"
         f"    int8_t *out, int8_t *scratch)\n{{\n"
