@@ -225,9 +225,10 @@ def test_pruned_smlad_kernels_on_qemu_bit_exact_and_fewer_instructions(weights, 
     assert f"{tile[0]}x{tile[1]} tile, {weights}" in r.compiled.model_c and "mt_pruned_s8_opt(" in r.compiled.model_c
     assert r.error is None and r.samples == 2 and r.mismatch_count == 0
     r0 = run_model(exact, "qemu", random=1)
-    # 0.6 of the blocks skipped: about -15 % (panel and requantisation stay; 74,270 of
-    # 87,284 for the int16 stream at a55427a)
-    assert sum(r.mean_counts()) < 0.88 * sum(r0.mean_counts())
+    # 0.6 of the blocks skipped: about -12 % (panel and requantisation stay; 75,806 of
+    # 85,805 for the int16 stream at 9cbde14, 74,270 of 87,284 at a55427a before the
+    # exact kernel built its panels inline)
+    assert sum(r.mean_counts()) < 0.90 * sum(r0.mean_counts())
 
 
 # ---------------------------------------------------------------- depthwise (taps x 4 channels)

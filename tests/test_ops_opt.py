@@ -329,12 +329,17 @@ QEMU_BAR = {
 
 @pytest.mark.qemu
 @pytest.mark.parametrize("name", sorted(QEMU_BAR))
-def test_optimized_on_qemu(name, tmp_path):
+def test_optimized_on_qemu(name, tmp_path, monkeypatch):
     """Bit-exact with TFLM on QEMU, faster than the reference kernel, and under the
-    issue's bar (CMSIS-NN / 1.5) where it states one."""
+    issue's bar (CMSIS-NN / 1.5) where it states one. The specialised depthwise function
+    is chosen explicitly: a one-layer model's reference ROM is too small for the ROM
+    rule to leave it room (build_within_rom_rule would take the shared kernel)."""
     from microtile.measure.runner import run_model
     from microtile.importer.tflite_format import write_tflite
+    from microtile.ops import depthwise_opt
     from microtile_models.zoo import single_op
+
+    monkeypatch.setattr(depthwise_opt, "SHARED", lambda p, in_place: False)
 
     opcode, params, bar = QEMU_BAR[name]
     graph = single_op(opcode, **params)
