@@ -246,30 +246,34 @@ static inline uint64_t mt_next_direct(const uint64_t **a)
     "smlad  %[s5], r10, " L1 ", %[s5]\n\t"                                           \
     "smlad  %[s5], r11, " H1 ", %[s5]\n\t"
 
-/* One asm statement for the whole reduction (kb % 4 blocks first, then 4 per
- * iteration: the end test costs 6 cycles), so the 6 accumulators stay in registers
- * from the bias to the requantisation. */
+/* The whole reduction of a 3x2 tile (kb % 4 blocks first, then 4 per iteration: the
+ * end test costs 6 cycles); %[pa] starts at the panel, r8-r12 and lr are scratch. */
+#define MT_ASM_REDUCE6(BLOCK)                                                         \
+    "ldr    r10, %[odd]\n\t"                                                           \
+    "cmp    r10, #0\n\t"                                                              \
+    "beq    1f\n\t"                                                                   \
+    BLOCK                                                                             \
+    "1:\n\t"                                                                          \
+    "ldr    r10, %[two]\n\t"                                                          \
+    "cmp    r10, #0\n\t"                                                              \
+    "beq    3f\n\t"                                                                   \
+    BLOCK BLOCK                                                                       \
+    "3:\n\t"                                                                          \
+    "ldr    r10, %[end]\n\t"                                                          \
+    "cmp    %[pa], r10\n\t"                                                           \
+    "beq    2f\n\t"                                                                   \
+    "4:\n\t" BLOCK BLOCK BLOCK BLOCK                                                  \
+    "ldr    r10, %[end]\n\t"                                                          \
+    "cmp    %[pa], r10\n\t"                                                           \
+    "bne    4b\n\t"                                                                   \
+    "2:\n\t"
+
+/* One asm statement for the reduction, so the 6 accumulators stay in registers from
+ * the bias to the requantisation. */
 #define MT_ASM_KLOOP6(BLOCK)                                                          \
     do {                                                                              \
         const void *pb_ = b;                                                          \
-        __asm__ volatile("ldr    r10, %[odd]\n\t"                                      \
-                         "cmp    r10, #0\n\t"                                         \
-                         "beq    1f\n\t"                                              \
-                         BLOCK                                                        \
-                         "1:\n\t"                                                     \
-                         "ldr    r10, %[two]\n\t"                                     \
-                         "cmp    r10, #0\n\t"                                         \
-                         "beq    3f\n\t"                                              \
-                         BLOCK BLOCK                                                  \
-                         "3:\n\t"                                                     \
-                         "ldr    r10, %[end]\n\t"                                     \
-                         "cmp    %[pa], r10\n\t"                                      \
-                         "beq    2f\n\t"                                              \
-                         "4:\n\t" BLOCK BLOCK BLOCK BLOCK                             \
-                         "ldr    r10, %[end]\n\t"                                     \
-                         "cmp    %[pa], r10\n\t"                                      \
-                         "bne    4b\n\t"                                              \
-                         "2:\n\t"                                                     \
+        __asm__ volatile(MT_ASM_REDUCE6(BLOCK)                                        \
                          : [s0] "+r"(s[0]), [s1] "+r"(s[1]), [s2] "+r"(s[2]),         \
                            [s3] "+r"(s[3]), [s4] "+r"(s[4]), [s5] "+r"(s[5]),         \
                            [pa] "+r"(a), [pb] "+r"(pb_)                               \
@@ -278,8 +282,81 @@ static inline uint64_t mt_next_direct(const uint64_t **a)
         b = pb_;                                                                      \
     } while (0)
 
+/* One output of mt_requant_fast + SSAT (MODE 2) on accumulator S, the channel's
+ * (mult, k, right) in r8, r9, r10, r11 scratch: SMMLAR folds in k and the sign fix
+ * reads the sign of acc, as MT_DW_REQ1 (mt_depthwise_opt.h says why that is exact). */
+#define MT_ASM_OUT_M2(S)                                                              \
+    "lsl    " S ", " S ", #1\n\t"                                                      \
+    "smmlar r11, " S ", r8, r9\n\t"                                                   \
+    "add    " S ", r11, " S ", asr #31\n\t"                                            \
+    "asr    " S ", " S ", r10\n\t"                                                    \
+    "ssat   " S ", #8, " S "\n\t"
+
+/* All whole channel tiles of 3 full rows with MODE 2, in one asm loop: bias, the
+ * reduction, the requantisation and the 6 byte stores. In C the loop's pointers,
+ * counters and tables lived on the stack around the reduction's asm and were
+ * reloaded and spilled per tile (VWW's K=8 layer: 113 cycles of a tile's 171 outside
+ * the reduction). Leaves b, bias, rq and n0 where the C loop goes on (an odd last
+ * channel). */
+#define MT_ASM_TILES_3x2_M2(BLOCK)                                                    \
+    do {                                                                              \
+        const void *pb_ = b;                                                          \
+        const uint64_t *a_;                                                           \
+        int32_t t_[6];                                                                \
+        int8_t *out_ = output;                                                        \
+        int8_t *const out_end_ = output + (n_out & ~1);                               \
+        __asm__ volatile("5:\n\t"                                                      \
+                         "ldr    r12, %[bias]\n\t"                                     \
+                         "ldrd   %[s0], %[s1], [r12], #8\n\t"                          \
+                         "str    r12, %[bias]\n\t"                                     \
+                         "mov    %[s2], %[s0]\n\t"                                     \
+                         "mov    %[s4], %[s0]\n\t"                                     \
+                         "mov    %[s3], %[s1]\n\t"                                     \
+                         "mov    %[s5], %[s1]\n\t"                                     \
+                         "ldr    %[pa], %[panel]\n\t"                                  \
+                         MT_ASM_REDUCE6(BLOCK)                                        \
+                         "ldr    r12, %[rq]\n\t"                                       \
+                         "ldm    r12!, {r8, r9, r10}\n\t"                              \
+                         MT_ASM_OUT_M2("%[s0]") MT_ASM_OUT_M2("%[s2]") MT_ASM_OUT_M2("%[s4]") \
+                         "ldm    r12!, {r8, r9, r10}\n\t"                              \
+                         MT_ASM_OUT_M2("%[s1]") MT_ASM_OUT_M2("%[s3]") MT_ASM_OUT_M2("%[s5]") \
+                         "str    r12, %[rq]\n\t"                                       \
+                         "ldr    r12, %[out]\n\t"                                      \
+                         "ldr    r11, %[n]\n\t"                                        \
+                         "strb   %[s0], [r12]\n\t"                                     \
+                         "strb   %[s1], [r12, #1]\n\t"                                 \
+                         "add    lr, r12, r11\n\t"                                     \
+                         "strb   %[s2], [lr]\n\t"                                      \
+                         "strb   %[s3], [lr, #1]\n\t"                                  \
+                         "strb   %[s4], [lr, r11]\n\t"                                 \
+                         "add    lr, lr, #1\n\t"                                       \
+                         "strb   %[s5], [lr, r11]\n\t"                                 \
+                         "add    r12, r12, #2\n\t"                                     \
+                         "str    r12, %[out]\n\t"                                      \
+                         "ldr    r11, %[out_end]\n\t"                                  \
+                         "cmp    r12, r11\n\t"                                         \
+                         "bne    5b\n\t"                                               \
+                         : [s0] "=&r"(t_[0]), [s1] "=&r"(t_[1]), [s2] "=&r"(t_[2]),   \
+                           [s3] "=&r"(t_[3]), [s4] "=&r"(t_[4]), [s5] "=&r"(t_[5]),   \
+                           [pa] "=&r"(a_), [pb] "+r"(pb_), [bias] "+m"(bias),         \
+                           [rq] "+m"(rq), [out] "+m"(out_)                            \
+                         : [end] "m"(a_end), [odd] "m"(k_odd), [two] "m"(k_two),      \
+                           [panel] "m"(panel), [n] "m"(n_out), [out_end] "m"(out_end_) \
+                         : "r8", "r9", "r10", "r11", "r12", "lr", "cc", "memory");    \
+        b = pb_;                                                                      \
+        n0 = n_out & ~1;                                                              \
+    } while (0)
+
 #define MT_KLOOP_3x2_w0(MR, NR, WIDE) MT_ASM_KLOOP6(MT_ASM_3x2_W0_BLOCK)
 #define MT_KLOOP_3x2_w1(MR, NR, WIDE) MT_ASM_KLOOP6(MT_ASM_3x2_W1_BLOCK)
+#define MT_TILES_3x2_M2(WIDE)                                                         \
+    do {                                                                              \
+        if (WIDE) {                                                                   \
+            MT_ASM_TILES_3x2_M2(MT_ASM_3x2_W1_BLOCK);                                 \
+        } else {                                                                      \
+            MT_ASM_TILES_3x2_M2(MT_ASM_3x2_W0_BLOCK);                                 \
+        }                                                                             \
+    } while (0)
 #define MT_KLOOP_4x1_w0(MR, NR, WIDE) MT_ASM_KLOOP(MT_ASM_4x1_W0_BLOCK, wb, "r8", "r9", "r10", "r11")
 #define MT_KLOOP_4x1_w1(MR, NR, WIDE) MT_ASM_KLOOP(MT_ASM_4x1_W1_BLOCK, b, "r8", "r9", "r10", "r11")
 #define MT_KLOOP_1x4_w0(MR, NR, WIDE) MT_ASM_KLOOP(MT_ASM_1x4_W0_BLOCK, b, "r8", "r9", "r10", "r11", "r12")
@@ -288,6 +365,7 @@ static inline uint64_t mt_next_direct(const uint64_t **a)
 #define MT_KLOOP_1x4d_w1_BODY(MR, NR, WIDE) MT_ASM_KLOOP(MT_ASM_1x4D_W1_BLOCK, b, "r8", "r9", "r10", "r11")
 
 #else
+#define MT_TILES_3x2_M2(WIDE) ((void)0)
 #define MT_KLOOP_3x2_w0 MT_KLOOP_C
 #define MT_KLOOP_3x2_w1 MT_KLOOP_C
 #define MT_KLOOP_4x1_w0 MT_KLOOP_C
@@ -329,7 +407,11 @@ static inline uint64_t mt_next_direct(const uint64_t **a)
         (void)a_end;                                                                  \
         (void)k_odd;                                                                  \
         (void)k_two;                                                                  \
-        for (int32_t n0 = 0; n0 < n_out; n0 += (NR)) {                                \
+        int32_t n0 = 0;                                                               \
+        if (MT_HAS_DSP && (MR) == 3 && (NR) == 2 && (MODE) == 2 && rows == 3 && n_out >= 2) { \
+            MT_TILES_3x2_M2(WIDE);                                                    \
+        }                                                                             \
+        for (; n0 < n_out; n0 += (NR)) {                                              \
             int32_t s[(MR) * (NR)];                                                   \
             const uint64_t *a = panel;                                                \
             int32_t kb = k_blocks;                                                    \

@@ -100,6 +100,13 @@ COPY_ROW = 40.0       # per filter row copied bytewise (filter rows that are not
 GATHER_TAP = 20.0     # per filter tap on the gather path (borders, odd row lengths)
 GATHER_VALUE = 4.0    # per value on the gather path
 GATHER_BLOCK = 6.0    # per k-block converting the gathered bytes
+# The 3x2 tile's whole tiles (all 3 rows, MODE 2: the activation range is int8's) run
+# as one asm loop (mt_matmul_opt.c, MT_ASM_TILES_3x2_M2): per output LSL, SMMLAR,
+# ADD, ASR, SSAT and STRB; per tile the bias, the table pointer, the reduction's
+# entry tests and the loop's end test.
+REQUANT_3x2 = 6.0
+TILE_3x2 = 31.0
+ASM_CPI_3x2 = 1.22  # its estimated cycles per instruction (VWW's K=8 layer: 68 -> 83)
 # Estimated cycles per instruction of that scalar code (requantisation, set-up, im2col:
 # loads, stores, spills, taken branches), fitted on the timing model (NUCLEO-L4R5ZI).
 OVERHEAD_CPI = 1.45
@@ -258,6 +265,12 @@ def panel_row_cost(k: int, geometry: dict | None = None, border_fraction: float 
     return inside * (1 - border_fraction) + border * border_fraction
 
 
+def _output_costs(mr: int, nr: int) -> tuple[float, float, float]:
+    """(instructions per tile outside the k-blocks, per output, and their estimated
+    cycles per instruction) of a tile shape."""
+    return (TILE_3x2, REQUANT_3x2, ASM_CPI_3x2) if (mr, nr) == (3, 2) else (TILE, REQUANT, OVERHEAD_CPI)
+
+
 def predict(kind: str, m: int, n: int, k: int, mr: int, nr: int, wide: bool,
             panel_row: float | None = None, direct: bool = False) -> tuple[float, float]:
     """(inner-loop instructions/MAC, whole-layer instructions/MAC)."""
@@ -266,8 +279,9 @@ def predict(kind: str, m: int, n: int, k: int, mr: int, nr: int, wide: bool,
     if direct:
         panel_row = 0.0
     tiles = _ceil(m, mr) * _ceil(n, nr)
-    loop = tiles * (kb * i_blk + TILE)
-    outputs = m * n * REQUANT
+    tile, requant, _ = _output_costs(mr, nr)
+    loop = tiles * (kb * i_blk + tile)
+    outputs = m * n * requant
     rows = _ceil(m, mr) * mr
     panel = rows * (panel_row_cost(k) if panel_row is None else panel_row)
     macs = m * n * k
@@ -288,8 +302,9 @@ def predict_cycles(m: int, n: int, k: int, mr: int, nr: int, wide: bool, target:
     tiles = _ceil(m, mr) * _ceil(n, nr)
     rows = _ceil(m, mr) * mr
     tables = 0.0 if sram else target.miss_cycles * nr * TABLE_BYTES / target.line_bytes
-    scalar = tiles * TILE + m * n * REQUANT + rows * (panel_row_cost(k) if panel_row is None else panel_row)
-    total = tiles * (kb * blk + tables) + OVERHEAD_CPI * scalar
+    tile, requant, cpi = _output_costs(mr, nr)
+    panel = rows * (panel_row_cost(k) if panel_row is None else panel_row)
+    total = tiles * (kb * blk + tables) + cpi * (tiles * tile + m * n * requant) + OVERHEAD_CPI * panel
     return blk / (4 * mr * nr), total / (m * n * k)
 
 
