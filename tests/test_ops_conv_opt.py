@@ -223,3 +223,32 @@ def test_qemu_sample_bit_exact_and_predicted():
             ipm = result.mean_counts()[i] / macs[i]
             assert ipm <= bar, f"{opcode} {params}: {ipm:.3f} instructions/MAC above the bar {bar}"
             assert abs(ipm - s.predicted_ipm) <= 0.10 * ipm, (opcode, params, ipm, s.predicted_ipm)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("weights", ["int8", "int16"])
+def test_qemu_3x2_int8_range_partial_tiles_bit_exact(weights):
+    """The 3x2 asm tile loop with SSAT requantisation (MODE 2: no activation, so the
+    range is int8's) also runs the partial tiles: 7 output channels (an odd last one)
+    over 5x5 = 25 pixels (a last panel of 1 row), written through a scratch tile. Both
+    weight formats, on QEMU with the DSP loops, against TFLM."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+    from microtile_models.zoo import single_op
+
+    from microtile.importer.tflite_format import write_tflite
+    from microtile.measure.runner import run_model
+
+    graph = single_op("CONV_2D", shape=(1, 5, 5, 12), kernel=(1, 1), filters=7)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "conv.tflite"
+        path.write_bytes(write_tflite(graph))
+        schedule.FORCE_WEIGHTS, schedule.FORCE_TILE = weights, (3, 2)
+        try:
+            result = run_model(path, "qemu", random=3, kernels="optimized")
+        finally:
+            schedule.FORCE_WEIGHTS, schedule.FORCE_TILE = None, None
+    wide = int(weights == "int16")
+    assert f"mt_gemm_rows_3x2_w{wide}_m2" in result.compiled.model_c, "the MODE 2 3x2 kernel was not chosen"
+    assert not result.mismatches, result.mismatches

@@ -292,19 +292,21 @@ static inline uint64_t mt_next_direct(const uint64_t **a)
     "asr    " S ", " S ", r10\n\t"                                                    \
     "ssat   " S ", #8, " S "\n\t"
 
-/* All whole channel tiles of 3 full rows with MODE 2, in one asm loop: bias, the
- * reduction, the requantisation and the 6 byte stores. In C the loop's pointers,
- * counters and tables lived on the stack around the reduction's asm and were
- * reloaded and spilled per tile (VWW's K=8 layer: 113 cycles of a tile's 171 outside
- * the reduction). Leaves b, bias, rq and n0 where the C loop goes on (an odd last
- * channel). */
-#define MT_ASM_TILES_3x2_M2(BLOCK)                                                    \
-    do {                                                                              \
-        const void *pb_ = b;                                                          \
+/* The channel tiles of 3 rows with MODE 2 from output to out_end (row stride n), in
+ * one asm loop: bias, the reduction, the requantisation and the 6 byte stores. In C
+ * the loop's pointers, counters and tables lived on the stack around the reduction's
+ * asm and were reloaded and spilled per tile (VWW's K=8 layer: 113 cycles of a
+ * tile's 171 outside the reduction). A function, not a macro, so that the partial
+ * tiles (MT_ROWS_3x2_M2) run the same code: one copy of the reduction per weight
+ * format (the ROM rule). Returns the weights of the next tile. */
+#define MT_DEFINE_TILES_3x2_M2(WIDE, BLOCK)                                           \
+    __attribute__((noinline)) static const void *mt_tiles_3x2_m2_w##WIDE(             \
+        const uint64_t *panel, const uint64_t *a_end, int32_t k_odd, int32_t k_two,   \
+        const void *b, const int32_t *bias, const int32_t *rq, int8_t *output,        \
+        int8_t *out_end, int32_t n)                                                   \
+    {                                                                                 \
         const uint64_t *a_;                                                           \
         int32_t t_[6];                                                                \
-        int8_t *out_ = output;                                                        \
-        int8_t *const out_end_ = output + (n_out & ~1);                               \
         __asm__ volatile("5:\n\t"                                                      \
                          "ldr    r12, %[bias]\n\t"                                     \
                          "ldrd   %[s0], %[s1], [r12], #8\n\t"                          \
@@ -338,25 +340,42 @@ static inline uint64_t mt_next_direct(const uint64_t **a)
                          "bne    5b\n\t"                                               \
                          : [s0] "=&r"(t_[0]), [s1] "=&r"(t_[1]), [s2] "=&r"(t_[2]),   \
                            [s3] "=&r"(t_[3]), [s4] "=&r"(t_[4]), [s5] "=&r"(t_[5]),   \
-                           [pa] "=&r"(a_), [pb] "+r"(pb_), [bias] "+m"(bias),         \
-                           [rq] "+m"(rq), [out] "+m"(out_)                            \
+                           [pa] "=&r"(a_), [pb] "+r"(b), [bias] "+m"(bias),           \
+                           [rq] "+m"(rq), [out] "+m"(output)                          \
                          : [end] "m"(a_end), [odd] "m"(k_odd), [two] "m"(k_two),      \
-                           [panel] "m"(panel), [n] "m"(n_out), [out_end] "m"(out_end_) \
+                           [panel] "m"(panel), [n] "m"(n), [out_end] "m"(out_end)     \
                          : "r8", "r9", "r10", "r11", "r12", "lr", "cc", "memory");    \
-        b = pb_;                                                                      \
-        n0 = n_out & ~1;                                                              \
+        return b;                                                                     \
+    }
+MT_DEFINE_TILES_3x2_M2(0, MT_ASM_3x2_W0_BLOCK)
+MT_DEFINE_TILES_3x2_M2(1, MT_ASM_3x2_W1_BLOCK)
+
+/* All channel tiles of a 3x2 MODE 2 call: the whole ones in place; a partial one (the
+ * panel's last rows, an odd last channel) into y_ and copied out. Bias, tables and
+ * weights are padded to whole tiles and missing panel rows are zero, so every tile
+ * reads in bounds. */
+#define MT_ROWS_3x2_M2(WIDE)                                                          \
+    do {                                                                              \
+        const void *b_ = b;                                                           \
+        const int32_t whole_ = rows == 3 ? (n_out & ~1) : 0;                          \
+        if (whole_ > 0) {                                                             \
+            b_ = mt_tiles_3x2_m2_w##WIDE(panel, a_end, k_odd, k_two, b_, bias, rq, output, \
+                                         output + whole_, n_out);                     \
+        }                                                                             \
+        for (int32_t n0_ = whole_; n0_ < n_out; n0_ += 2) {                           \
+            int8_t y_[6];                                                             \
+            b_ = mt_tiles_3x2_m2_w##WIDE(panel, a_end, k_odd, k_two, b_, bias + n0_,  \
+                                         rq + 3 * n0_, y_, y_ + 2, 2);                \
+            for (int32_t i_ = 0; i_ < rows; i_++) {                                   \
+                for (int32_t j_ = 0; j_ < 2 && n0_ + j_ < n_out; j_++) {              \
+                    output[i_ * n_out + n0_ + j_] = y_[2 * i_ + j_];                  \
+                }                                                                     \
+            }                                                                         \
+        }                                                                             \
     } while (0)
 
 #define MT_KLOOP_3x2_w0(MR, NR, WIDE) MT_ASM_KLOOP6(MT_ASM_3x2_W0_BLOCK)
 #define MT_KLOOP_3x2_w1(MR, NR, WIDE) MT_ASM_KLOOP6(MT_ASM_3x2_W1_BLOCK)
-#define MT_TILES_3x2_M2(WIDE)                                                         \
-    do {                                                                              \
-        if (WIDE) {                                                                   \
-            MT_ASM_TILES_3x2_M2(MT_ASM_3x2_W1_BLOCK);                                 \
-        } else {                                                                      \
-            MT_ASM_TILES_3x2_M2(MT_ASM_3x2_W0_BLOCK);                                 \
-        }                                                                             \
-    } while (0)
 #define MT_KLOOP_4x1_w0(MR, NR, WIDE) MT_ASM_KLOOP(MT_ASM_4x1_W0_BLOCK, wb, "r8", "r9", "r10", "r11")
 #define MT_KLOOP_4x1_w1(MR, NR, WIDE) MT_ASM_KLOOP(MT_ASM_4x1_W1_BLOCK, b, "r8", "r9", "r10", "r11")
 #define MT_KLOOP_1x4_w0(MR, NR, WIDE) MT_ASM_KLOOP(MT_ASM_1x4_W0_BLOCK, b, "r8", "r9", "r10", "r11", "r12")
@@ -365,7 +384,7 @@ static inline uint64_t mt_next_direct(const uint64_t **a)
 #define MT_KLOOP_1x4d_w1_BODY(MR, NR, WIDE) MT_ASM_KLOOP(MT_ASM_1x4D_W1_BLOCK, b, "r8", "r9", "r10", "r11")
 
 #else
-#define MT_TILES_3x2_M2(WIDE) ((void)0)
+#define MT_ROWS_3x2_M2(WIDE) ((void)0)
 #define MT_KLOOP_3x2_w0 MT_KLOOP_C
 #define MT_KLOOP_3x2_w1 MT_KLOOP_C
 #define MT_KLOOP_4x1_w0 MT_KLOOP_C
@@ -407,11 +426,11 @@ static inline uint64_t mt_next_direct(const uint64_t **a)
         (void)a_end;                                                                  \
         (void)k_odd;                                                                  \
         (void)k_two;                                                                  \
-        int32_t n0 = 0;                                                               \
-        if (MT_HAS_DSP && (MR) == 3 && (NR) == 2 && (MODE) == 2 && rows == 3 && n_out >= 2) { \
-            MT_TILES_3x2_M2(WIDE);                                                    \
+        if (MT_HAS_DSP && (MR) == 3 && (NR) == 2 && (MODE) == 2) {                    \
+            MT_ROWS_3x2_M2(WIDE); /* the only copy of the reduction these use */     \
+            return;                                                                   \
         }                                                                             \
-        for (; n0 < n_out; n0 += (NR)) {                                              \
+        for (int32_t n0 = 0; n0 < n_out; n0 += (NR)) {                                \
             int32_t s[(MR) * (NR)];                                                   \
             const uint64_t *a = panel;                                                \
             int32_t kb = k_blocks;                                                    \
