@@ -8,6 +8,31 @@
 #include "mt_dsp.h"
 #include "mt_requant_opt.h"
 
+/* The control of a 6-accumulator asm reduction (the 3x2 tiles of mt_matmul_opt.c and
+ * mt_pruned_opt.c): kb % 4 blocks first (the operands %[odd] = kb & 1, %[two] = kb & 2),
+ * then 4 per iteration until the pointer PTR (an operand name, e.g. "%[pa]", that
+ * BLOCK advances) reaches %[end]; the end test costs 6 est. cycles per iteration.
+ * r10 is scratch. */
+#define MT_ASM_REDUCE6(BLOCK, PTR)                                                    \
+    "ldr    r10, %[odd]\n\t"                                                           \
+    "cmp    r10, #0\n\t"                                                              \
+    "beq    1f\n\t"                                                                   \
+    BLOCK                                                                             \
+    "1:\n\t"                                                                          \
+    "ldr    r10, %[two]\n\t"                                                          \
+    "cmp    r10, #0\n\t"                                                              \
+    "beq    3f\n\t"                                                                   \
+    BLOCK BLOCK                                                                       \
+    "3:\n\t"                                                                          \
+    "ldr    r10, %[end]\n\t"                                                          \
+    "cmp    " PTR ", r10\n\t"                                                         \
+    "beq    2f\n\t"                                                                   \
+    "4:\n\t" BLOCK BLOCK BLOCK BLOCK                                                  \
+    "ldr    r10, %[end]\n\t"                                                          \
+    "cmp    " PTR ", r10\n\t"                                                         \
+    "bne    4b\n\t"                                                                   \
+    "2:\n\t"
+
 /* TFLM's MultiplyByQuantizedMultiplier with one 64-bit multiply-accumulate:
  * SaturatingRoundingDoublingHighMul(a, m) == floor((a*m + 2^30) / 2^31) for every
  * a and every m >= 0 (TFLM's truncating division of ab + (1 - 2^30) for ab < 0 is

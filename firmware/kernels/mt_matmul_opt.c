@@ -246,34 +246,12 @@ static inline uint64_t mt_next_direct(const uint64_t **a)
     "smlad  %[s5], r10, " L1 ", %[s5]\n\t"                                           \
     "smlad  %[s5], r11, " H1 ", %[s5]\n\t"
 
-/* The whole reduction of a 3x2 tile (kb % 4 blocks first, then 4 per iteration: the
- * end test costs 6 cycles); %[pa] starts at the panel, r8-r12 and lr are scratch. */
-#define MT_ASM_REDUCE6(BLOCK)                                                         \
-    "ldr    r10, %[odd]\n\t"                                                           \
-    "cmp    r10, #0\n\t"                                                              \
-    "beq    1f\n\t"                                                                   \
-    BLOCK                                                                             \
-    "1:\n\t"                                                                          \
-    "ldr    r10, %[two]\n\t"                                                          \
-    "cmp    r10, #0\n\t"                                                              \
-    "beq    3f\n\t"                                                                   \
-    BLOCK BLOCK                                                                       \
-    "3:\n\t"                                                                          \
-    "ldr    r10, %[end]\n\t"                                                          \
-    "cmp    %[pa], r10\n\t"                                                           \
-    "beq    2f\n\t"                                                                   \
-    "4:\n\t" BLOCK BLOCK BLOCK BLOCK                                                  \
-    "ldr    r10, %[end]\n\t"                                                          \
-    "cmp    %[pa], r10\n\t"                                                           \
-    "bne    4b\n\t"                                                                   \
-    "2:\n\t"
-
-/* One asm statement for the reduction, so the 6 accumulators stay in registers from
- * the bias to the requantisation. */
+/* One asm statement for the reduction (MT_ASM_REDUCE6, mt_gemm_out_opt.h), so the 6
+ * accumulators stay in registers from the bias to the requantisation. */
 #define MT_ASM_KLOOP6(BLOCK)                                                          \
     do {                                                                              \
         const void *pb_ = b;                                                          \
-        __asm__ volatile(MT_ASM_REDUCE6(BLOCK)                                        \
+        __asm__ volatile(MT_ASM_REDUCE6(BLOCK, "%[pa]")                               \
                          : [s0] "+r"(s[0]), [s1] "+r"(s[1]), [s2] "+r"(s[2]),         \
                            [s3] "+r"(s[3]), [s4] "+r"(s[4]), [s5] "+r"(s[5]),         \
                            [pa] "+r"(a), [pb] "+r"(pb_)                               \
@@ -295,10 +273,10 @@ static inline uint64_t mt_next_direct(const uint64_t **a)
 /* The channel tiles of 3 rows with MODE 2 from output to out_end (row stride n), in
  * one asm loop: bias, the reduction, the requantisation and the 6 byte stores. In C
  * the loop's pointers, counters and tables lived on the stack around the reduction's
- * asm and were reloaded and spilled per tile (VWW's K=8 layer: 113 cycles of a
- * tile's 171 outside the reduction). A function, not a macro, so that the partial
- * tiles (MT_ROWS_3x2_M2) run the same code: one copy of the reduction per weight
- * format (the ROM rule). Returns the weights of the next tile. */
+ * asm and were reloaded and spilled per tile (VWW's K=8 layer on the L4R5 timing
+ * model: 113 of a tile's 171 est. cycles outside the reduction). A function, not a
+ * macro, so that the partial tiles (MT_ROWS_3x2_M2) run the same code: one copy of
+ * the reduction per weight format (the ROM rule). Returns the next tile's weights. */
 #define MT_DEFINE_TILES_3x2_M2(WIDE, BLOCK)                                           \
     __attribute__((noinline)) static const void *mt_tiles_3x2_m2_w##WIDE(             \
         const uint64_t *panel, const uint64_t *a_end, int32_t k_odd, int32_t k_two,   \
@@ -316,7 +294,7 @@ static inline uint64_t mt_next_direct(const uint64_t **a)
                          "mov    %[s3], %[s1]\n\t"                                     \
                          "mov    %[s5], %[s1]\n\t"                                     \
                          "ldr    %[pa], %[panel]\n\t"                                  \
-                         MT_ASM_REDUCE6(BLOCK)                                        \
+                         MT_ASM_REDUCE6(BLOCK, "%[pa]")                               \
                          "ldr    r12, %[rq]\n\t"                                       \
                          "ldm    r12!, {r8, r9, r10}\n\t"                              \
                          MT_ASM_OUT_M2("%[s0]") MT_ASM_OUT_M2("%[s2]") MT_ASM_OUT_M2("%[s4]") \

@@ -138,29 +138,12 @@
 
 /* kb kept blocks in one asm statement (kb % 4 first, then 4 per iteration), the
  * accumulators in registers throughout; as MT_ASM_KLOOP6 with the end of the tile's
- * weight stream in place of the panel's end. */
+ * weight stream in place of the panel's end (MT_ASM_REDUCE6, mt_gemm_out_opt.h). */
 #define MT_PASM_KLOOP6(BLOCK)                                                         \
     do {                                                                              \
         const int32_t *const w_end = w + 3 * kb;                                      \
         const int32_t k_odd = kb & 1, k_two = kb & 2;                                 \
-        __asm__ volatile("ldr    r10, %[odd]\n\t"                                      \
-                         "cmp    r10, #0\n\t"                                         \
-                         "beq    1f\n\t"                                              \
-                         BLOCK                                                        \
-                         "1:\n\t"                                                     \
-                         "ldr    r10, %[two]\n\t"                                     \
-                         "cmp    r10, #0\n\t"                                         \
-                         "beq    3f\n\t"                                              \
-                         BLOCK BLOCK                                                  \
-                         "3:\n\t"                                                     \
-                         "ldr    r10, %[end]\n\t"                                     \
-                         "cmp    %[pb], r10\n\t"                                      \
-                         "beq    2f\n\t"                                              \
-                         "4:\n\t" BLOCK BLOCK BLOCK BLOCK                             \
-                         "ldr    r10, %[end]\n\t"                                     \
-                         "cmp    %[pb], r10\n\t"                                      \
-                         "bne    4b\n\t"                                              \
-                         "2:\n\t"                                                     \
+        __asm__ volatile(MT_ASM_REDUCE6(BLOCK, "%[pb]")                               \
                          : [s0] "+r"(s[0]), [s1] "+r"(s[1]), [s2] "+r"(s[2]),         \
                            [s3] "+r"(s[3]), [s4] "+r"(s[4]), [s5] "+r"(s[5]),         \
                            [pa] "+r"(a), [pb] "+r"(w)                                 \

@@ -100,13 +100,13 @@ COPY_ROW = 40.0       # per filter row copied bytewise (filter rows that are not
 GATHER_TAP = 20.0     # per filter tap on the gather path (borders, odd row lengths)
 GATHER_VALUE = 4.0    # per value on the gather path
 GATHER_BLOCK = 6.0    # per k-block converting the gathered bytes
-# The 3x2 tile's whole tiles (all 3 rows, MODE 2: the activation range is int8's) run
-# as one asm loop (mt_matmul_opt.c, MT_ASM_TILES_3x2_M2): per output LSL, SMMLAR,
-# ADD, ASR, SSAT and STRB; per tile the bias, the table pointer, the reduction's
-# entry tests and the loop's end test.
+# The 3x2 tile with the int8 activation range (MODE 2) runs its channel tiles as one
+# asm loop (mt_matmul_opt.c, mt_tiles_3x2_m2_w*): per output LSL, SMMLAR, ADD, ASR,
+# SSAT and STRB; per tile the bias, the table pointer, the reduction's entry tests
+# and the loop's end test. Other activation ranges keep the C loop (TILE, REQUANT).
 REQUANT_3x2 = 6.0
 TILE_3x2 = 31.0
-ASM_CPI_3x2 = 1.22  # its estimated cycles per instruction (VWW's K=8 layer: 68 -> 83)
+ASM_CPI_3x2 = 1.22  # its est. cycles per instruction (VWW's K=8 layer: 68 instructions, 83 est. cycles per tile)
 # Estimated cycles per instruction of that scalar code (requantisation, set-up, im2col:
 # loads, stores, spills, taken branches), fitted on the timing model (NUCLEO-L4R5ZI).
 OVERHEAD_CPI = 1.45
@@ -265,21 +265,24 @@ def panel_row_cost(k: int, geometry: dict | None = None, border_fraction: float 
     return inside * (1 - border_fraction) + border * border_fraction
 
 
-def _output_costs(mr: int, nr: int) -> tuple[float, float, float]:
+def _output_costs(mr: int, nr: int, int8_range: bool) -> tuple[float, float, float]:
     """(instructions per tile outside the k-blocks, per output, and their estimated
-    cycles per instruction) of a tile shape."""
-    return (TILE_3x2, REQUANT_3x2, ASM_CPI_3x2) if (mr, nr) == (3, 2) else (TILE, REQUANT, OVERHEAD_CPI)
+    cycles per instruction) of a tile shape; int8_range: the layer's activation range
+    is int8's (the kernel's MODE 2)."""
+    if (mr, nr) == (3, 2) and int8_range:
+        return TILE_3x2, REQUANT_3x2, ASM_CPI_3x2
+    return TILE, REQUANT, OVERHEAD_CPI
 
 
 def predict(kind: str, m: int, n: int, k: int, mr: int, nr: int, wide: bool,
-            panel_row: float | None = None, direct: bool = False) -> tuple[float, float]:
+            panel_row: float | None = None, direct: bool = False, int8_range: bool = True) -> tuple[float, float]:
     """(inner-loop instructions/MAC, whole-layer instructions/MAC)."""
     kb = _ceil(k, K_BLOCK)
     i_blk = block_instructions(mr, nr, wide, direct)
     if direct:
         panel_row = 0.0
     tiles = _ceil(m, mr) * _ceil(n, nr)
-    tile, requant, _ = _output_costs(mr, nr)
+    tile, requant, _ = _output_costs(mr, nr, int8_range)
     loop = tiles * (kb * i_blk + tile)
     outputs = m * n * requant
     rows = _ceil(m, mr) * mr
@@ -290,7 +293,7 @@ def predict(kind: str, m: int, n: int, k: int, mr: int, nr: int, wide: bool,
 
 def predict_cycles(m: int, n: int, k: int, mr: int, nr: int, wide: bool, target: Target = Target(),
                    sram: bool = False, panel_row: float | None = None,
-                   direct: bool = False) -> tuple[float, float]:
+                   direct: bool = False, int8_range: bool = True) -> tuple[float, float]:
     """(inner-loop estimated cycles/MAC, whole-layer estimated cycles/MAC): the k-blocks
     costed from TIMING and the flash, the rest (requantisation, set-up, panel) as
     instructions x OVERHEAD_CPI, plus the bias/requantisation tables' flash lines.
@@ -302,7 +305,7 @@ def predict_cycles(m: int, n: int, k: int, mr: int, nr: int, wide: bool, target:
     tiles = _ceil(m, mr) * _ceil(n, nr)
     rows = _ceil(m, mr) * mr
     tables = 0.0 if sram else target.miss_cycles * nr * TABLE_BYTES / target.line_bytes
-    tile, requant, cpi = _output_costs(mr, nr)
+    tile, requant, cpi = _output_costs(mr, nr, int8_range)
     panel = rows * (panel_row_cost(k) if panel_row is None else panel_row)
     total = tiles * (kb * blk + tables) + cpi * (tiles * tile + m * n * requant) + OVERHEAD_CPI * panel
     return blk / (4 * mr * nr), total / (m * n * k)
@@ -517,6 +520,7 @@ class _Layer:
     row: float          # panel row instructions
     stack_budget: int
     target: Target
+    int8_range: bool    # the activation range is int8's (the kernels' MODE 2)
 
     @property
     def macs(self) -> int:
@@ -528,8 +532,8 @@ class _Layer:
                 if mr == 1 or (self.m >= mr and panel_bytes(mr, kb) <= self.stack_budget)]
 
     def cycles(self, tile: tuple[int, int], wide: bool, sram: bool) -> float:
-        return predict_cycles(self.m, self.n, self.k, tile[0], tile[1], wide, self.target, sram, self.row)[1] \
-            * self.macs
+        return predict_cycles(self.m, self.n, self.k, tile[0], tile[1], wide, self.target, sram, self.row,
+                              int8_range=self.int8_range)[1] * self.macs
 
     def best(self, wide: bool, sram: bool) -> tuple[tuple[int, int], float]:
         """The tile with the fewest estimated cycles of the whole layer, and those cycles."""
@@ -548,7 +552,10 @@ def _layer(op: Operator, graph: Graph, board) -> _Layer:
         from microtile.ops.conv import _conv_geometry
         geometry = _conv_geometry(op, graph)
     row = panel_row_cost(k, geometry, _gather_fraction(op, graph))
-    return _Layer(kind, m, n, k, row, panel_budget(board), target_of(board))
+    from microtile.ops import fused_activation_range
+
+    int8_range = tuple(fused_activation_range(op, graph.tensor(op.outputs[0]))) == (-128, 127)
+    return _Layer(kind, m, n, k, row, panel_budget(board), target_of(board), int8_range)
 
 
 def panel_budget(board) -> int:
@@ -618,14 +625,15 @@ def schedule_for(op: Operator, graph: Graph, board=None) -> Schedule:
     kb = _ceil(k, K_BLOCK)
     direct = False
     if kind == "fc" and mr == 1:
-        direct_cycles = predict_cycles(m, n, k, mr, nr, wide, layer.target, sram, direct=True)[1] * layer.macs
+        direct_cycles = predict_cycles(m, n, k, mr, nr, wide, layer.target, sram, direct=True,
+                                       int8_range=layer.int8_range)[1] * layer.macs
         direct = direct_cycles <= cycles or _panel_sets_peak(op, graph, panel_bytes(mr, kb, kind))
         if FORCE_DIRECT is not None:
             direct = FORCE_DIRECT
         if direct:
             cycles = direct_cycles
-    inner, total = predict(kind, m, n, k, mr, nr, wide, layer.row, direct)
-    inner_c = predict_cycles(m, n, k, mr, nr, wide, layer.target, sram, layer.row, direct)[0]
+    inner, total = predict(kind, m, n, k, mr, nr, wide, layer.row, direct, layer.int8_range)
+    inner_c = predict_cycles(m, n, k, mr, nr, wide, layer.target, sram, layer.row, direct, layer.int8_range)[0]
     reuse = ("the weight pair of a block is reused by %d rows" % mr if mr > 1
              else "the input pair of a block is reused by %d channels" % nr)
     if mr > 1 and nr > 1:
