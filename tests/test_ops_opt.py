@@ -135,11 +135,19 @@ def test_depthwise_one_channel_runs_as_conv(g, dm, act, per_channel, seed):
        stride=st.integers(1, 2), padding=st.sampled_from(["SAME", "VALID"]), act=ACTS,
        seed=st.integers(0, 2**32 - 1))
 def test_depthwise_opt_3x3_fast_path(h, w, c, stride, padding, act, seed):
-    """The unrolled 3x3 interior path (channels a multiple of 4) next to clipped borders."""
+    """The unrolled 3x3 interior path (channels a multiple of 4) next to clipped borders,
+    of the channel-group kernel (the planar one, which takes some of these layers, has
+    its own tests: test_depthwise_planar.py)."""
+    from microtile.ops import depthwise_opt
+
     rng = np.random.default_rng(seed)
     graph = conv_graph(rng, h=h, w=w, c=c, oc=c, kh=3, kw=3, sh=stride, sw=stride, padding=padding,
                        act=act, depthwise=True)
-    check_optimized(graph, [random_int8(rng, graph.tensor(0).shape)], "mt_depthwise_s8_opt")
+    depthwise_opt.PLANAR = False
+    try:
+        check_optimized(graph, [random_int8(rng, graph.tensor(0).shape)], "mt_depthwise_s8_opt")
+    finally:
+        depthwise_opt.PLANAR = None
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -161,14 +169,20 @@ def test_depthwise_opt_depth_multiplier_over_channels():
     check_optimized(graph, [random_int8(rng, (1, 5, 5, 3))], "mt_depthwise_s8_opt")
 
 
-def test_depthwise_opt_extreme_values():
-    """All-(-128) / all-127 inputs and weights: accumulators at their extremes."""
+@pytest.mark.parametrize("planar", [False, True])
+def test_depthwise_opt_extreme_values(planar, monkeypatch):
+    """All-(-128) / all-127 inputs and weights: accumulators at their extremes, in both
+    depthwise kernels."""
+    from microtile.ops import depthwise_opt
+
+    monkeypatch.setattr(depthwise_opt, "PLANAR", planar)
     rng = np.random.default_rng(9)
     graph = conv_graph(rng, h=5, w=6, c=8, oc=8, kh=3, kw=3, depthwise=True, out_zp=-128)
     w = graph.tensor(1)
     w.data = np.where(np.arange(w.data.size).reshape(w.data.shape) % 2 == 0, -128, 127).astype(np.int8)
+    kernel = "mt_depthwise_planar_s8_opt" if planar else "mt_depthwise_s8_opt"
     for fill in (-128, 127):
-        check_optimized(graph, [np.full((1, 5, 6, 8), fill, dtype=np.int8)], "mt_depthwise_s8_opt")
+        check_optimized(graph, [np.full((1, 5, 6, 8), fill, dtype=np.int8)], kernel)
 
 
 # ---------------------------------------------------------------- pooling

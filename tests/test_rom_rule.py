@@ -126,8 +126,9 @@ def test_shared_depthwise_kernel_is_bit_exact(h, w, c, k, stride, padding):
 
 def test_vww_depthwise_functions_are_where_its_rom_goes():
     """VWW's optimised build over the rule is mostly specialised depthwise functions: one
-    per band shape (23 for 9 layer shapes, 24 KB). With the shared kernel everywhere the
-    measured ROM drops by at least 15 KB (measured 324,776 -> 306,284 B at 2933158)."""
+    per band shape or planar shape. With the shared kernel everywhere the measured ROM
+    drops by at least 12 KB (measured 324,776 -> 306,284 B at 2933158; 309,952 -> 295,604 B
+    once the planar kernel took the 3x3 stride-1 layers, whose functions are smaller)."""
     from microtile.ops import depthwise_opt
 
     shared = find_shared()
@@ -140,14 +141,15 @@ def test_vww_depthwise_functions_are_where_its_rom_goes():
         _, plain = _build(load_tflite(path), "optimized")
     finally:
         depthwise_opt.SHARED = None
-    assert specialised - plain >= 15 * 1024, (specialised, plain)
+    assert specialised - plain >= 12 * 1024, (specialised, plain)
 
 
-def test_run_and_bench_keep_vww_within_the_rule_on_measured_sizes():
-    """The default optimised build of VWW (over the rule with every depthwise shape
-    specialised) sends the shapes with the most code per MAC to the shared kernel until
-    the measured ROM is within the reference build's + 10 %; the rest stay specialised.
-    --flash-budget keeps them all."""
+def test_run_and_bench_keep_vww_within_the_rule_on_measured_sizes(monkeypatch):
+    """An optimised build of VWW over the rule with every depthwise shape specialised sends
+    the shapes with the most code per MAC to the shared kernel until the measured ROM is
+    within the rule; the rest stay specialised. --flash-budget keeps them all. VWW fits
+    the default + 10 % with every shape specialised (309,952 <= 310,794 B), so the rule
+    here is + 7.5 %: all shared measures 295,604 B (1.046 x), which fits."""
     from microtile.build.firmware import _shape_function_sizes, build_within_rom_rule
 
     shared = find_shared()
@@ -155,11 +157,12 @@ def test_run_and_bench_keep_vww_within_the_rule_on_measured_sizes():
         pytest.skip("MLPerf Tiny data not found: put it at ../shared beside the repo or set MICROTILE_SHARED")
     graph = load_tflite(shared / "models" / "mlperf_tiny" / "vww_96_int8.tflite")
     board = load_board(BOARD)
+    monkeypatch.setattr(schedule, "ROM_MARGIN", 0.075)
     _, ref = _build(graph, "reference")
     full, full_rom = _build(graph, "optimized")
-    assert full_rom > 1.10 * ref  # the premise: all specialised breaks the rule
+    assert full_rom > 1.075 * ref  # the premise: all specialised breaks the rule
     compiled, fw = build_within_rom_rule(graph, compile_model(graph, "optimized", board), board)
-    assert fw.sizes.rom_bytes <= 1.10 * ref, (fw.sizes.rom_bytes, ref)
+    assert fw.sizes.rom_bytes <= 1.075 * ref, (fw.sizes.rom_bytes, ref)
     assert "mt_depthwise_s8_opt_shared(" in compiled.model_c
     kept = _shape_function_sizes(fw.elf)
     assert 0 < len(kept) < len(_shape_function_sizes(build_firmware(full, board).elf))

@@ -46,6 +46,71 @@ def depthwise_stream(weights: np.ndarray, bias: np.ndarray, mult: np.ndarray, k:
     return (flat & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
 
 
+def planar_geometry(p: dict) -> dict | None:
+    """The planar kernel's plane (firmware/include/mt_depthwise_planar_opt.h) when it takes
+    this layer, else None: 3x3, stride 1, depth multiplier 1, one batch, the int8
+    activation range (its SSAT is the only clamp), and strides its asm takes as
+    immediates (LDRD offsets up to 1020 B, byte-store offsets up to 4095 B). The plane
+    runs along the longer output side (`transposed` when the output is taller than
+    wide), plane_w even so that each output pair's row is one LDRD."""
+    if (p["kh"], p["kw"], p["sh"], p["sw"], p["dm"], p["n"]) != (3, 3, 1, 1, 1, 1) or p["c"] < 2 \
+            or tuple(p["act"]) != (-128, 127):
+        return None
+    transposed = p["oh"] > p["ow"]
+    lines, along = (p["ow"], p["oh"]) if transposed else (p["oh"], p["ow"])
+    in_lines, in_along = (p["w"] + p["pw"], p["h"] + p["ph"]) if transposed else (p["h"] + p["ph"], p["w"] + p["pw"])
+    plane_w = max(in_along, along + 2)
+    plane_w += plane_w & 1
+    out_step = p["ow"] * p["c"] if transposed else p["c"]
+    if 4 * plane_w > 1020 or 2 * out_step > 4095:
+        return None
+    return {"transposed": transposed, "plane_h": max(in_lines, lines + 2), "plane_w": plane_w}
+
+
+# Est. cycles of the two depthwise kernels on the NUCLEO-L4R5ZI model (from per-function
+# profiles of KWS's and VWW's layers, `microtile bench ... --board nucleo_l4r5zi
+# --emulate`): the planar kernel per output pair, per odd last output of a line, per
+# line, per copied input value and per channel; the channel-group kernel per output
+# value (31-41 measured, border share included).
+PLANAR_PAIR, PLANAR_ODD, PLANAR_LINE, PLANAR_COPY, PLANAR_CHANNEL = 47, 45, 15, 5, 60
+GROUP_OUTPUT = 35
+# Tests force a kernel: True (planar wherever planar_geometry allows), False (never),
+# None (the cost comparison of planar_choice).
+PLANAR: bool | None = None
+
+
+def planar_choice(p: dict) -> dict | None:
+    """The planar geometry when the planar kernel takes the layer: it can, and it is
+    predicted cheaper than the channel-group kernel. Small planes lose to its per
+    channel and per line costs (VWW's 1-row bands of the RAM techniques: about 1.4x
+    the channel-group kernel's cycles), long lines win (KWS's 25 x 5: 0.77x)."""
+    planar = planar_geometry(p)
+    if planar is None or PLANAR is False:
+        return None
+    if PLANAR:
+        return planar
+    lines, along = (p["ow"], p["oh"]) if planar["transposed"] else (p["oh"], p["ow"])
+    per_channel = (PLANAR_CHANNEL + PLANAR_COPY * p["h"] * p["w"]
+                   + lines * (PLANAR_LINE + PLANAR_PAIR * (along // 2) + PLANAR_ODD * (along % 2)))
+    return planar if per_channel < GROUP_OUTPUT * p["oh"] * p["ow"] else None
+
+
+def planar_stream(weights: np.ndarray, bias: np.ndarray, mult: np.ndarray, k: np.ndarray, right: np.ndarray,
+                  transposed: bool) -> np.ndarray:
+    """weights (9, C) int, bias / mult / k / right (C,) -> the planar kernel's int32
+    stream (MT_DWP_WORDS per channel, layout in its header). A plane row is a filter
+    row, or a filter column when transposed."""
+    c_n = weights.shape[1]
+    w = weights.astype(np.int64).reshape(3, 3, c_n)
+    if transposed:
+        w = w.transpose(1, 0, 2)
+    half = w & 0xFFFF
+    words = np.stack([half[0, 0] | half[0, 1] << 16, half[1, 0] | half[1, 1] << 16, half[2, 0] | half[2, 1] << 16,
+                      half[0, 2] | half[1, 2] << 16, half[2, 2], bias.astype(np.int64), mult.astype(np.int64),
+                      k.astype(np.int64), right.astype(np.int64)], axis=1)
+    return (words.reshape(-1) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+
+
 def _weights_bias_bound(op: Operator, graph: Graph, p: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(weights (KH*KW, C), bias (C,), per-channel bound on |accumulator|)."""
     c_n, kh, kw = p["oc"], p["kh"], p["kw"]
@@ -66,13 +131,17 @@ def depthwise_fallback(op: Operator, graph: Graph, p: dict) -> str | None:
     return fast_requant_problem(p["shift"], p["out_zp"], bound)
 
 
-def depthwise_fast_path(op: Operator, graph: Graph, p: dict) -> np.ndarray | None:
-    """The kernel's int32 stream when the optimised depthwise kernel applies, else None."""
+def depthwise_fast_path(op: Operator, graph: Graph, p: dict, planar: dict | None = None) -> np.ndarray | None:
+    """The kernel's int32 stream when the optimised depthwise kernel applies, else None:
+    the planar kernel's for its geometry `planar`, else the channel-group kernel's."""
     if p["c"] == 1 or depthwise_fallback(op, graph, p) is not None:
         return None
     weights, bias, bound = _weights_bias_bound(op, graph, p)
     k, right = fast_requant(p["mult"], p["shift"], p["out_zp"], bound)
-    return depthwise_stream(weights, bias, np.asarray(p["mult"], dtype=np.int64), k, right, -p["in_zp"])
+    mult = np.asarray(p["mult"], dtype=np.int64)
+    if planar is not None:
+        return planar_stream(weights, bias, mult, k, right, planar["transposed"])
+    return depthwise_stream(weights, bias, mult, k, right, -p["in_zp"])
 
 
 def _params(op: Operator, graph: Graph) -> dict:
@@ -112,7 +181,13 @@ def inplace_scratch_bytes(op: Operator, graph: Graph, kernels: str = "optimized"
         return None
     if p["oh"] * p["ow"] > p["h"] * p["w"]:
         return None
-    return plane_bytes(p, True)
+    planar = planar_choice(p)
+    return plane_bytes(p, True) if planar is None else planar_bytes(planar)
+
+
+def planar_bytes(planar: dict) -> int:
+    """The planar kernel's scratch: one channel's int16 plane."""
+    return 2 * planar["plane_h"] * planar["plane_w"]
 
 
 def _interior_pixels(p: dict) -> int:
@@ -157,13 +232,17 @@ def emit_depthwise_opt(op: Operator, graph: Graph, ctx: EmitContext, p: dict) ->
     if op.options.get("microtile_prune"):  # issue 10: skipped taps (passes/approx.py)
         from microtile.passes.approx import emit_depthwise_pruned
         return emit_depthwise_pruned(op, graph, ctx, p, in_place)
+    planar = planar_choice(p)
+    shared = (SHARED is not None and SHARED(p, in_place)) or shape_function_name(p, in_place) in SHARED_SHAPES
+    if planar is not None and not shared:
+        return _emit_planar(op, graph, ctx, p, planar, src, dst)
     scratch_bytes = plane_bytes(p, in_place)
     ctx.include("mt_depthwise_opt.h")
     data = ctx.const_array("dw_opt_data", stream)
     init = params_init(p, in_place, padded_plane(p), data)
     params = ctx.static_struct("mt_depthwise_opt_params", "dw_opt_params", init)
     scratch = f"(int8_t *){ctx.scratch(scratch_bytes)}" if scratch_bytes else "NULL"
-    if (SHARED is not None and SHARED(p, in_place)) or shape_function_name(p, in_place) in SHARED_SHAPES:
+    if shared:
         return f"mt_depthwise_s8_opt_shared(&{params}, {src}, {dst}, {scratch});"
     return f"{_shape_function(ctx, p, in_place)}(&{params}, {src}, {dst}, {scratch});"
 
@@ -215,3 +294,24 @@ def _shape_function(ctx: EmitContext, p: dict, in_place: bool) -> str:
         f"{sw}, {ph}, {pw},\n        0, {lo}, {hi}, {dm}, {inp}, {padded}, NULL}};\n"
         f"    mt_depthwise_s8_opt(&shape, rt, in, out, scratch);\n}}")
     return name
+
+
+def _emit_planar(op: Operator, graph: Graph, ctx: EmitContext, p: dict, planar: dict, src: str, dst: str) -> str:
+    """The call of the planar kernel through its shape's model.c function (the strides
+    are the asm's immediates), named after the channel-group kernel's shape with a
+    _planar suffix so that the ROM rule (build/firmware.py) can trade it the same way.
+    In place needs nothing more: a channel's input is in the plane before its outputs
+    are written (mt_depthwise_planar_opt.h)."""
+    ctx.include("mt_depthwise_planar_opt.h")
+    stream = depthwise_fast_path(op, graph, p, planar)
+    data = ctx.const_array("dwp_data", stream)
+    t, ph, pw = int(planar["transposed"]), planar["plane_h"], planar["plane_w"]
+    geometry = f"{p['h']}, {p['w']}, {p['c']}, {p['oh']}, {p['ow']}, {p['ph']}, {p['pw']}, {t}, {ph}, {pw}"
+    params = ctx.static_struct("mt_dw_planar_params", "dwp_params", f"{{{geometry}, {-p['in_zp']}, {data}}}")
+    name = shape_function_name(p, bool(op.options.get("in_place", False))) + "_planar"
+    ctx.define(
+        f"static __attribute__((noinline)) void {name}(const mt_dw_planar_params *rt, const int8_t *in,\n"
+        f"    int8_t *out, int16_t *plane)\n{{\n"
+        f"    static const mt_dw_planar_params shape = {{{geometry}, 0, NULL}};\n"
+        f"    mt_depthwise_planar_s8_opt(&shape, rt, in, out, plane);\n}}")
+    return f"{name}(&{params}, {src}, {dst}, (int16_t *){ctx.scratch(planar_bytes(planar))});"
