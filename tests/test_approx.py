@@ -367,3 +367,33 @@ def test_compensated_weights_cut_the_output_error_and_stay_in_the_pattern(name, 
                    dict(record, keep=[[1] * len(row) for row in record["keep"]]), 1):
         with pytest.raises(MicrotileError, match="--approx: layer"):  # one line, never a traceback
             masks_from_records(g, [broken])
+
+
+def test_a_fused_units_count_is_shared_out_over_its_layers():
+    """The RAM techniques run a 1x1 conv inside the depthwise after it, so the target
+    counts both on the depthwise and ~5 instructions on the conv. The cost lines need
+    each layer's share: by the counts of a build that ran them apart, else by MACs."""
+    from microtile.codegen.model_source import compile_model
+    from microtile.measure.approx_search import _per_layer, fused_units
+    from microtile.passes.pipeline import RamConfig
+    from microtile.targets.boards import load_board
+
+    compiled = compile_model(build("ram_techniques"), "optimized", load_board("qemu"), ram=RamConfig(max_bands=32))
+    ops, macs = compiled.device_ops, compiled.macs
+    units = fused_units(compiled)
+    assert sorted(s for m in units.values() for s in m) == list(range(len(ops)))
+    assert any("fused into" in line for line in compiled.model_c.splitlines())
+    fused = {h: m for h, m in units.items() if len(m) > 1}
+    assert fused, "the ram_techniques model runs layers fused"
+    counts = [1000.0 * (s + 1) if s in units else 5.0 for s in range(len(ops))]
+    by_macs = _per_layer(compiled, counts, None)
+    like = {op.index: 10.0 * (s + 1) for s, op in enumerate(ops)}
+    by_like = _per_layer(compiled, counts, like)
+    for h, members in fused.items():
+        idx = [ops[s].index for s in members]
+        for out in (by_macs, by_like):
+            assert sum(out[i] for i in idx) == pytest.approx(sum(counts[s] for s in members))
+        for s, i in zip(members, idx):
+            assert by_macs[i] / by_macs[ops[h].index] == pytest.approx(max(1, macs[s]) / max(1, macs[h]))
+            assert by_like[i] / by_like[ops[h].index] == pytest.approx(like[i] / like[ops[h].index])
+    assert all(by_like[op.index] == counts[s] for s, op in enumerate(ops) if s in units and s not in fused)

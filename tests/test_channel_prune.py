@@ -137,3 +137,46 @@ def test_channel_search_records_rebuild_the_same_network(dscnn, tmp_path):
         channels_from_records(dscnn, bad)
     with pytest.raises(MicrotileError, match="not a channel group"):
         channels_from_records(dscnn, [{"producer": 11, "removed": [0]}])
+
+
+def test_channel_search_judges_each_refit_on_the_half_it_was_not_fitted_on(dscnn):
+    """Cross-fitting: fold k is judged on one half of the calibration inputs with consumer
+    refits fitted on the other half; the reported network is refit on all of them. The
+    out-of-fold output error is what the in-sample error hides (the refit fits its noise)."""
+    from microtile.measure.approx_search import ChannelSearch
+
+    x = _inputs(dscnn, 12, seed=3)
+    values = all_values(dscnn, x)
+    y = values[dscnn.outputs[0]].reshape(12, -1).argmax(axis=1)
+    chs = ChannelSearch(dscnn, x, y, values, log=lambda m: None)
+    (a, _, _), (b, _, _) = chs.folds
+    fits_a, fits_b = chs.fold_fits
+    assert sorted(np.concatenate([a, b]).tolist()) == list(range(12)) and not set(a) & set(b)
+    conv = next(op for op in dscnn.operators if op.index == 2)
+    for idx, fits, other in ((a, fits_a, b), (b, fits_b, a)):
+        want = channel_prune.consumer_fit(dscnn, conv, values[conv.inputs[0]][other])
+        np.testing.assert_allclose(fits.fits[0][0].gram, want.gram)
+        assert not np.allclose(fits.fits[0][0].gram, chs.full.fits[0][0].gram)
+    levels = {0: 16, 2: 16}
+    oof = chs.evaluate(levels)
+    small = chs.build(levels)
+    in_sample = np.mean((all_values(small, x)[small.outputs[0]].astype(np.float64) - chs.exact_out) ** 2)
+    assert oof["mse"] > in_sample > 0
+    # newly wrong counts the inputs the exact network gets right and the pruned one wrong
+    assert oof["newly_wrong"] >= chs.exact_top1 - oof["top1"] - 1e-12 and oof["newly_wrong"] <= chs.exact_top1
+
+
+def test_channel_search_keeps_a_step_only_within_the_newly_wrong_budget(dscnn):
+    from microtile.measure.approx_search import ChannelSearch
+
+    x = _inputs(dscnn, 16, seed=9)
+    values = all_values(dscnn, x)
+    y = values[dscnn.outputs[0]].reshape(16, -1).argmax(axis=1)
+    chs = ChannelSearch(dscnn, x, y, values, log=lambda m: None)
+    cost = {op.index: 1000.0 for op in dscnn.operators}
+    chs.set_cost((cost, cost))
+    points, levels = chs.greedy(0.0)
+    assert all((p["oof_newly_wrong"] == 0) == p["within_budget"] for p in points)
+    assert any(not p["within_budget"] for p in points)  # random data: some step breaks agreement
+    kept = [p for p in points if p["within_budget"]][-1]
+    assert kept["channels"] == {str(k): v for k, v in levels.items()}

@@ -566,13 +566,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--approx", metavar="CHOSEN.json", help="run the pruned network `microtile approx` chose")
     run.set_defaults(func=cmd_run)
 
-    apx = sub.add_parser("approx", help="prune insignificant k-blocks per layer within a Top-1 budget (issue 10)")
+    apx = sub.add_parser("approx", help="prune channels, then insignificant k-blocks / taps per layer, within a "
+                                        "Top-1 budget (issue 10)")
     apx.add_argument("model")
     apx.add_argument("--labels", required=True, help="energyrunner y_labels.csv; inputs beside it")
     apx.add_argument("--calibrate", type=int, required=True, metavar="N",
                      help="the first N labelled inputs calibrate and search; the rest are held out")
     apx.add_argument("--budget", required=True, metavar="POINTS",
-                     help="allowed Top-1 loss in percentage points")
+                     help="allowed Top-1 loss in percentage points: the search keeps a step while the "
+                          "calibration inputs the exact network gets right and the pruned one (cross-fitted, "
+                          "judged on the half it was not fitted on) gets wrong are within it")
     apx.add_argument("--board", default="qemu")
     apx.add_argument("--json", metavar="OUT.json", help="write exact, chosen, pareto and split as JSON")
     apx.add_argument("--plot", metavar="FRONT.png", help="the Pareto plot (PNG or SVG; default OUT.png beside --json)")

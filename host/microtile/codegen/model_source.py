@@ -453,15 +453,27 @@ def _emit_residual(op: Operator, graph: Graph, em: _Emitter, rp: ResidualPlan) -
     return head + "\n" + "\n".join(calls).replace("@RING@", str(em.layer_scratch() + ring_at))
 
 
+def fused_into(step: int, bands: dict) -> int | None:
+    """The device step whose statements run this step's layer (a 1x1 conv fused into the
+    depthwise after it, a layer fused into its residual block's ADD), else None. Its
+    instructions are counted there."""
+    if isinstance(bands.get(step + 1), FusedPlan):
+        return step + 1
+    for k in (1, 2, 3):
+        if isinstance(bands.get(step + k), ResidualPlan) and len(bands[step + k].layers) >= k:
+            return step + k
+    return None
+
+
 def emit_layer(op: Operator, graph: Graph, em: _Emitter, step: int, bands: dict[int, BandPlan],
                plan: MemoryPlan | None) -> str:
     """The C statements of one device layer, with the RAM techniques applied."""
     em.layer = step
     with operator_errors(op):
-        if isinstance(bands.get(step + 1), FusedPlan):
-            return f"/* #{op.index} CONV_2D: fused into the next layer */"
-        if any(isinstance(bands.get(step + k), ResidualPlan) and len(bands[step + k].layers) >= k for k in (1, 2, 3)):
-            return f"/* #{op.index} {op.opcode}: fused into the residual block's ADD */"
+        host = fused_into(step, bands)
+        if host is not None:
+            into = "the next layer" if isinstance(bands[host], FusedPlan) else "the residual block's ADD"
+            return f"/* #{op.index} {op.opcode}: fused into {into} */"
         if isinstance(bands.get(step), ResidualPlan):
             return _emit_residual(op, graph, em, bands[step])
         if isinstance(bands.get(step), FusedPlan):
