@@ -33,6 +33,54 @@
     "bne    4b\n\t"                                                                   \
     "2:\n\t"
 
+/* One output of mt_requant_fast + SSAT (MODE 2) on accumulator S, the channel's
+ * (mult, k, right) in r8, r9, r10, r11 scratch: SMMLAR folds in k and the sign fix
+ * reads the sign of acc, as MT_DW_REQ1 (mt_depthwise_opt.h says why that is exact). */
+#define MT_ASM_OUT_M2(S)                                                              \
+    "lsl    " S ", " S ", #1\n\t"                                                      \
+    "smmlar r11, " S ", r8, r9\n\t"                                                   \
+    "add    " S ", r11, " S ", asr #31\n\t"                                            \
+    "asr    " S ", " S ", r10\n\t"                                                    \
+    "ssat   " S ", #8, " S "\n\t"
+
+/* The loop of 3-row, 2-channel tiles with MODE 2 (mt_requant_fast + SSAT), output to
+ * %[out_end] (row stride %[n]): per tile START (the pruned kernel reads the tile's kept
+ * block count there), the bias, the reduction (MT_ASM_REDUCE6 with BLOCK and PTR), the
+ * requantisation and the 6 byte stores. Shared by mt_tiles_3x2_m2_w* (mt_matmul_opt.c)
+ * and mt_ptiles_3x2_m2 (mt_pruned_opt.c). */
+#define MT_ASM_TILES_3x2_M2(START, BLOCK, PTR)                                        \
+    "5:\n\t" START                                                                    \
+    "ldr    r12, %[bias]\n\t"                                                         \
+    "ldrd   %[s0], %[s1], [r12], #8\n\t"                                              \
+    "str    r12, %[bias]\n\t"                                                         \
+    "mov    %[s2], %[s0]\n\t"                                                         \
+    "mov    %[s4], %[s0]\n\t"                                                         \
+    "mov    %[s3], %[s1]\n\t"                                                         \
+    "mov    %[s5], %[s1]\n\t"                                                         \
+    "ldr    %[pa], %[panel]\n\t"                                                      \
+    MT_ASM_REDUCE6(BLOCK, PTR)                                                        \
+    "ldr    r12, %[rq]\n\t"                                                           \
+    "ldm    r12!, {r8, r9, r10}\n\t"                                                  \
+    MT_ASM_OUT_M2("%[s0]") MT_ASM_OUT_M2("%[s2]") MT_ASM_OUT_M2("%[s4]")              \
+    "ldm    r12!, {r8, r9, r10}\n\t"                                                  \
+    MT_ASM_OUT_M2("%[s1]") MT_ASM_OUT_M2("%[s3]") MT_ASM_OUT_M2("%[s5]")              \
+    "str    r12, %[rq]\n\t"                                                           \
+    "ldr    r12, %[out]\n\t"                                                          \
+    "ldr    r11, %[n]\n\t"                                                            \
+    "strb   %[s0], [r12]\n\t"                                                         \
+    "strb   %[s1], [r12, #1]\n\t"                                                     \
+    "add    lr, r12, r11\n\t"                                                         \
+    "strb   %[s2], [lr]\n\t"                                                          \
+    "strb   %[s3], [lr, #1]\n\t"                                                      \
+    "strb   %[s4], [lr, r11]\n\t"                                                     \
+    "add    lr, lr, #1\n\t"                                                           \
+    "strb   %[s5], [lr, r11]\n\t"                                                     \
+    "add    r12, r12, #2\n\t"                                                         \
+    "str    r12, %[out]\n\t"                                                          \
+    "ldr    r11, %[out_end]\n\t"                                                      \
+    "cmp    r12, r11\n\t"                                                             \
+    "bne    5b\n\t"
+
 /* TFLM's MultiplyByQuantizedMultiplier with one 64-bit multiply-accumulate:
  * SaturatingRoundingDoublingHighMul(a, m) == floor((a*m + 2^30) / 2^31) for every
  * a and every m >= 0 (TFLM's truncating division of ab + (1 - 2^30) for ab < 0 is

@@ -260,18 +260,9 @@ static inline uint64_t mt_next_direct(const uint64_t **a)
         b = pb_;                                                                      \
     } while (0)
 
-/* One output of mt_requant_fast + SSAT (MODE 2) on accumulator S, the channel's
- * (mult, k, right) in r8, r9, r10, r11 scratch: SMMLAR folds in k and the sign fix
- * reads the sign of acc, as MT_DW_REQ1 (mt_depthwise_opt.h says why that is exact). */
-#define MT_ASM_OUT_M2(S)                                                              \
-    "lsl    " S ", " S ", #1\n\t"                                                      \
-    "smmlar r11, " S ", r8, r9\n\t"                                                   \
-    "add    " S ", r11, " S ", asr #31\n\t"                                            \
-    "asr    " S ", " S ", r10\n\t"                                                    \
-    "ssat   " S ", #8, " S "\n\t"
-
 /* The channel tiles of 3 rows with MODE 2 from output to out_end (row stride n), in
- * one asm loop: bias, the reduction, the requantisation and the 6 byte stores. In C
+ * one asm loop (MT_ASM_TILES_3x2_M2, mt_gemm_out_opt.h): bias, the reduction, the
+ * requantisation and the 6 byte stores. In C
  * the loop's pointers, counters and tables lived on the stack around the reduction's
  * asm and were reloaded and spilled per tile (VWW's K=8 layer on the L4R5 timing
  * model: 113 of a tile's 171 est. cycles outside the reduction). A function, not a
@@ -285,37 +276,7 @@ static inline uint64_t mt_next_direct(const uint64_t **a)
     {                                                                                 \
         const uint64_t *a_;                                                           \
         int32_t t_[6];                                                                \
-        __asm__ volatile("5:\n\t"                                                      \
-                         "ldr    r12, %[bias]\n\t"                                     \
-                         "ldrd   %[s0], %[s1], [r12], #8\n\t"                          \
-                         "str    r12, %[bias]\n\t"                                     \
-                         "mov    %[s2], %[s0]\n\t"                                     \
-                         "mov    %[s4], %[s0]\n\t"                                     \
-                         "mov    %[s3], %[s1]\n\t"                                     \
-                         "mov    %[s5], %[s1]\n\t"                                     \
-                         "ldr    %[pa], %[panel]\n\t"                                  \
-                         MT_ASM_REDUCE6(BLOCK, "%[pa]")                               \
-                         "ldr    r12, %[rq]\n\t"                                       \
-                         "ldm    r12!, {r8, r9, r10}\n\t"                              \
-                         MT_ASM_OUT_M2("%[s0]") MT_ASM_OUT_M2("%[s2]") MT_ASM_OUT_M2("%[s4]") \
-                         "ldm    r12!, {r8, r9, r10}\n\t"                              \
-                         MT_ASM_OUT_M2("%[s1]") MT_ASM_OUT_M2("%[s3]") MT_ASM_OUT_M2("%[s5]") \
-                         "str    r12, %[rq]\n\t"                                       \
-                         "ldr    r12, %[out]\n\t"                                      \
-                         "ldr    r11, %[n]\n\t"                                        \
-                         "strb   %[s0], [r12]\n\t"                                     \
-                         "strb   %[s1], [r12, #1]\n\t"                                 \
-                         "add    lr, r12, r11\n\t"                                     \
-                         "strb   %[s2], [lr]\n\t"                                      \
-                         "strb   %[s3], [lr, #1]\n\t"                                  \
-                         "strb   %[s4], [lr, r11]\n\t"                                 \
-                         "add    lr, lr, #1\n\t"                                       \
-                         "strb   %[s5], [lr, r11]\n\t"                                 \
-                         "add    r12, r12, #2\n\t"                                     \
-                         "str    r12, %[out]\n\t"                                      \
-                         "ldr    r11, %[out_end]\n\t"                                  \
-                         "cmp    r12, r11\n\t"                                         \
-                         "bne    5b\n\t"                                               \
+        __asm__ volatile(MT_ASM_TILES_3x2_M2("", BLOCK, "%[pa]")                      \
                          : [s0] "=&r"(t_[0]), [s1] "=&r"(t_[1]), [s2] "=&r"(t_[2]),   \
                            [s3] "=&r"(t_[3]), [s4] "=&r"(t_[4]), [s5] "=&r"(t_[5]),   \
                            [pa] "=&r"(a_), [pb] "+r"(b), [bias] "+m"(bias),           \

@@ -151,9 +151,60 @@
                          : "r8", "r9", "r10", "r11", "r12", "lr", "cc", "memory");    \
     } while (0)
 #define MT_PKLOOP_3x2_w0(MR, NR, WIDE) MT_PASM_KLOOP6(MT_PASM_3x2_W0_BLOCK)
+
+/* Per tile of mt_ptiles_3x2_m2: its kept block count kb from the kept list, then
+ * %[odd] = kb & 1, %[two] = kb & 2 and %[end] = the end of its 3 kb weight words. */
+#define MT_PASM_TILE_START                                                            \
+    "ldr    r12, %[kept]\n\t"                                                         \
+    "ldr    r8, [r12], #4\n\t"                                                        \
+    "str    r12, %[kept]\n\t"                                                         \
+    "and    r9, r8, #1\n\t"                                                           \
+    "str    r9, %[odd]\n\t"                                                           \
+    "and    r9, r8, #2\n\t"                                                           \
+    "str    r9, %[two]\n\t"                                                           \
+    "add    r8, r8, r8, lsl #1\n\t"                                                   \
+    "add    r8, %[pb], r8, lsl #2\n\t"                                                \
+    "str    r8, %[end]\n\t"
+
+/* The whole 3x2 tiles of a MODE 2 call (3 panel rows, output to out_end, row stride
+ * n) in the exact kernel's asm tile loop: in C the pointers and tables went through
+ * the stack around the reduction (about 190 instructions per tile against the exact
+ * kernel's 140, so pruning paid only from about 0.3 of a layer's k-blocks). Returns
+ * the next tile's weights. */
+__attribute__((noinline)) static const int32_t *mt_ptiles_3x2_m2(const uint64_t *panel, const int32_t *kept,
+                                                                const int32_t *w, const int32_t *bias,
+                                                                const int32_t *rq, int8_t *output,
+                                                                int8_t *out_end, int32_t n)
+{
+    const uint64_t *a_;
+    int32_t t_[6];
+    const int32_t *w_end = w;
+    int32_t k_odd = 0, k_two = 0;
+    __asm__ volatile(MT_ASM_TILES_3x2_M2(MT_PASM_TILE_START, MT_PASM_3x2_W0_BLOCK, "%[pb]")
+                     : [s0] "=&r"(t_[0]), [s1] "=&r"(t_[1]), [s2] "=&r"(t_[2]), [s3] "=&r"(t_[3]),
+                       [s4] "=&r"(t_[4]), [s5] "=&r"(t_[5]), [pa] "=&r"(a_), [pb] "+r"(w),
+                       [bias] "+m"(bias), [rq] "+m"(rq), [out] "+m"(output), [kept] "+m"(kept),
+                       [end] "+m"(w_end), [odd] "+m"(k_odd), [two] "+m"(k_two)
+                     : [panel] "m"(panel), [n] "m"(n), [out_end] "m"(out_end)
+                     : "r8", "r9", "r10", "r11", "r12", "lr", "cc", "memory");
+    return w;
+}
+/* MODE 2, 3 panel rows: the whole channel tiles first, in asm; the C loop takes the
+ * rest from n_start. */
+#define MT_PTILES_3x2_M2()                                                            \
+    do {                                                                              \
+        if (rows == 3 && n_out >= 2) {                                                \
+            n_start = n_out & ~1;                                                     \
+            w = mt_ptiles_3x2_m2(panel, kept, w, bias, rq, output, output + n_start, n_out); \
+            kept += n_start / 2;                                                      \
+            bias += n_start;                                                          \
+            rq += 3 * n_start;                                                        \
+        }                                                                             \
+    } while (0)
 #define MT_PKLOOP_4x1_w0(MR, NR, WIDE) MT_PASM_KLOOP(MT_PASM_4x1_W0_BLOCK)
 #define MT_PKLOOP_4x1_w1(MR, NR, WIDE) MT_PASM_KLOOP(MT_PASM_4x1_W1_BLOCK)
 #else
+#define MT_PTILES_3x2_M2() ((void)0)
 #define MT_PKLOOP_3x2_w0 MT_PKLOOP_C
 #define MT_PKLOOP_4x1_w0 MT_PKLOOP_C
 #define MT_PKLOOP_4x1_w1 MT_PKLOOP_C
@@ -179,7 +230,11 @@
         (void)zp;                                                                     \
         (void)lo;                                                                     \
         (void)hi;                                                                     \
-        for (int32_t n0 = 0; n0 < n_out; n0 += (NR)) {                                \
+        int32_t n_start = 0;                                                          \
+        if ((MR) == 3 && (NR) == 2 && (WIDE) == 0 && (MODE) == 2) {                   \
+            MT_PTILES_3x2_M2();                                                       \
+        }                                                                             \
+        for (int32_t n0 = n_start; n0 < n_out; n0 += (NR)) {                          \
             int32_t s[(MR) * (NR)];                                                   \
             const uint64_t *a = panel;                                                \
             int32_t kb = *kept++;                                                     \
