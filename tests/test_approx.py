@@ -206,6 +206,26 @@ def test_approx_end_to_end_on_qemu_bit_exact_with_the_pruned_reference(labelled,
 
 
 @pytest.mark.qemu
+def test_the_search_never_reads_the_held_out_split(labelled, tmp_path):
+    """Other held-out inputs and labels: the same points and the same chosen network."""
+    from microtile.measure.approx_search import run_approx
+
+    model, labels = labelled
+    quiet = lambda m: None  # noqa: E731
+    first = run_approx(str(model), str(labels), 4, 100.0, device_limit=1, log=quiet)
+    rng = np.random.default_rng(11)
+    for name in ("in4.bin", "in5.bin"):
+        f = labels.parent / name
+        f.write_bytes(rng.integers(-128, 128, f.stat().st_size).astype(np.int8).tobytes())
+    lines = labels.read_text().splitlines()
+    lines[4:] = [",".join(line.split(",")[:2] + ["3"]) for line in lines[4:]]
+    labels.write_text("\n".join(lines) + "\n")
+    second = run_approx(str(model), str(labels), 4, 100.0, device_limit=1, log=quiet)
+    assert first["pareto"] == second["pareto"]
+    assert first["chosen"]["layers"] == second["chosen"]["layers"] and first["chosen"]["layers"]
+
+
+@pytest.mark.qemu
 @pytest.mark.parametrize("weights,tile", [("int16", (4, 1)), ("int8", (3, 2))])
 def test_pruned_smlad_kernels_on_qemu_bit_exact_and_fewer_instructions(weights, tile, tmp_path, monkeypatch):
     """The hand-scheduled loops on the Cortex-M4: the 4x1 int16 stream (a forced 4x1

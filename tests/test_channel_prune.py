@@ -18,6 +18,21 @@ def dscnn():
     return build("ds_cnn_kws")
 
 
+@pytest.fixture(scope="module")
+def searched(dscnn):
+    """One cross-fitted ChannelSearch on 12 random inputs labelled with the exact
+    network's own Top-1 (its construction fits each group three times: the slow part)."""
+    from microtile.measure.approx_search import ChannelSearch
+
+    x = _inputs(dscnn, 12, seed=5)
+    values = all_values(dscnn, x)
+    y = values[dscnn.outputs[0]].reshape(12, -1).argmax(axis=1)
+    chs = ChannelSearch(dscnn, x, y, values, log=lambda m: None)
+    cost = {op.index: 1000.0 for op in dscnn.operators}
+    chs.set_cost((cost, cost))
+    return x, values, chs
+
+
 def _inputs(g, n=4, seed=0):
     t = g.tensor(g.inputs[0])
     return np.random.default_rng(seed).integers(-128, 128, (n, *t.shape[1:])).astype(np.int8)
@@ -102,19 +117,14 @@ def test_refit_reduces_the_calibration_reconstruction_error(dscnn):
             channel_prune.reconstruction_error([fit], np.arange(8, 64))
 
 
-def test_channel_search_records_rebuild_the_same_network(dscnn, tmp_path):
+def test_channel_search_records_rebuild_the_same_network(dscnn, searched, tmp_path):
     """Greedy channel steps on a fake cost (each layer 1000 cycles); the JSON records
     rebuild, through `run --approx`'s path, exactly the network the search evaluated."""
     import json
 
-    from microtile.measure.approx_search import ChannelSearch, channels_from_records, pruned_model_file
+    from microtile.measure.approx_search import channels_from_records, pruned_model_file
 
-    x = _inputs(dscnn, 12, seed=5)
-    values = all_values(dscnn, x)
-    y = values[dscnn.outputs[0]].reshape(12, -1).argmax(axis=1)  # agreement with the exact network
-    chs = ChannelSearch(dscnn, x, y, values, log=lambda m: None)
-    cost = {op.index: 1000.0 for op in dscnn.operators}
-    chs.set_cost((cost, cost))
+    x, values, chs = searched
     assert chs.predicted({2: 16})["est_cycles"] == pytest.approx(13000 - 3 * 1000 * 0.25)
     points, levels = chs.greedy(100.0)  # any loss allowed: every group to its last step
     assert levels == {0: 32, 2: 32, 4: 32, 6: 32, 8: 32} and all(p["within_budget"] for p in points)
@@ -139,16 +149,11 @@ def test_channel_search_records_rebuild_the_same_network(dscnn, tmp_path):
         channels_from_records(dscnn, [{"producer": 11, "removed": [0]}])
 
 
-def test_channel_search_judges_each_refit_on_the_half_it_was_not_fitted_on(dscnn):
+def test_channel_search_judges_each_refit_on_the_half_it_was_not_fitted_on(dscnn, searched):
     """Cross-fitting: fold k is judged on one half of the calibration inputs with consumer
     refits fitted on the other half; the reported network is refit on all of them. The
     out-of-fold output error is what the in-sample error hides (the refit fits its noise)."""
-    from microtile.measure.approx_search import ChannelSearch
-
-    x = _inputs(dscnn, 12, seed=3)
-    values = all_values(dscnn, x)
-    y = values[dscnn.outputs[0]].reshape(12, -1).argmax(axis=1)
-    chs = ChannelSearch(dscnn, x, y, values, log=lambda m: None)
+    x, values, chs = searched
     (a, _, _), (b, _, _) = chs.folds
     fits_a, fits_b = chs.fold_fits
     assert sorted(np.concatenate([a, b]).tolist()) == list(range(12)) and not set(a) & set(b)
@@ -166,15 +171,8 @@ def test_channel_search_judges_each_refit_on_the_half_it_was_not_fitted_on(dscnn
     assert oof["newly_wrong"] >= chs.exact_top1 - oof["top1"] - 1e-12 and oof["newly_wrong"] <= chs.exact_top1
 
 
-def test_channel_search_keeps_a_step_only_within_the_newly_wrong_budget(dscnn):
-    from microtile.measure.approx_search import ChannelSearch
-
-    x = _inputs(dscnn, 16, seed=9)
-    values = all_values(dscnn, x)
-    y = values[dscnn.outputs[0]].reshape(16, -1).argmax(axis=1)
-    chs = ChannelSearch(dscnn, x, y, values, log=lambda m: None)
-    cost = {op.index: 1000.0 for op in dscnn.operators}
-    chs.set_cost((cost, cost))
+def test_channel_search_keeps_a_step_only_within_the_newly_wrong_budget(searched):
+    _, _, chs = searched
     points, levels = chs.greedy(0.0)
     assert all((p["oof_newly_wrong"] == 0) == p["within_budget"] for p in points)
     assert any(not p["within_budget"] for p in points)  # random data: some step breaks agreement
