@@ -206,7 +206,7 @@ def test_approx_end_to_end_on_qemu_bit_exact_with_the_pruned_reference(labelled,
 
 
 @pytest.mark.qemu
-def test_the_search_never_reads_the_held_out_split(labelled, tmp_path):
+def test_the_search_never_reads_the_held_out_split(labelled):
     """Other held-out inputs and labels: the same points and the same chosen network."""
     from microtile.measure.approx_search import run_approx
 
@@ -251,6 +251,7 @@ def test_pruned_smlad_kernels_on_qemu_bit_exact_and_fewer_instructions(weights, 
     assert sum(r.mean_counts()) < 0.90 * sum(r0.mean_counts())
 
 
+@pytest.mark.qemu
 def test_pruned_3x2_tile_loop_on_qemu_bit_exact_with_partial_tiles(tmp_path):
     """The int8-range 3x2 tiles run the exact kernel's asm tile loop with each tile's kept
     count read in the loop (mt_ptiles_3x2_m2); the last 1-row panel (25 pixels) and the

@@ -7,7 +7,7 @@
    the reverse. A step is kept while the fraction of calibration inputs that the exact
    network gets right and the cross-fitted one gets wrong ("newly wrong") is within the
    budget. (Judged in-sample by net Top-1, KWS kept 0.5 pp of calibration Top-1 and lost
-   2.4 pp held out; judged out of fold by net Top-1 it still lost 0.8 pp held out.)
+   2.4 pp held out: docs/approx.md.)
    The network built and reported is fitted on the whole calibration split.
 2. Structured channel pruning (passes/channel_prune.py, ChannelSearch): greedy
    channel-count steps of 4 per channel group, each consumer refit by least squares;
@@ -222,24 +222,23 @@ class Search:
     def __init__(self, graph: Graph, board, x_cal: np.ndarray, y_cal: np.ndarray,
                  log: Callable[[str], None] = print, fold_graphs: list[Graph] | None = None,
                  exact: tuple[np.ndarray, np.ndarray] | None = None):
-        self.graph, self.board, self.x, self.y, self.log = graph, board, x_cal, y_cal, log
+        self.graph, self.x, self.y, self.log = graph, x_cal, y_cal, log
         self.layers = approx.prunable_layers(graph, board)
         if not self.layers:
             raise MicrotileError(f"model {graph.name} has no layer the pruned kernels run "
                                  "(CONV_2D, FULLY_CONNECTED, DEPTHWISE_CONV_2D)")
         check_batchable(graph, x_cal)
         self.pos = {op.index: i for i, op in enumerate(graph.operators)}
-        self.exact_values = all_values(graph, x_cal)
-        self.exact_top1 = top1(self.exact_values, graph, y_cal)
-        own = self.exact_values[graph.outputs[0]].astype(np.float64)
+        values = all_values(graph, x_cal)
+        own = values[graph.outputs[0]].astype(np.float64)
         self.exact_out, self.exact_right = exact if exact is not None else \
             (own, own.reshape(own.shape[0], -1).argmax(axis=1) == y_cal)
-        self.full = _MaskFits(graph, self.layers, self.exact_values)
+        self.full = _MaskFits(graph, self.layers, values)
         self.kept = self.full.kept
         self.folds = []
         parts = halves(x_cal.shape[0])
         for k, g in enumerate(fold_graphs or [graph] * len(parts)):
-            v = self.exact_values if g is graph else all_values(g, x_cal)
+            v = values if g is graph else all_values(g, x_cal)
             fits = _MaskFits(g, approx.prunable_layers(g, board), _rows(v, parts[1 - k]))
             self.folds.append((parts[k], fits.prune_at, _rows(v, parts[k])))
         self.cost = None
@@ -362,6 +361,8 @@ class _GroupFits:
         return self._refit[p, n]
 
     def build(self, levels: dict[int, int]) -> Graph:
+        if not any(levels.values()):  # the exact network itself (Search then reuses its values)
+            return self.graph
         weights, deltas = {}, {}
         for p, n in levels.items():
             if n > 0:
@@ -390,7 +391,6 @@ class ChannelSearch:
         self.graph, self.x, self.y, self.log = graph, x_cal, y_cal, log
         self.groups = channel_prune.find_groups(graph)
         self.pos = {op.index: i for i, op in enumerate(graph.operators)}
-        self.exact_values = exact_values
         self.exact_top1 = top1(exact_values, graph, y_cal)
         self.exact_out = exact_values[graph.outputs[0]].astype(np.float64)
         b = x_cal.shape[0]

@@ -70,9 +70,9 @@ def planar_geometry(p: dict) -> dict | None:
 # Est. cycles of the two depthwise kernels on the NUCLEO-L4R5ZI model (from per-function
 # profiles of KWS's and VWW's layers, `microtile bench ... --board nucleo_l4r5zi
 # --emulate`): the planar kernel per output pair, per odd last output of a line, per
-# line, per copied input value and per channel; the channel-group kernel per output
-# value (31-41 measured, border share included).
-PLANAR_PAIR, PLANAR_ODD, PLANAR_LINE, PLANAR_COPY, PLANAR_CHANNEL = 47, 45, 15, 5, 60
+# line, per copied input value and per channel (planar_channel_cost); the
+# channel-group kernel per output value (31-41 measured, border share included).
+PLANAR_CYCLES = {"pair": 47, "odd": 45, "line": 15, "copy": 5, "channel": 60}
 GROUP_OUTPUT = 35
 # Tests force a kernel: True (planar wherever planar_geometry allows), False (never),
 # None (the cost comparison of planar_choice).
@@ -89,10 +89,16 @@ def planar_choice(p: dict) -> dict | None:
         return None
     if PLANAR:
         return planar
+    return planar if planar_channel_cost(p, planar, PLANAR_CYCLES) < GROUP_OUTPUT * p["oh"] * p["ow"] else None
+
+
+def planar_channel_cost(p: dict, planar: dict, unit: dict) -> float:
+    """The planar kernel's cost per channel from the unit costs `unit` (per output pair,
+    odd last output of a line, line, copied input value, channel): est. cycles
+    (PLANAR_CYCLES) or instructions (opt_schedules.DWP_INSTRUCTIONS)."""
     lines, along = (p["ow"], p["oh"]) if planar["transposed"] else (p["oh"], p["ow"])
-    per_channel = (PLANAR_CHANNEL + PLANAR_COPY * p["h"] * p["w"]
-                   + lines * (PLANAR_LINE + PLANAR_PAIR * (along // 2) + PLANAR_ODD * (along % 2)))
-    return planar if per_channel < GROUP_OUTPUT * p["oh"] * p["ow"] else None
+    return (unit["channel"] + unit["copy"] * p["h"] * p["w"]
+            + lines * (unit["line"] + unit["pair"] * (along // 2) + unit["odd"] * (along % 2)))
 
 
 def planar_stream(weights: np.ndarray, bias: np.ndarray, mult: np.ndarray, k: np.ndarray, right: np.ndarray,

@@ -36,16 +36,19 @@ POOL_SCALAR_TAP = 8     # per window pixel of a channel beyond a multiple of 4
 POOL_SCALAR_FIXED = 20
 POOL_PIXEL = 20         # per output pixel: window clipping
 
+# The planar depthwise kernel (mt_depthwise_planar_opt.h), instructions (fitted on
+# KWS's 25 x 5 x 64 layer on QEMU: 2.795 per MAC; depthwise_opt.planar_channel_cost)
+DWP_INSTRUCTIONS = {
+    "pair": 39,     # 3 x (LDRD, SMLAD, SMLABB, PKHBT, SMLADX, SMLATB), bias, requantise 2, 2 STRB, loop
+    "odd": 40,      # the odd last output of a plane row, in C
+    "line": 20,     # per plane row: the weights into registers, the loop's bounds
+    "copy": 3.5,    # per input value copied into the plane: LDRSB, ADD, STRH (unrolled by 4)
+    "channel": 70,
+}
+
 # Estimated cycles per instruction of these kernels on a Cortex-M4 behind flash wait
 # states (loads of 2 cycles, taken branches, the weights' and tables' flash lines),
 # fitted on the timing model (NUCLEO-L4R5ZI): predicted est. cycles = instructions x VECTOR_CPI.
-# the planar depthwise kernel (mt_depthwise_planar_opt.h), instructions (fitted on
-# KWS's 25 x 5 x 64 layer on QEMU: 2.795 per MAC)
-DWP_PAIR = 39       # 3 x (LDRD, SMLAD, SMLABB, PKHBT, SMLADX, SMLATB), bias, requantise 2, 2 STRB, loop
-DWP_ODD = 40        # the odd last output of a plane row, in C
-DWP_LINE = 20       # per plane row: the weights into registers, the loop's bounds
-DWP_COPY = 3.5      # per input value copied into the plane: LDRSB, ADD, STRH (unrolled by 4)
-DWP_CHANNEL = 70
 VECTOR_CPI = 1.6
 
 SOFTMAX_ELEMENT = 5 + 13   # max (SIMD), sum (load, subtract, table load, add) + output per element
@@ -69,16 +72,14 @@ def _explain_op(op: Operator, graph: Graph) -> dict | None:
 
     kernel = kernel_for(op)
     if op.opcode == "DEPTHWISE_CONV_2D":
-        from microtile.ops.depthwise_opt import depthwise_fast_path, planar_choice
+        from microtile.ops.depthwise_opt import depthwise_fast_path, planar_channel_cost, planar_choice
 
         p = kernel.params(op, graph)
         if depthwise_fast_path(op, graph, p) is None:
             return None
         planar = planar_choice(p)
         if planar is not None:
-            lines, along = (p["ow"], p["oh"]) if planar["transposed"] else (p["oh"], p["ow"])
-            per_channel = (DWP_CHANNEL + DWP_COPY * p["h"] * p["w"]
-                           + lines * (DWP_LINE + DWP_PAIR * (along // 2) + DWP_ODD * (along % 2)))
+            per_channel = planar_channel_cost(p, planar, DWP_INSTRUCTIONS)
             text = ("planar: one channel at a time as a zero-padded int16 plane"
                     + (" (column-major: the output is taller than wide)" if planar["transposed"] else "")
                     + "; per output pair and filter row LDRD + SMLAD/SMLADX of tap pairs, weights in registers; "
