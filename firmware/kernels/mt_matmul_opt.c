@@ -255,7 +255,7 @@ static inline uint64_t mt_next_direct(const uint64_t **a)
                          : [s0] "+r"(s[0]), [s1] "+r"(s[1]), [s2] "+r"(s[2]),         \
                            [s3] "+r"(s[3]), [s4] "+r"(s[4]), [s5] "+r"(s[5]),         \
                            [pa] "+r"(a), [pb] "+r"(pb_)                               \
-                         : [end] "m"(a_end), [odd] "m"(k_odd), [two] "m"(k_two)       \
+                         : [end] "m"(a_end), [rem] "m"(k_rem)                           \
                          : "r8", "r9", "r10", "r11", "r12", "lr", "cc", "memory");    \
         b = pb_;                                                                      \
     } while (0)
@@ -270,7 +270,7 @@ static inline uint64_t mt_next_direct(const uint64_t **a)
  * the reduction per weight format (the ROM rule). Returns the next tile's weights. */
 #define MT_DEFINE_TILES_3x2_M2(WIDE, BLOCK)                                           \
     __attribute__((noinline)) static const void *mt_tiles_3x2_m2_w##WIDE(             \
-        const uint64_t *panel, const uint64_t *a_end, int32_t k_odd, int32_t k_two,   \
+        const uint64_t *panel, const uint64_t *a_end, int32_t k_rem,                  \
         const void *b, const int32_t *bias, const int32_t *rq, int8_t *output,        \
         int8_t *out_end, int32_t n)                                                   \
     {                                                                                 \
@@ -281,7 +281,7 @@ static inline uint64_t mt_next_direct(const uint64_t **a)
                            [s3] "=&r"(t_[3]), [s4] "=&r"(t_[4]), [s5] "=&r"(t_[5]),   \
                            [pa] "=&r"(a_), [pb] "+r"(b), [bias] "+m"(bias),           \
                            [rq] "+m"(rq), [out] "+m"(output)                          \
-                         : [end] "m"(a_end), [odd] "m"(k_odd), [two] "m"(k_two),      \
+                         : [end] "m"(a_end), [rem] "m"(k_rem),                          \
                            [panel] "m"(panel), [n] "m"(n), [out_end] "m"(out_end)     \
                          : "r8", "r9", "r10", "r11", "r12", "lr", "cc", "memory");    \
         return b;                                                                     \
@@ -298,12 +298,12 @@ MT_DEFINE_TILES_3x2_M2(1, MT_ASM_3x2_W1_BLOCK)
         const void *b_ = b;                                                           \
         const int32_t whole_ = rows == 3 ? (n_out & ~1) : 0;                          \
         if (whole_ > 0) {                                                             \
-            b_ = mt_tiles_3x2_m2_w##WIDE(panel, a_end, k_odd, k_two, b_, bias, rq, output, \
+            b_ = mt_tiles_3x2_m2_w##WIDE(panel, a_end, k_rem, b_, bias, rq, output,        \
                                          output + whole_, n_out);                     \
         }                                                                             \
         for (int32_t n0_ = whole_; n0_ < n_out; n0_ += 2) {                           \
             int8_t y_[6];                                                             \
-            b_ = mt_tiles_3x2_m2_w##WIDE(panel, a_end, k_odd, k_two, b_, bias + n0_,  \
+            b_ = mt_tiles_3x2_m2_w##WIDE(panel, a_end, k_rem, b_, bias + n0_,         \
                                          rq + 3 * n0_, y_, y_ + 2, 2);                \
             for (int32_t i_ = 0; i_ < rows; i_++) {                                   \
                 for (int32_t j_ = 0; j_ < 2 && n0_ + j_ < n_out; j_++) {              \
@@ -361,10 +361,9 @@ MT_DEFINE_TILES_3x2_M2(1, MT_ASM_3x2_W1_BLOCK)
         /* per call, not per tile: the panel's end and the reduction's remainder */   \
         const int32_t k_blocks = g->k_blocks;                                         \
         const uint64_t *const a_end = panel + (MR) * k_blocks;                        \
-        const int32_t k_odd = k_blocks & 1, k_two = k_blocks & 2;                     \
+        const int32_t k_rem = k_blocks % MT_REDUCE6_UNROLL; /* the reduction's entry (k_blocks >= 1) */ \
         (void)a_end;                                                                  \
-        (void)k_odd;                                                                  \
-        (void)k_two;                                                                  \
+        (void)k_rem;                                                                  \
         if (MT_HAS_DSP && (MR) == 3 && (NR) == 2 && (MODE) == 2) {                    \
             MT_ROWS_3x2_M2(WIDE); /* the only copy of the reduction these use */     \
             return;                                                                   \

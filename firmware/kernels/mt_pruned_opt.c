@@ -136,32 +136,34 @@
     "smlad  %[s5], r10, lr, %[s5]\n\t"                                               \
     "smlad  %[s5], r11, r8, %[s5]\n\t"
 
-/* kb kept blocks in one asm statement (kb % 4 first, then 4 per iteration), the
+/* kb kept blocks in one asm statement (entered at kb % 8, then 8 per iteration), the
  * accumulators in registers throughout; as MT_ASM_KLOOP6 with the end of the tile's
  * weight stream in place of the panel's end (MT_ASM_REDUCE6, mt_gemm_out_opt.h). */
 #define MT_PASM_KLOOP6(BLOCK)                                                         \
     do {                                                                              \
         const int32_t *const w_end = w + 3 * kb;                                      \
-        const int32_t k_odd = kb & 1, k_two = kb & 2;                                 \
+        const int32_t k_rem = kb ? kb % MT_REDUCE6_UNROLL : MT_REDUCE6_SKIP;                        \
         __asm__ volatile(MT_ASM_REDUCE6(BLOCK, "%[pb]")                               \
                          : [s0] "+r"(s[0]), [s1] "+r"(s[1]), [s2] "+r"(s[2]),         \
                            [s3] "+r"(s[3]), [s4] "+r"(s[4]), [s5] "+r"(s[5]),         \
                            [pa] "+r"(a), [pb] "+r"(w)                                 \
-                         : [end] "m"(w_end), [odd] "m"(k_odd), [two] "m"(k_two)       \
+                         : [end] "m"(w_end), [rem] "m"(k_rem)                           \
                          : "r8", "r9", "r10", "r11", "r12", "lr", "cc", "memory");    \
     } while (0)
 #define MT_PKLOOP_3x2_w0(MR, NR, WIDE) MT_PASM_KLOOP6(MT_PASM_3x2_W0_BLOCK)
 
 /* Per tile of mt_ptiles_3x2_m2: its kept block count kb from the kept list, then
- * %[odd] = kb & 1, %[two] = kb & 2 and %[end] = the end of its 3 kb weight words. */
+ * the reduction's entry %[rem] (kb % MT_REDUCE6_UNROLL, MT_REDUCE6_SKIP when kb = 0) and %[end] = the
+ * end of its 3 kb weight words. */
 #define MT_PASM_TILE_START                                                            \
     "ldr    r12, %[kept]\n\t"                                                         \
     "ldr    r8, [r12], #4\n\t"                                                        \
     "str    r12, %[kept]\n\t"                                                         \
-    "and    r9, r8, #1\n\t"                                                           \
-    "str    r9, %[odd]\n\t"                                                           \
-    "and    r9, r8, #2\n\t"                                                           \
-    "str    r9, %[two]\n\t"                                                           \
+    "and    r9, r8, %[mask]\n\t"                                                           \
+    "cmp    r8, #0\n\t"                                                               \
+    "it     eq\n\t"                                                                   \
+    "moveq  r9, %[skip]\n\t"                                                         \
+    "str    r9, %[rem]\n\t"                                                           \
     "add    r8, r8, r8, lsl #1\n\t"                                                   \
     "add    r8, %[pb], r8, lsl #2\n\t"                                                \
     "str    r8, %[end]\n\t"
@@ -179,13 +181,14 @@ __attribute__((noinline)) static const int32_t *mt_ptiles_3x2_m2(const uint64_t 
     const uint64_t *a_;
     int32_t t_[6];
     const int32_t *w_end = w;
-    int32_t k_odd = 0, k_two = 0;
+    int32_t k_rem = 0;
     __asm__ volatile(MT_ASM_TILES_3x2_M2(MT_PASM_TILE_START, MT_PASM_3x2_W0_BLOCK, "%[pb]")
                      : [s0] "=&r"(t_[0]), [s1] "=&r"(t_[1]), [s2] "=&r"(t_[2]), [s3] "=&r"(t_[3]),
                        [s4] "=&r"(t_[4]), [s5] "=&r"(t_[5]), [pa] "=&r"(a_), [pb] "+r"(w),
                        [bias] "+m"(bias), [rq] "+m"(rq), [out] "+m"(output), [kept] "+m"(kept),
-                       [end] "+m"(w_end), [odd] "+m"(k_odd), [two] "+m"(k_two)
-                     : [panel] "m"(panel), [n] "m"(n), [out_end] "m"(out_end)
+                       [end] "+m"(w_end), [rem] "+m"(k_rem)
+                     : [panel] "m"(panel), [n] "m"(n), [out_end] "m"(out_end), [skip] "i"(MT_REDUCE6_SKIP),
+                       [mask] "i"(MT_REDUCE6_UNROLL - 1)
                      : "r8", "r9", "r10", "r11", "r12", "lr", "cc", "memory");
     return w;
 }

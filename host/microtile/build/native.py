@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -63,17 +65,26 @@ def kernels_archive(sanitize: str = "ubsan") -> Path:
     lib = out / "libmt_kernels.a"
     if lib.exists():
         return lib
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    objs = []
-    for src in _kernel_sources():
-        obj = tmp / (src.stem + ".o")
-        _run([_gcc(), *cflags, "-I", str(FIRMWARE / "include"), "-c", str(src), "-o", str(obj)])
-        objs.append(str(obj))
-    _run(["ar", "rcs", str(tmp / "libmt_kernels.a"), *objs])
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    # a folder of its own per build, renamed into place: concurrent builds (pytest-xdist
+    # workers) of the same sources neither share nor remove each other's objects
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".building-", dir=out.parent))
+    try:
+        objs = []
+        for src in _kernel_sources():
+            obj = tmp / (src.stem + ".o")
+            _run([_gcc(), *cflags, "-I", str(FIRMWARE / "include"), "-c", str(src), "-o", str(obj)])
+            objs.append(str(obj))
+        _run(["ar", "rcs", str(tmp / "libmt_kernels.a"), *objs])
+        if out.exists() and not lib.exists():
+            shutil.rmtree(out, ignore_errors=True)  # a half-built folder
+        try:
+            tmp.rename(out)
+        except OSError:
+            if not lib.exists():  # not a concurrent build that finished first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return lib
 
 
@@ -95,8 +106,8 @@ class NativeModel:
             compiled.write(out)
             _run([_gcc(), *CFLAGS, "-shared", "-I", str(FIRMWARE / "include"), "-I", str(out),
                   str(out / "model.c"), str(FIRMWARE / "native" / "mt_native.c"), str(archive),
-                  "-o", str(out / "libmodel.so.tmp")])
-            (out / "libmodel.so.tmp").rename(lib)
+                  "-o", str(out / f"libmodel.so.{os.getpid()}")])
+            (out / f"libmodel.so.{os.getpid()}").rename(lib)  # atomic: concurrent builders
         return cls(compiled, lib)
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:

@@ -84,8 +84,9 @@ DIRECT_BLOCK_OPS = {
     (1, 4, True): [("load", None, 1), ("multiple", 4, 2), ("dsp", None, 2 + 8)],
 }
 # The loop per LOOP_BLOCKS[mr] blocks (the BNE is taken: + P): 3x2 reads the panel end
-# from the stack, 4 blocks per iteration; 4x1 and 1x4 count down, 2 blocks (K_UNROLL).
-LOOP_BLOCKS = {3: 4, 4: K_UNROLL, 1: K_UNROLL}
+# from the stack, 8 blocks per iteration (MT_REDUCE6_UNROLL, entered by TBH at kb % 8);
+# 4x1 and 1x4 count down, 2 blocks (K_UNROLL).
+LOOP_BLOCKS = {3: 8, 4: K_UNROLL, 1: K_UNROLL}
 LOOP_OPS = {3: [("load", None, 1), ("alu", None, 1), ("branch", None, 1)],
             1: [("alu", None, 1), ("branch", None, 1)], 4: [("alu", None, 1), ("branch", None, 1)]}
 
@@ -102,11 +103,11 @@ GATHER_VALUE = 4.0    # per value on the gather path
 GATHER_BLOCK = 6.0    # per k-block converting the gathered bytes
 # The 3x2 tile with the int8 activation range (MODE 2) runs its channel tiles as one
 # asm loop (mt_matmul_opt.c, mt_tiles_3x2_m2_w*): per output LSL, SMMLAR, ADD, ASR,
-# SSAT and STRB; per tile the bias, the table pointer, the reduction's entry tests
-# and the loop's end test. Other activation ranges keep the C loop (TILE, REQUANT).
+# SSAT and STRB; per tile the bias, the table pointer, the reduction's entry (LDR and
+# TBH) and the loop's end test. Other activation ranges keep the C loop (TILE, REQUANT).
 REQUANT_3x2 = 6.0
-TILE_3x2 = 31.0
-ASM_CPI_3x2 = 1.22  # its est. cycles per instruction (VWW's K=8 layer: 68 instructions, 83 est. cycles per tile)
+TILE_3x2 = 24.0
+ASM_CPI_3x2 = 1.33  # its est. cycles per instruction (VWW's K=8 layer: 138.6 est. cycles per tile, 54 in its 2 blocks)
 # Estimated cycles per instruction of that scalar code (requantisation, set-up, im2col:
 # loads, stores, spills, taken branches), fitted on the timing model (NUCLEO-L4R5ZI).
 OVERHEAD_CPI = 1.45
