@@ -255,17 +255,18 @@ def test_pruned_smlad_kernels_on_qemu_bit_exact_and_fewer_instructions(weights, 
 def test_pruned_3x2_tile_loop_on_qemu_bit_exact_with_partial_tiles(tmp_path):
     """The int8-range 3x2 tiles run the exact kernel's asm tile loop with each tile's kept
     count read in the loop (mt_ptiles_3x2_m2); the last 1-row panel (25 pixels) and the
-    odd 11th channel take the C loop."""
+    odd 19th channel take the C loop."""
     from microtile.measure.runner import run_model
     from microtile_models.zoo import single_op
 
-    g = single_op("CONV_2D", shape=(1, 5, 5, 64), filters=11, kernel=(1, 1), activation="NONE")
+    g = single_op("CONV_2D", shape=(1, 5, 5, 64), filters=19, kernel=(1, 1), activation="NONE")
     layers = approx.prunable_layers(g)
     assert [(L.mr, L.nr) for L in layers] == [(3, 2)]
     L = layers[0]
     rng = np.random.default_rng(4)
-    keep = np.zeros((6, 16), dtype=bool)  # 6 channel tiles (the 6th: channel 10 alone) x 16 k-blocks
-    for tile, count in enumerate((16, 6, 0, 3, 9, 5)):  # every residue mod 4, an empty tile
+    keep = np.zeros((10, 16), dtype=bool)  # 10 channel tiles (the 10th: channel 18 alone) x 16 k-blocks
+    # every entry of the reduction (kept count mod 8), an empty tile (the skip entry)
+    for tile, count in enumerate((16, 6, 0, 3, 9, 5, 2, 12, 7, 15)):
         keep[tile, rng.choice(16, count, replace=False)] = True
     masks = {L.op.index: keep}
     pruned = tmp_path / "pruned.tflite"

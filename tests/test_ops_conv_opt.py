@@ -255,6 +255,40 @@ def test_qemu_3x2_int8_range_partial_tiles_bit_exact(weights):
 
 
 @pytest.mark.qemu
+@pytest.mark.parametrize("weights", ["int8", "int16"])
+def test_qemu_3x2_every_reduction_entry_bit_exact(weights):
+    """The 3x2 reduction is entered by a table branch at kb % 8 (MT_ASM_REDUCE6, 8 blocks
+    per iteration): a chain of 1x1 convs with K = 4 .. 36 (kb 1 .. 9: every entry, and a
+    second iteration), 20 pixels (a partial last panel) and an odd last channel count,
+    on QEMU against TFLM. Entering at the wrong block drops or repeats 1-7 blocks of
+    every tile."""
+    from microtile.importer.tflite_format import write_tflite
+    from microtile.measure.runner import run_model
+    from microtile_models.float_graph import FloatNet
+
+    net = FloatNet("reduction_entries", 3)
+    x = net.input((1, 4, 5, 4), -1.0, 1.0)
+    widths = (8, 12, 16, 20, 24, 28, 32, 36, 7)
+    for ch in widths:
+        x = net.conv2d(x, ch, (1, 1), activation="NONE")
+    net.output(x)
+    graph = net.to_graph()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "chain.tflite"
+        path.write_bytes(write_tflite(graph))
+        schedule.FORCE_WEIGHTS, schedule.FORCE_TILE = weights, (3, 2)
+        try:
+            result = run_model(path, "qemu", random=3, kernels="optimized")
+        finally:
+            schedule.FORCE_WEIGHTS, schedule.FORCE_TILE = None, None
+    kb = sorted(schedule.schedule_for(op, result.compiled.graph).k_blocks for op in result.compiled.device_ops
+                if op.opcode == "CONV_2D")
+    assert kb == list(range(1, 10)), kb
+    assert f"mt_gemm_rows_3x2_w{int(weights == 'int16')}_m2" in result.compiled.model_c
+    assert result.error is None and result.samples == 3 and not result.mismatches, result.mismatches
+
+
+@pytest.mark.qemu
 @pytest.mark.parametrize("act", ["NONE", "RELU"])
 def test_qemu_3x2_prediction_follows_the_activation_range(act):
     """The cost model costs the 3x2 asm tile loop only where the kernel runs it (the
