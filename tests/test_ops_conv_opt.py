@@ -225,6 +225,22 @@ def test_qemu_sample_bit_exact_and_predicted():
             assert abs(ipm - s.predicted_ipm) <= 0.10 * ipm, (opcode, params, ipm, s.predicted_ipm)
 
 
+def _run_3x2_on_qemu(graph, weights: str):
+    """graph on QEMU (3 random inputs) with every matmul layer on the 3x2 tile and
+    `weights` ("int8" / "int16")."""
+    from microtile.importer.tflite_format import write_tflite
+    from microtile.measure.runner import run_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.tflite"
+        path.write_bytes(write_tflite(graph))
+        schedule.FORCE_WEIGHTS, schedule.FORCE_TILE = weights, (3, 2)
+        try:
+            return run_model(path, "qemu", random=3, kernels="optimized")
+        finally:
+            schedule.FORCE_WEIGHTS, schedule.FORCE_TILE = None, None
+
+
 @pytest.mark.qemu
 @pytest.mark.parametrize("weights", ["int8", "int16"])
 def test_qemu_3x2_int8_range_partial_tiles_bit_exact(weights):
@@ -237,18 +253,7 @@ def test_qemu_3x2_int8_range_partial_tiles_bit_exact(weights):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
     from microtile_models.zoo import single_op
 
-    from microtile.importer.tflite_format import write_tflite
-    from microtile.measure.runner import run_model
-
-    graph = single_op("CONV_2D", shape=(1, 5, 5, 12), kernel=(1, 1), filters=7)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "conv.tflite"
-        path.write_bytes(write_tflite(graph))
-        schedule.FORCE_WEIGHTS, schedule.FORCE_TILE = weights, (3, 2)
-        try:
-            result = run_model(path, "qemu", random=3, kernels="optimized")
-        finally:
-            schedule.FORCE_WEIGHTS, schedule.FORCE_TILE = None, None
+    result = _run_3x2_on_qemu(single_op("CONV_2D", shape=(1, 5, 5, 12), kernel=(1, 1), filters=7), weights)
     wide = int(weights == "int16")
     assert f"mt_gemm_rows_3x2_w{wide}_m2" in result.compiled.model_c, "the MODE 2 3x2 kernel was not chosen"
     assert not result.mismatches, result.mismatches
@@ -262,8 +267,6 @@ def test_qemu_3x2_every_reduction_entry_bit_exact(weights):
     second iteration), 20 pixels (a partial last panel) and an odd last channel count,
     on QEMU against TFLM. Entering at the wrong block drops or repeats 1-7 blocks of
     every tile."""
-    from microtile.importer.tflite_format import write_tflite
-    from microtile.measure.runner import run_model
     from microtile_models.float_graph import FloatNet
 
     net = FloatNet("reduction_entries", 3)
@@ -272,15 +275,7 @@ def test_qemu_3x2_every_reduction_entry_bit_exact(weights):
     for ch in widths:
         x = net.conv2d(x, ch, (1, 1), activation="NONE")
     net.output(x)
-    graph = net.to_graph()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "chain.tflite"
-        path.write_bytes(write_tflite(graph))
-        schedule.FORCE_WEIGHTS, schedule.FORCE_TILE = weights, (3, 2)
-        try:
-            result = run_model(path, "qemu", random=3, kernels="optimized")
-        finally:
-            schedule.FORCE_WEIGHTS, schedule.FORCE_TILE = None, None
+    result = _run_3x2_on_qemu(net.to_graph(), weights)
     kb = sorted(schedule.schedule_for(op, result.compiled.graph).k_blocks for op in result.compiled.device_ops
                 if op.opcode == "CONV_2D")
     assert kb == list(range(1, 10)), kb
