@@ -47,8 +47,10 @@ typedef struct {
 
 #define MT_DWP_WORDS 9
 
-/* One output from plane rows at `row` (stride plane_w), taps of stream d. */
-static MT_ALWAYS_INLINE int8_t mt_dwp_one(const int16_t *row, int32_t plane_w, const int32_t *d)
+/* One output from plane rows at `row` (stride plane_w), taps of stream d: the odd last
+ * output of a line. Not inlined: one copy per model.c instead of three per layer shape
+ * (the ROM rule), for a call per odd output. */
+static __attribute__((noinline)) int8_t mt_dwp_one(const int16_t *row, int32_t plane_w, const int32_t *d)
 {
     int32_t acc = d[5];
     _Pragma("GCC unroll 3")
@@ -61,6 +63,18 @@ static MT_ALWAYS_INLINE int8_t mt_dwp_one(const int16_t *row, int32_t plane_w, c
 }
 
 #if MT_HAS_DSP
+/* The taps of one plane row (its words in x, y: x0 x1 | x2 x3) for an output pair of
+ * one line (accumulators A0, A1): EVEN adds x0 k0 + x1 k1 + x2 k2 to A0, MID forms
+ * (x2 | x1) in m, ODD adds x1 k0 + x2 k1 + x3 k2 to A1. W holds (k0 | k1), k2 is the
+ * bottom (H = "b") or top ("t") half of K2. */
+#define MT_DWP_EVEN(A0, W, K2, H) \
+    "smlad  %[" A0 "], %[x], %[" W "], %[" A0 "]\n\t" \
+    "smlab" H " %[" A0 "], %[y], %[" K2 "], %[" A0 "]\n\t"
+#define MT_DWP_MID "pkhbt  %[m], %[y], %[x]\n\t"
+#define MT_DWP_ODD(A1, W, K2, H) \
+    "smladx %[" A1 "], %[m], %[" W "], %[" A1 "]\n\t" \
+    "smlat" H " %[" A1 "], %[y], %[" K2 "], %[" A1 "]\n\t"
+
 /* `pairs` output pairs along one plane row: RS = plane row bytes, OS = bytes between
  * two outputs along the row (immediates). Registers: 2 accumulators, the row's two
  * words and their middle pair, 5 weights, 3 pointers, 1 scratch; q = {bias, mult, k,
@@ -76,23 +90,11 @@ static MT_ALWAYS_INLINE int8_t mt_dwp_one(const int16_t *row, int32_t plane_w, c
             "ldr    %[a0], %[bias]\n\t" \
             "ldrd   %[x], %[y], [%[p]]\n\t" \
             "mov    %[a1], %[a0]\n\t" \
-            "smlad  %[a0], %[x], %[w0], %[a0]\n\t" \
-            "smlabb %[a0], %[y], %[k2a], %[a0]\n\t" \
-            "pkhbt  %[m], %[y], %[x]\n\t" \
-            "smladx %[a1], %[m], %[w0], %[a1]\n\t" \
-            "smlatb %[a1], %[y], %[k2a], %[a1]\n\t" \
+            MT_DWP_EVEN("a0", "w0", "k2a", "b") MT_DWP_MID MT_DWP_ODD("a1", "w0", "k2a", "b") \
             "ldrd   %[x], %[y], [%[p], %[rs]]\n\t" \
-            "smlad  %[a0], %[x], %[w1], %[a0]\n\t" \
-            "smlabt %[a0], %[y], %[k2a], %[a0]\n\t" \
-            "pkhbt  %[m], %[y], %[x]\n\t" \
-            "smladx %[a1], %[m], %[w1], %[a1]\n\t" \
-            "smlatt %[a1], %[y], %[k2a], %[a1]\n\t" \
+            MT_DWP_EVEN("a0", "w1", "k2a", "t") MT_DWP_MID MT_DWP_ODD("a1", "w1", "k2a", "t") \
             "ldrd   %[x], %[y], [%[p], %[rs2]]\n\t" \
-            "smlad  %[a0], %[x], %[w2], %[a0]\n\t" \
-            "smlabb %[a0], %[y], %[k2b], %[a0]\n\t" \
-            "pkhbt  %[m], %[y], %[x]\n\t" \
-            "smladx %[a1], %[m], %[w2], %[a1]\n\t" \
-            "smlatb %[a1], %[y], %[k2b], %[a1]\n\t" \
+            MT_DWP_EVEN("a0", "w2", "k2b", "b") MT_DWP_MID MT_DWP_ODD("a1", "w2", "k2b", "b") \
             "add    %[p], %[p], #4\n\t" \
             "ldr    %[x], %[mult]\n\t" \
             "ldr    %[y], %[k]\n\t" \
@@ -120,6 +122,79 @@ static MT_ALWAYS_INLINE int8_t mt_dwp_one(const int16_t *row, int32_t plane_w, c
               [os] "n"(OS), [os2] "n"(2 * (OS)) \
             : "cc", "memory"); \
     } while (0)
+
+/* Two lines at once: `pairs` 2x2 output blocks (lines L and L+1, two outputs along),
+ * OUT's line L+1 at LS bytes (immediates as above). The 4 plane rows are each loaded
+ * once: the middle two serve both lines (tap rows 1 and 0, then 2 and 1), so a block
+ * takes 4 LDRD where two pairs take 6, and one load of the requantisation constants
+ * serves 4 outputs: about 82 est. cycles per 4 outputs against 2 x 49. Registers: 4
+ * accumulators, the row's two words and their middle pair (the middle pair's register
+ * is the requantisation's scratch), 5 weights, 2 pointers; the end on the stack. */
+#define MT_DWP_QUADS(ROW, OUT, PAIRS, D, Q, RS, OS, LS) do { \
+        const int16_t *p_ = (ROW); \
+        int8_t *o_ = (OUT); \
+        int8_t *const end_ = o_ + (PAIRS) * 2 * (OS); \
+        int32_t a0_, a1_, b0_, b1_, x_, y_, m_; \
+        __asm__ volatile( \
+            "1:\n\t" \
+            "ldr    %[a0], %[bias]\n\t" \
+            "ldrd   %[x], %[y], [%[p]]\n\t" \
+            "mov    %[a1], %[a0]\n\t" \
+            "mov    %[b0], %[a0]\n\t" \
+            "mov    %[b1], %[a0]\n\t" \
+            MT_DWP_EVEN("a0", "w0", "k2a", "b") MT_DWP_MID MT_DWP_ODD("a1", "w0", "k2a", "b") \
+            "ldrd   %[x], %[y], [%[p], %[rs]]\n\t" \
+            MT_DWP_EVEN("a0", "w1", "k2a", "t") MT_DWP_EVEN("b0", "w0", "k2a", "b") MT_DWP_MID \
+            MT_DWP_ODD("a1", "w1", "k2a", "t") MT_DWP_ODD("b1", "w0", "k2a", "b") \
+            "ldrd   %[x], %[y], [%[p], %[rs2]]\n\t" \
+            MT_DWP_EVEN("a0", "w2", "k2b", "b") MT_DWP_EVEN("b0", "w1", "k2a", "t") MT_DWP_MID \
+            MT_DWP_ODD("a1", "w2", "k2b", "b") MT_DWP_ODD("b1", "w1", "k2a", "t") \
+            "ldrd   %[x], %[y], [%[p], %[rs3]]\n\t" \
+            MT_DWP_EVEN("b0", "w2", "k2b", "b") MT_DWP_MID MT_DWP_ODD("b1", "w2", "k2b", "b") \
+            "add    %[p], %[p], #4\n\t" \
+            "ldr    %[x], %[mult]\n\t" \
+            "ldr    %[y], %[k]\n\t" \
+            "lsl    %[a0], %[a0], #1\n\t" \
+            "smmlar %[m], %[a0], %[x], %[y]\n\t" \
+            "add    %[a0], %[m], %[a0], asr #31\n\t" \
+            "lsl    %[a1], %[a1], #1\n\t" \
+            "smmlar %[m], %[a1], %[x], %[y]\n\t" \
+            "add    %[a1], %[m], %[a1], asr #31\n\t" \
+            "lsl    %[b0], %[b0], #1\n\t" \
+            "smmlar %[m], %[b0], %[x], %[y]\n\t" \
+            "add    %[b0], %[m], %[b0], asr #31\n\t" \
+            "lsl    %[b1], %[b1], #1\n\t" \
+            "smmlar %[m], %[b1], %[x], %[y]\n\t" \
+            "add    %[b1], %[m], %[b1], asr #31\n\t" \
+            "ldr    %[x], %[right]\n\t" \
+            "asr    %[a0], %[a0], %[x]\n\t" \
+            "ssat   %[a0], #8, %[a0]\n\t" \
+            "asr    %[a1], %[a1], %[x]\n\t" \
+            "ssat   %[a1], #8, %[a1]\n\t" \
+            "asr    %[b0], %[b0], %[x]\n\t" \
+            "ssat   %[b0], #8, %[b0]\n\t" \
+            "asr    %[b1], %[b1], %[x]\n\t" \
+            "ssat   %[b1], #8, %[b1]\n\t" \
+            "strb   %[a0], [%[o]]\n\t" \
+            "strb   %[a1], [%[o], %[os]]\n\t" \
+            "strb   %[b0], [%[o], %[ls]]\n\t" \
+            "strb   %[b1], [%[o], %[lsos]]\n\t" \
+            "add    %[o], %[o], %[os2]\n\t" \
+            "ldr    %[x], %[end]\n\t" \
+            "cmp    %[o], %[x]\n\t" \
+            "bne    1b\n\t" \
+            : [a0] "=&r"(a0_), [a1] "=&r"(a1_), [b0] "=&r"(b0_), [b1] "=&r"(b1_), [x] "=&r"(x_), \
+              [y] "=&r"(y_), [m] "=&r"(m_), [p] "+r"(p_), [o] "+r"(o_) \
+            : [w0] "r"((D)[0]), [w1] "r"((D)[1]), [w2] "r"((D)[2]), [k2a] "r"((D)[3]), \
+              [k2b] "r"((D)[4]), [end] "m"(end_), [bias] "m"((Q)[0]), [mult] "m"((Q)[1]), \
+              [k] "m"((Q)[2]), [right] "m"((Q)[3]), [rs] "n"(RS), [rs2] "n"(2 * (RS)), \
+              [rs3] "n"(3 * (RS)), [os] "n"(OS), [os2] "n"(2 * (OS)), [ls] "n"(LS), \
+              [lsos] "n"((LS) + (OS)) \
+            : "cc", "memory"); \
+    } while (0)
+/* The immediates MT_DWP_QUADS takes: LDRD offsets up to 1020 B (3 plane rows), byte
+ * stores up to 4095 B (ops/depthwise_opt.py planar_geometry's "quads" says the same). */
+#define MT_DWP_QUADS_FIT(PW, LS, OS) (6 * (PW) <= 1020 && (LS) + (OS) <= 4095)
 #else
 #define MT_DWP_PAIRS(ROW, OUT, PAIRS, D, Q, RS, OS) do { \
         (void)(Q); \
@@ -161,7 +236,21 @@ static MT_ALWAYS_INLINE void mt_depthwise_planar_s8_opt(const mt_dw_planar_param
         const int32_t q[4] = {d[5], d[6], d[7], d[8]};
         const int16_t *row = plane;
         int8_t *out = output + c;
-        for (int32_t line = 0; line < lines; line++, row += PW, out += line_step) {
+        int32_t line = 0;
+#if MT_HAS_DSP
+        if (MT_DWP_QUADS_FIT(PW, line_step, out_step)) { /* constants: one branch is compiled */
+            for (; line + 2 <= lines; line += 2, row += 2 * PW, out += 2 * line_step) {
+                if (along >= 2) {
+                    MT_DWP_QUADS(row, out, along / 2, d, q, 2 * PW, out_step, line_step);
+                }
+                if (along & 1) {
+                    out[(along - 1) * out_step] = mt_dwp_one(row + along - 1, PW, d);
+                    out[line_step + (along - 1) * out_step] = mt_dwp_one(row + PW + along - 1, PW, d);
+                }
+            }
+        }
+#endif
+        for (; line < lines; line++, row += PW, out += line_step) {
             if (along >= 2) {
                 MT_DWP_PAIRS(row, out, along / 2, d, q, 2 * PW, out_step);
             }

@@ -125,7 +125,7 @@ def build_within_rom_rule(graph, compiled: CompiledModel, board: Board) -> tuple
     sizes = _shape_function_sizes(firmware.elf)
     if firmware.sizes.rom_bytes <= limit or not sizes:
         return compiled, firmware
-    calls = {name: compiled.model_c.count(f"{name}(&") for name in sizes}
+    calls = {name: compiled.model_c.count(f"{name}(&") + compiled.model_c.count(f"{name}_planar(&") for name in sizes}
     order = sorted(sizes, key=lambda n: sizes[n] / max(1, calls[n] * depthwise_opt.shape_function_macs(n)),
                    reverse=True)
     shared: list[str] = []
@@ -148,7 +148,9 @@ def build_within_rom_rule(graph, compiled: CompiledModel, board: Board) -> tuple
 
 
 def _shape_function_sizes(elf: Path) -> dict[str, int]:
-    """Code bytes of each specialised depthwise function (mt_dw_shape_*) in the ELF."""
+    """Code bytes of each specialised depthwise function (mt_dw_shape_*) in the ELF, by
+    shape: a planar shape's function (the _planar suffix) under the shape's name, which
+    is what depthwise_opt.SHARED_SHAPES matches."""
     from elftools.elf.elffile import ELFFile
     from elftools.elf.sections import SymbolTableSection
 
@@ -157,7 +159,7 @@ def _shape_function_sizes(elf: Path) -> dict[str, int]:
         for sec in ELFFile(f).iter_sections():
             if isinstance(sec, SymbolTableSection):
                 for sym in sec.iter_symbols():
-                    name = sym.name.split(".")[0]  # gcc's .constprop.N clones
+                    name = sym.name.split(".")[0].removesuffix("_planar")  # gcc's .constprop.N clones
                     if name.startswith("mt_dw_shape_") and sym["st_info"]["type"] == "STT_FUNC":
                         sizes[name] = sizes.get(name, 0) + sym["st_size"]
     return sizes

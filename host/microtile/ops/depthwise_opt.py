@@ -62,9 +62,12 @@ def planar_geometry(p: dict) -> dict | None:
     plane_w = max(in_along, along + 2)
     plane_w += plane_w & 1
     out_step = p["ow"] * p["c"] if transposed else p["c"]
+    line_step = p["c"] if transposed else p["ow"] * p["c"]
     if 4 * plane_w > 1020 or 2 * out_step > 4095:
         return None
-    return {"transposed": transposed, "plane_h": max(in_lines, lines + 2), "plane_w": plane_w}
+    # two lines at a time (MT_DWP_QUADS) where its immediates fit: MT_DWP_QUADS_FIT
+    quads = lines >= 2 and 6 * plane_w <= 1020 and line_step + out_step <= 4095
+    return {"transposed": transposed, "plane_h": max(in_lines, lines + 2), "plane_w": plane_w, "quads": quads}
 
 
 # Est. cycles of the two depthwise kernels on the NUCLEO-L4R5ZI model (from per-function
@@ -72,7 +75,7 @@ def planar_geometry(p: dict) -> dict | None:
 # --emulate`): the planar kernel per output pair, per odd last output of a line, per
 # line, per copied input value and per channel (planar_channel_cost); the
 # channel-group kernel per output value (31-41 measured, border share included).
-PLANAR_CYCLES = {"pair": 47, "odd": 45, "line": 15, "copy": 5, "channel": 60}
+PLANAR_CYCLES = {"pair": 47, "quad": 80, "odd": 49, "line": 15, "copy": 5, "channel": 60}
 GROUP_OUTPUT = 35
 # Tests force a kernel: True (planar wherever planar_geometry allows), False (never),
 # None (the cost comparison of planar_choice).
@@ -94,11 +97,15 @@ def planar_choice(p: dict) -> dict | None:
 
 def planar_channel_cost(p: dict, planar: dict, unit: dict) -> float:
     """The planar kernel's cost per channel from the unit costs `unit` (per output pair,
-    odd last output of a line, line, copied input value, channel): est. cycles
-    (PLANAR_CYCLES) or instructions (opt_schedules.DWP_INSTRUCTIONS)."""
+    2x2 block of two lines, odd last output of a line, line, copied input value,
+    channel): est. cycles (PLANAR_CYCLES) or instructions (opt_schedules.DWP_INSTRUCTIONS).
+    Lines go two at a time where the quads fit, the last odd one alone."""
     lines, along = (p["ow"], p["oh"]) if planar["transposed"] else (p["oh"], p["ow"])
+    twos = lines // 2 if planar.get("quads") else 0
+    ones = lines - 2 * twos
     return (unit["channel"] + unit["copy"] * p["h"] * p["w"]
-            + lines * (unit["line"] + unit["pair"] * (along // 2) + unit["odd"] * (along % 2)))
+            + twos * (unit["line"] + unit["quad"] * (along // 2) + 2 * unit["odd"] * (along % 2))
+            + ones * (unit["line"] + unit["pair"] * (along // 2) + unit["odd"] * (along % 2)))
 
 
 def planar_stream(weights: np.ndarray, bias: np.ndarray, mult: np.ndarray, k: np.ndarray, right: np.ndarray,

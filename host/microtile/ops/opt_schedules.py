@@ -40,7 +40,8 @@ POOL_PIXEL = 20         # per output pixel: window clipping
 # KWS's 25 x 5 x 64 layer on QEMU: 2.795 per MAC; depthwise_opt.planar_channel_cost)
 DWP_INSTRUCTIONS = {
     "pair": 39,     # 3 x (LDRD, SMLAD, SMLABB, PKHBT, SMLADX, SMLATB), bias, requantise 2, 2 STRB, loop
-    "odd": 40,      # the odd last output of a plane row, in C
+    "quad": 68,     # 2x2 outputs of two lines: 4 LDRD, 28 MAC and PKHBT, bias, requantise 4, 4 STRB, loop
+    "odd": 44,      # the odd last output of a plane row, in C (a call)
     "line": 20,     # per plane row: the weights into registers, the loop's bounds
     "copy": 3.5,    # per input value copied into the plane: LDRSB, ADD, STRH (unrolled by 4)
     "channel": 70,
