@@ -172,3 +172,29 @@ def test_run_and_bench_keep_vww_within_the_rule_on_measured_sizes(monkeypatch):
     finally:
         schedule.set_flash_budget(None)
     assert "mt_depthwise_s8_opt_shared(" not in granted.model_c and fw2.sizes.rom_bytes >= full_rom
+
+
+def test_a_planar_shape_can_be_shared():
+    """The rule sends shapes to the shared kernel by the names in the ELF; a planar
+    shape's function (KWS's 25x5x64 depthwise, mt_dw_shape_..._planar) is counted under
+    its shape's name, the name depthwise_opt.SHARED_SHAPES matches, so sharing it takes
+    the layers off the planar kernel (with the suffix kept, nothing matched and a build
+    over the rule stayed over it)."""
+    from microtile.build.firmware import _shape_function_sizes
+    from microtile.ops import depthwise_opt
+
+    shared = find_shared()
+    if shared is None:
+        pytest.skip("MLPerf Tiny data not found: put it at ../shared beside the repo or set MICROTILE_SHARED")
+    graph = load_tflite(shared / "models" / "mlperf_tiny" / "kws_ref_model.tflite")
+    board = load_board(BOARD)
+    compiled = compile_model(graph, "optimized", board)
+    assert "_planar(&" in compiled.model_c
+    names = set(_shape_function_sizes(build_firmware(compiled, board).elf))
+    assert len(names) == 1 and not any(n.endswith("_planar") for n in names), names
+    depthwise_opt.SHARED_SHAPES = frozenset(names)
+    try:
+        again = compile_model(graph, "optimized", board)
+    finally:
+        depthwise_opt.SHARED_SHAPES = frozenset()
+    assert "_planar(&" not in again.model_c and again.model_c.count("mt_depthwise_s8_opt_shared(") == 4
