@@ -198,3 +198,32 @@ def test_a_planar_shape_can_be_shared():
     finally:
         depthwise_opt.SHARED_SHAPES = frozenset()
     assert "_planar(&" not in again.model_c and again.model_c.count("mt_depthwise_s8_opt_shared(") == 4
+
+
+def test_a_pruned_network_keeps_the_rule_of_the_users_model():
+    """`microtile approx` builds KWS with 12 channels of one group removed. Its RAM search
+    picks row bands (a smaller arena within COST_SLACK of the fastest), over the rule even
+    with every depthwise shape shared; the rule then takes the search's next RAM
+    configuration that fits (unbanded: two planar depthwise shapes). Held to the network's own
+    reference + 10 %, smaller by the pruned weights, it does not (the build keeps the
+    shared kernel, about 2x the depthwise cycles); held to the user's model's, the rule of
+    the model brought, it does."""
+    from microtile.build.firmware import build_within_rom_rule
+    from microtile.passes import channel_prune
+
+    shared = find_shared()
+    if shared is None:
+        pytest.skip("MLPerf Tiny data not found: put it at ../shared beside the repo or set MICROTILE_SHARED")
+    graph = load_tflite(shared / "models" / "mlperf_tiny" / "kws_ref_model.tflite")
+    board = load_board(BOARD)
+    group = next(g for g in channel_prune.find_groups(graph) if g.producer == 6)
+    pruned = channel_prune.prune_channels(graph, [group], {6: np.arange(12)})
+    search = compile_model(pruned, "optimized", board).search
+    assert search.chosen is not search.fastest()  # the premise: the search chose bands
+    own, _ = build_within_rom_rule(pruned, compile_model(pruned, "optimized", board), board)
+    users, fw = build_within_rom_rule(pruned, compile_model(pruned, "optimized", board), board, graph)
+    reference = build_firmware(compile_model(graph, "reference", board), board).sizes.rom_bytes
+    assert "mt_depthwise_s8_opt_shared(" in own.model_c and own.ram == search.chosen.config
+    assert "mt_depthwise_s8_opt_shared(" not in users.model_c and users.model_c.count("_planar(&") == 4
+    assert users.ram != search.chosen.config and users.search.chosen.config == users.ram  # --explain's
+    assert fw.sizes.rom_bytes <= (1 + schedule.ROM_MARGIN) * reference

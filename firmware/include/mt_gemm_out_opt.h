@@ -70,9 +70,9 @@
     "add    lr, r12, r11\n\t"                                                         \
     "strb   %[s2], [lr]\n\t"                                                          \
     "strb   %[s3], [lr, #1]\n\t"                                                      \
-    "strb   %[s4], [lr, r11]\n\t"                                                     \
-    "add    lr, lr, #1\n\t"                                                           \
-    "strb   %[s5], [lr, r11]\n\t"                                                     \
+    "add    lr, lr, r11\n\t" /* a register-offset STRB costs 2 */                     \
+    "strb   %[s4], [lr]\n\t"                                                          \
+    "strb   %[s5], [lr, #1]\n\t"                                                      \
     "add    r12, r12, #2\n\t"                                                         \
     "str    r12, %[out]\n\t"                                                          \
     "ldr    r11, %[out_end]\n\t"                                                      \

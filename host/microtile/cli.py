@@ -281,8 +281,12 @@ def cmd_approx(args) -> int:
     for name, d in (("exact", e), ("chosen", c)):
         console.print(f"{name}: held-out Top-1 {d['heldout_top1']:.4f}, {_count(d['instructions'])} instructions, "
                       f"{_count(d['est_cycles'])} est. cycles")
-    console.print(f"chosen: {c.get('instructions_saved', 0):.1%} fewer instructions, {c.get('est_cycles_saved', 0):.1%} "
-                  f"fewer est. cycles; device mismatches {c['device_mismatches']} of {c['device_samples']}, "
+    def change(saved: float | None, unit: str) -> str:
+        saved = saved or 0.0
+        return f"{abs(saved):.1%} {'fewer' if saved >= 0 else 'more'} {unit}"
+
+    console.print(f"chosen: {change(c.get('instructions_saved'), 'instructions')}, "
+                  f"{change(c.get('est_cycles_saved'), 'est. cycles')}; device mismatches {c['device_mismatches']} of {c['device_samples']}, "
                   f"reference vs TFLM mismatches {c['reference_mismatches']}; {len(r['pareto'])} points")
     if args.json:
         console.print(f"wrote {args.json}" + (f" and {r['plot']}" if r.get("plot") else ""))

@@ -101,16 +101,25 @@ def build_firmware(compiled: CompiledModel, board: Board, verbose: bool = False)
 
 
 SHARED_DW_KERNEL_BYTES = 4900  # mt_depthwise_s8_opt_shared's code (arm-none-eabi-nm, L4R5 build)
+ROM_RETRIES = 4  # RAM configurations after the chosen one that the ROM rule builds (the fastest last)
 
 
-def build_within_rom_rule(graph, compiled: CompiledModel, board: Board) -> tuple[CompiledModel, Firmware]:
+def build_within_rom_rule(graph, compiled: CompiledModel, board: Board,
+                          reference_graph=None) -> tuple[CompiledModel, Firmware]:
     """The firmware build `run`, `bench` and `compile` use. An optimised build without
     --flash-budget keeps the ROM rule of issue 8 on measured sizes: the reference
-    build's ROM (built, or found in the cache) + ROM_MARGIN. Over it, depthwise layer
+    build's ROM (built, or found in the cache) + ROM_MARGIN. The reference is that of
+    `reference_graph` when given: a network `microtile approx` pruned is held to the
+    rule of the model the user brought (its own smaller reference would tighten the
+    rule by the weights pruning removed). Over it, depthwise layer
     shapes leave their specialised functions for the shared run-time-geometry kernel,
     the most code per MAC first (a specialised shape is about 14 % faster), until the
     measured ROM fits; when even all shared do not fit, that build is kept (the rule
-    cannot be met by the depthwise code alone). The prediction in passes/schedule.py
+    cannot be met by the depthwise code alone) unless one of the RAM search's next
+    choices fits unshared (ROM_RETRIES arena sizes, the smallest first, then the fastest): the search trades up to COST_SLACK of speed for a smaller arena, and its row
+    bands add a depthwise function per band shape (the KWS of approx at 0.5 pp: 57,360 B
+    banded with every shape shared, 51,240 B unbanded with none, the rule 52,734 B). The
+    prediction in passes/schedule.py
     is too rough for this (KWS: 39,320 B predicted for the reference build, 47,940 B
     measured)."""
     from microtile.codegen.model_source import compile_model
@@ -120,8 +129,34 @@ def build_within_rom_rule(graph, compiled: CompiledModel, board: Board) -> tuple
     firmware = build_firmware(compiled, board)
     if compiled.kernels != "optimized" or schedule.FLASH_BUDGET is not None or depthwise_opt.SHARED is not None:
         return compiled, firmware
-    reference = build_firmware(compile_model(graph, "reference", board), board)
+    reference = build_firmware(compile_model(reference_graph or graph, "reference", board), board)
     limit = int((1 + schedule.ROM_MARGIN) * reference.sizes.rom_bytes)
+    search = compiled.search
+    compiled, firmware = _share_shapes(graph, compiled, firmware, board, limit)
+    if firmware.sizes.rom_bytes > limit and search is not None:
+        # the RAM search trades up to COST_SLACK of speed for a smaller arena, and row
+        # bands cost code (a depthwise function per band shape): its next choices, as built
+        tries: dict[int, object] = {search.chosen.arena: search.chosen}
+        for c in search.ranked():  # one per arena size: equal arenas are, as a rule, the same plan
+            tries.setdefault(c.arena, c)
+        for candidate in list(tries.values())[1:1 + ROM_RETRIES]:
+            alternative = compile_model(graph, "optimized", board, ram=candidate.config)
+            alternative_firmware = build_firmware(alternative, board)
+            if alternative_firmware.sizes.rom_bytes <= limit:
+                candidate.arena, candidate.method = alternative.plan.arena_size, alternative.plan.method  # as planned
+                search.chosen, search.chosen_prepared = candidate, None
+                alternative.search = search
+                return alternative, alternative_firmware
+    return compiled, firmware
+
+
+def _share_shapes(graph, compiled: CompiledModel, firmware: Firmware, board: Board,
+                  limit: int) -> tuple[CompiledModel, Firmware]:
+    """Send depthwise shapes to the shared kernel, the most code per MAC first, until
+    the measured ROM is within `limit` or every shape is shared."""
+    from microtile.codegen.model_source import compile_model
+    from microtile.ops import depthwise_opt
+
     sizes = _shape_function_sizes(firmware.elf)
     if firmware.sizes.rom_bytes <= limit or not sizes:
         return compiled, firmware

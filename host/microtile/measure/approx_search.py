@@ -677,17 +677,18 @@ def _per_layer(compiled, counts: list, like: dict | None) -> dict:
     return out
 
 
-def _device_measure(board_name: str, sample, work: Path, log) -> Callable[..., tuple[dict, dict]]:
+def _device_measure(board_name: str, sample, work: Path, log, original: Graph) -> Callable[..., tuple[dict, dict]]:
     """measure(unmarked graph, pruned op indices, like=None) -> per-layer (instructions,
-    est_cycles) of one input on the target, the build checked against TFLM; `like`: the
-    (instructions, est_cycles) of a build whose layers ran apart, to share out fused units."""
+    est_cycles) of one input on the target, the build checked against TFLM and held to
+    the ROM rule of `original` (the user's model); `like`: the (instructions, est_cycles)
+    of a build whose layers ran apart, to share out fused units."""
     from microtile.measure.runner import run_model
 
     def measure(graph: Graph, pruned: set, like: tuple | None = None) -> tuple[dict, dict]:
         path = work / f"probe_{len(list(work.glob('probe_*')))}.tflite"
         path.write_bytes(write_tflite(graph))
         r = run_model(path, board_name, samples=[sample], seed=None,
-                      graph_hook=lambda g: approx.mark_pruned(g, pruned))
+                      graph_hook=lambda g: approx.mark_pruned(g, pruned), rom_reference=original)
         if r.failed or r.mismatch_count or not r.counted:
             raise MicrotileError(f"approx: the cost probe on {board_name} failed "
                                  f"({r.error or f'{r.mismatch_count} mismatches' if r.mismatch_count else r.error or 'no counter'})")
@@ -726,7 +727,7 @@ def run_approx(model: str, labels: str, calibrate: int, budget: float, board_nam
     check_batchable(graph, x_cal)
     with tempfile.TemporaryDirectory(prefix="microtile-approx-") as tmp:
         work = Path(tmp)
-        measure = _device_measure(board_name, cal[0], work, log)
+        measure = _device_measure(board_name, cal[0], work, log, graph)
         exact_cost = measure(graph, set())
         # 1. channel-count steps per group: a smaller network on the normal kernels
         chs = ChannelSearch(graph, x_cal, y_cal, all_values(graph, x_cal), log)
@@ -767,7 +768,7 @@ def run_approx(model: str, labels: str, calibrate: int, budget: float, board_nam
         log(f"running the chosen point on {board_name}: {len(on_device)} held-out inputs")
         pruned_ops = {r["index"] for r in records}
         dev = run_model(pruned_path, board_name, samples=on_device, seed=None,
-                        graph_hook=lambda g: approx.mark_pruned(g, pruned_ops))
+                        graph_hook=lambda g: approx.mark_pruned(g, pruned_ops), rom_reference=graph)
         oracle = TflmOracle(pruned_path)
         out_t = chosen_values[graph.outputs[0]]
         ref_mismatches = sum(not np.array_equal(oracle(s.arrays)[0].reshape(-1), out_t[k].reshape(-1))

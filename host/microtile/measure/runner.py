@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from microtile.importer.ir import Graph
 from microtile.targets.boards import Board, load_board
 from microtile.build.firmware import Firmware, build_within_rom_rule
 from microtile.codegen.model_source import CompiledModel, compile_model
@@ -240,16 +241,21 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
               kernels: str = "optimized", os_name: str = "baremetal",
               target_options: dict | None = None, seed: int | None = DEFAULT_SEED,
               samples: Sequence[Sample] | None = None,
-              graph_hook: Callable | None = None, power: str | None = None) -> RunResult:
+              graph_hook: Callable | None = None, power: str | None = None,
+              rom_reference: Graph | None = None) -> RunResult:
     """Run a model on a target. ``target_options`` go to ``targets.open_target``
     (``emulate``, ``port``, ``baudrate``); ``os_name`` is "baremetal" or "zephyr".
     ``samples`` replaces inputs/random/labels with a ready sequence (the soak's); then
     ``seed`` is only recorded, None when the samples are not random. ``graph_hook``
-    transforms the imported graph before it is compiled (TFLM still runs the file)."""
+    transforms the imported graph before it is compiled (TFLM still runs the file);
+    the ROM rule then holds it to the imported graph's reference build, or to
+    ``rom_reference``'s (approx: the user's model, of which the file is a pruned copy)."""
     from microtile.targets import check_target_tools, open_target
 
     model_path = Path(model_path)
     graph = load_tflite(model_path)
+    if rom_reference is None:
+        rom_reference = graph
     if graph_hook is not None:  # e.g. approx: mark the pruned layers (passes/approx.py)
         graph = graph_hook(graph)
     board = load_board(board_name)
@@ -268,7 +274,7 @@ def run_model(model_path: str | Path, board_name: str = "qemu", inputs: str | No
 
         firmware = build_zephyr(compiled, board)
     elif os_name == "baremetal":
-        compiled, firmware = build_within_rom_rule(graph, compiled, board)
+        compiled, firmware = build_within_rom_rule(graph, compiled, board, rom_reference)
     else:
         raise MicrotileError(f"unknown --os {os_name!r}: baremetal or zephyr")
     oracle = TflmOracle(model_path)

@@ -70,6 +70,18 @@ class RamSearch:
                 front.append(c)
         return front
 
+    def fastest(self) -> Candidate:
+        """The fitting candidate of the lowest predicted cost."""
+        return min((c for c in self.candidates if c.fits), key=lambda c: c.cost)
+
+    def ranked(self) -> list[Candidate]:
+        """The fitting candidates within COST_SLACK of the fastest, as the search prefers
+        them: the smallest arena first (the first is the chosen one), then the fastest."""
+        fastest = self.fastest()
+        near = [c for c in self.candidates if c.fits and c.cost <= fastest.cost + COST_SLACK * self.baseline]
+        ranked = sorted(near, key=lambda c: (c.arena, c.cost))
+        return ranked if ranked[-1] is fastest else ranked + [fastest]
+
     def as_dict(self) -> dict:
         return {"budget_bytes": self.budget, "layer_bound_bytes": self.layer_bound,
                 "predicted_plain_est_cycles": round(self.baseline),
@@ -213,9 +225,7 @@ def search_ram(graph: Graph, kernels: str, board, budget: int | None = None,
             f"model {graph.name}: no configuration fits the RAM budget of {budget:,} B; the smallest arena found "
             f"is {smallest.arena:,} B ({smallest.config.label()}); raise --ram-budget to at least that or use a "
             "board with more RAM")
-    fastest = min(c.cost for c in fitting)
-    near = [c for c in fitting if c.cost <= fastest + COST_SLACK * search.baseline]
-    chosen = min(near, key=lambda c: (c.arena, c.cost))
+    chosen = search.ranked()[0]
     prep = preps[chosen.config]
     if chosen.config.exact and prep.plan.method == "greedy":
         prep = prepare(graph, kernels, board, chosen.config, scratch_cache=cache)
