@@ -227,3 +227,22 @@ def test_a_pruned_network_keeps_the_rule_of_the_users_model():
     assert "mt_depthwise_s8_opt_shared(" not in users.model_c and users.model_c.count("_planar(&") == 4
     assert users.ram != search.chosen.config and users.search.chosen.config == users.ram  # --explain's
     assert fw.sizes.rom_bytes <= (1 + schedule.ROM_MARGIN) * reference
+
+
+def test_sharing_that_does_not_fit_is_not_kept(monkeypatch):
+    """KWS just over the rule: sharing its 4 depthwise shapes adds the shared kernel's
+    code (4.9 KB) for less than it saves, so the rule cannot be met that way; the build
+    is not made bigger and slower for nothing."""
+    from microtile.build.firmware import build_within_rom_rule
+
+    shared = find_shared()
+    if shared is None:
+        pytest.skip("MLPerf Tiny data not found: put it at ../shared beside the repo or set MICROTILE_SHARED")
+    graph = load_tflite(shared / "models" / "mlperf_tiny" / "kws_ref_model.tflite")
+    board = load_board(BOARD)
+    _, ref = _build(graph, "reference")
+    _, rom = _build(graph, "optimized")
+    monkeypatch.setattr(schedule, "ROM_MARGIN", (rom - 50) / ref - 1)  # 50 B over
+    compiled, fw = build_within_rom_rule(graph, compile_model(graph, "optimized", board), board)
+    assert "mt_depthwise_s8_opt_shared(" not in compiled.model_c
+    assert fw.sizes.rom_bytes <= rom

@@ -533,24 +533,31 @@ void mt_fully_connected_s8_opt(const mt_fully_connected_opt_params *p, const int
 /* A window of 3 filter rows of 9 bytes (3x3 of 3 channels: the RGB first layer of IC
  * and VWW) inside the image horizontally, from (y0, x0): its 27 bytes as 7 panel words of constant shifts
  * (unaligned word reads that stay inside each 9-byte row; rows outside the image
- * read a row of zp bytes), down panel column dst (stride mr). */
-static inline void mt_panel_rgb3x3(const mt_conv_opt_params *p, const int8_t *in_b, int32_t y0, int32_t x0,
-                                   uint64_t *dst, int32_t mr)
+ * read a row of zp bytes, chosen by a select, not a loop through the stack), down
+ * panel column dst of the 3-row panel (a constant stride: STRD with immediate offsets;
+ * other tiles take mt_conv_row's gather). One copy, out of line: code is ROM (the rule). */
+static void mt_panel_rgb3x3(const mt_conv_opt_params *p, const int8_t *in_b, int32_t y0, int32_t x0,
+                            uint64_t *dst)
 {
+    enum { mr = 3 };
     const uint32_t zp4 = ((uint32_t)(uint8_t)p->input_zp) * 0x01010101u;
     const uint32_t zrow[3] = {zp4, zp4, zp4};
-    const int8_t *r[3];
-    for (int32_t ky = 0; ky < 3; ky++) {
-        const int32_t iy = y0 + ky;
-        r[ky] = iy < 0 || iy >= p->in_h ? (const int8_t *)zrow : in_b + (iy * p->in_w + x0) * p->in_c;
+    const int32_t row_bytes = p->in_w * p->in_c;
+    const int8_t *r0 = in_b + y0 * row_bytes + x0 * p->in_c;
+    const int8_t *r1 = r0 + row_bytes, *r2 = r1 + row_bytes;
+    if (y0 < 0 || y0 + 2 >= p->in_h) { /* a border row */
+        const int8_t *z = (const int8_t *)zrow;
+        r0 = (uint32_t)y0 < (uint32_t)p->in_h ? r0 : z;
+        r1 = (uint32_t)(y0 + 1) < (uint32_t)p->in_h ? r1 : z;
+        r2 = (uint32_t)(y0 + 2) < (uint32_t)p->in_h ? r2 : z;
     }
-    dst[0] = mt_ext4(mt_read_u32(r[0]));
-    dst[mr] = mt_ext4(mt_read_u32(r[0] + 4));
-    dst[2 * mr] = mt_ext4((mt_read_u32(r[0] + 5) >> 24) | (mt_read_u32(r[1]) << 8));
-    dst[3 * mr] = mt_ext4(mt_read_u32(r[1] + 3));
-    dst[4 * mr] = mt_ext4((mt_read_u32(r[1] + 5) >> 16) | (mt_read_u32(r[2]) << 16));
-    dst[5 * mr] = mt_ext4(mt_read_u32(r[2] + 2));
-    dst[6 * mr] = mt_ext4(mt_read_u32(r[2] + 5) >> 8); /* the top byte: K tail, zero */
+    dst[0] = mt_ext4(mt_read_u32(r0));
+    dst[mr] = mt_ext4(mt_read_u32(r0 + 4));
+    dst[2 * mr] = mt_ext4(((uint32_t)(uint8_t)r0[8]) | (mt_read_u32(r1) << 8));
+    dst[3 * mr] = mt_ext4(mt_read_u32(r1 + 3));
+    dst[4 * mr] = mt_ext4((mt_read_u32(r1 + 5) >> 16) | (mt_read_u32(r2) << 16));
+    dst[5 * mr] = mt_ext4(mt_read_u32(r2 + 2));
+    dst[6 * mr] = mt_ext4(mt_read_u32(r2 + 5) >> 8); /* the top byte: K tail, zero */
 }
 
 void mt_conv_row(const mt_conv_opt_params *p, const int8_t *in_b, int32_t oy, int32_t ox,
@@ -585,8 +592,8 @@ void mt_conv_row(const mt_conv_opt_params *p, const int8_t *in_b, int32_t oy, in
         }
         return;
     }
-    if (inside_x && run == 9 && p->k_h == 3) {
-        mt_panel_rgb3x3(p, in_b, y0, x0, panel + row, mr);
+    if (inside_x && run == 9 && p->k_h == 3 && mr == 3) {
+        mt_panel_rgb3x3(p, in_b, y0, x0, panel + row);
         return;
     }
     if (run == 4 && p->in_w * c >= 4) {
@@ -689,7 +696,7 @@ void mt_conv_s8_opt(const mt_conv_opt_params *p, const int8_t *input, int8_t *ou
     const int32_t row_bytes = p->in_w * p->in_c;
     const int32_t y_last = p->in_h - p->k_h, x_last = p->in_w - p->k_w; /* the last inside origin */
     const int words_only = ((p->k_w * p->in_c) & 3) == 0 && y_last >= 0 && x_last >= 0;
-    const int rgb3x3 = p->k_h == 3 && p->k_w * p->in_c == 9 && x_last >= 0; /* mt_panel_rgb3x3, inline */
+    const int rgb3x3 = p->k_h == 3 && p->k_w * p->in_c == 9 && x_last >= 0 && mr == 3; /* mt_panel_rgb3x3 */
     /* a 1x1 conv with stride 1, no padding and whole words per pixel is a GEMM over
        the input itself: 3 consecutive pixels' rows extended a block at a time */
     const int pointwise = p->k_h == 1 && p->k_w == 1 && p->stride_h == 1 && p->stride_w == 1 && p->pad_h == 0 &&
@@ -730,7 +737,7 @@ void mt_conv_s8_opt(const mt_conv_opt_params *p, const int8_t *input, int8_t *ou
                             src += row_bytes;
                         }
                     } else if (rgb3x3 && (uint32_t)x0 <= (uint32_t)x_last) {
-                        mt_panel_rgb3x3(p, in_b, y0, x0, scratch + r, mr);
+                        mt_panel_rgb3x3(p, in_b, y0, x0, scratch + r);
                     } else {
                         mt_conv_row(p, in_b, oy, ox, scratch, r, bytes);
                     }

@@ -114,8 +114,9 @@ def build_within_rom_rule(graph, compiled: CompiledModel, board: Board,
     rule by the weights pruning removed). Over it, depthwise layer
     shapes leave their specialised functions for the shared run-time-geometry kernel,
     the most code per MAC first (a specialised shape is about 14 % faster), until the
-    measured ROM fits; when even all shared do not fit, that build is kept (the rule
-    cannot be met by the depthwise code alone) unless one of the RAM search's next
+    measured ROM fits; when even all shared do not fit, the smaller of that build and
+    the unshared one is kept (the rule cannot be met by the depthwise code alone; KWS
+    94 B over is 2,192 B further over with its 4 shapes shared) unless one of the RAM search's next
     choices fits unshared (ROM_RETRIES arena sizes, the smallest first, then the fastest): the search trades up to COST_SLACK of speed for a smaller arena, and its row
     bands add a depthwise function per band shape (the KWS of approx at 0.5 pp: 57,360 B
     banded with every shape shared, 51,240 B unbanded with none, the rule 52,734 B). The
@@ -132,7 +133,10 @@ def build_within_rom_rule(graph, compiled: CompiledModel, board: Board,
     reference = build_firmware(compile_model(reference_graph or graph, "reference", board), board)
     limit = int((1 + schedule.ROM_MARGIN) * reference.sizes.rom_bytes)
     search = compiled.search
+    unshared = compiled, firmware
     compiled, firmware = _share_shapes(graph, compiled, firmware, board, limit)
+    if firmware.sizes.rom_bytes > limit and firmware.sizes.rom_bytes >= unshared[1].sizes.rom_bytes:
+        compiled, firmware = unshared  # the shared kernel's own code outweighed what sharing saved
     if firmware.sizes.rom_bytes > limit and search is not None:
         # the RAM search trades up to COST_SLACK of speed for a smaller arena, and row
         # bands cost code (a depthwise function per band shape): its next choices, as built
