@@ -246,3 +246,26 @@ def test_sharing_that_does_not_fit_is_not_kept(monkeypatch):
     compiled, fw = build_within_rom_rule(graph, compile_model(graph, "optimized", board), board)
     assert "mt_depthwise_s8_opt_shared(" not in compiled.model_c
     assert fw.sizes.rom_bytes <= rom
+
+
+def test_the_rule_tries_the_next_arena_sizes_then_the_fastest():
+    """Over the rule, the RAM configurations built are one per arena size after the
+    chosen one, the smallest first, ROM_RETRIES of them, and the fastest last even when
+    it is the largest arena; candidates outside COST_SLACK or over the RAM budget never."""
+    from microtile.build.firmware import ROM_RETRIES, _ram_alternatives
+    from microtile.passes.pipeline import RamConfig
+    from microtile.passes.ram_search import COST_SLACK, Candidate, RamSearch
+
+    search = RamSearch(budget=100_000, baseline=1e6, layer_bound=90_000)
+    slack = COST_SLACK * 1e6
+    arenas = [20_000, 20_000, 21_000, 22_000, 23_000, 24_000, 25_000, 26_000]
+    search.candidates = [Candidate(RamConfig(max_bands=i + 1), a, 0.0, 1e6 + slack * 0.5, "greedy")
+                         for i, a in enumerate(arenas)]
+    fastest = Candidate(RamConfig(max_bands=99), 60_000, 0.0, 1e6, "greedy")
+    far = Candidate(RamConfig(max_bands=98), 19_000, 0.0, 1e6 + 2 * slack, "greedy")  # outside the slack
+    big = Candidate(RamConfig(max_bands=97), 200_000, 0.0, 0.9e6, "greedy", fits=False)  # over the budget
+    search.candidates += [fastest, far, big]
+    search.chosen = search.ranked()[0]
+    assert search.chosen.arena == 20_000 and search.fastest() is fastest
+    tried = _ram_alternatives(search)
+    assert [c.arena for c in tried] == [21_000, 22_000, 23_000, 24_000][:ROM_RETRIES] + [60_000]

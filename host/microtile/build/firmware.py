@@ -101,7 +101,7 @@ def build_firmware(compiled: CompiledModel, board: Board, verbose: bool = False)
 
 
 SHARED_DW_KERNEL_BYTES = 4900  # mt_depthwise_s8_opt_shared's code (arm-none-eabi-nm, L4R5 build)
-ROM_RETRIES = 4  # RAM configurations after the chosen one that the ROM rule builds (the fastest last)
+ROM_RETRIES = 4  # arena sizes after the RAM search's chosen one that the ROM rule builds (then the fastest)
 
 
 def build_within_rom_rule(graph, compiled: CompiledModel, board: Board,
@@ -110,19 +110,19 @@ def build_within_rom_rule(graph, compiled: CompiledModel, board: Board,
     --flash-budget keeps the ROM rule of issue 8 on measured sizes: the reference
     build's ROM (built, or found in the cache) + ROM_MARGIN. The reference is that of
     `reference_graph` when given: a network `microtile approx` pruned is held to the
-    rule of the model the user brought (its own smaller reference would tighten the
-    rule by the weights pruning removed). Over it, depthwise layer
-    shapes leave their specialised functions for the shared run-time-geometry kernel,
-    the most code per MAC first (a specialised shape is about 14 % faster), until the
-    measured ROM fits; when even all shared do not fit, the smaller of that build and
-    the unshared one is kept (the rule cannot be met by the depthwise code alone; KWS
-    94 B over is 2,192 B further over with its 4 shapes shared) unless one of the RAM search's next
-    choices fits unshared (ROM_RETRIES arena sizes, the smallest first, then the fastest): the search trades up to COST_SLACK of speed for a smaller arena, and its row
-    bands add a depthwise function per band shape (the KWS of approx at 0.5 pp: 57,360 B
-    banded with every shape shared, 51,240 B unbanded with none, the rule 52,734 B). The
-    prediction in passes/schedule.py
-    is too rough for this (KWS: 39,320 B predicted for the reference build, 47,940 B
-    measured)."""
+    rule of the model the user brought (its own reference is smaller by the weights
+    pruning removed). The prediction in passes/schedule.py is too rough for this (KWS:
+    39,320 B predicted for the reference build, 47,940 B measured). Over the rule:
+    1. depthwise layer shapes leave their specialised functions for the shared
+       run-time-geometry kernel, the most code per MAC first (a specialised shape is
+       about 14 % faster), until the measured ROM fits (`_share_shapes`); if even all
+       shared do not fit, the smaller of that build and the unshared one is kept (KWS
+       94 B over is 2,192 B further over with its 4 shapes shared);
+    2. still over, the RAM search's next choices are built unshared (`_ram_alternatives`)
+       and the first that fits is kept: the search trades up to COST_SLACK of speed for
+       a smaller arena, and its row bands add a depthwise function per band shape (the
+       KWS of approx at 0.5 pp: 57,360 B banded with every shape shared, 51,240 B
+       unbanded with none, the rule 52,734 B)."""
     from microtile.codegen.model_source import compile_model
     from microtile.ops import depthwise_opt
     from microtile.passes import schedule
@@ -130,28 +130,38 @@ def build_within_rom_rule(graph, compiled: CompiledModel, board: Board,
     firmware = build_firmware(compiled, board)
     if compiled.kernels != "optimized" or schedule.FLASH_BUDGET is not None or depthwise_opt.SHARED is not None:
         return compiled, firmware
-    reference = build_firmware(compile_model(reference_graph or graph, "reference", board), board)
+    reference = build_firmware(compile_model(graph if reference_graph is None else reference_graph,
+                                             "reference", board), board)
     limit = int((1 + schedule.ROM_MARGIN) * reference.sizes.rom_bytes)
     search = compiled.search
     unshared = compiled, firmware
     compiled, firmware = _share_shapes(graph, compiled, firmware, board, limit)
     if firmware.sizes.rom_bytes > limit and firmware.sizes.rom_bytes >= unshared[1].sizes.rom_bytes:
         compiled, firmware = unshared  # the shared kernel's own code outweighed what sharing saved
-    if firmware.sizes.rom_bytes > limit and search is not None:
-        # the RAM search trades up to COST_SLACK of speed for a smaller arena, and row
-        # bands cost code (a depthwise function per band shape): its next choices, as built
-        tries: dict[int, object] = {search.chosen.arena: search.chosen}
-        for c in search.ranked():  # one per arena size: equal arenas are, as a rule, the same plan
-            tries.setdefault(c.arena, c)
-        for candidate in list(tries.values())[1:1 + ROM_RETRIES]:
-            alternative = compile_model(graph, "optimized", board, ram=candidate.config)
-            alternative_firmware = build_firmware(alternative, board)
-            if alternative_firmware.sizes.rom_bytes <= limit:
-                candidate.arena, candidate.method = alternative.plan.arena_size, alternative.plan.method  # as planned
-                search.chosen, search.chosen_prepared = candidate, None
-                alternative.search = search
-                return alternative, alternative_firmware
+    if firmware.sizes.rom_bytes <= limit or search is None:
+        return compiled, firmware
+    for candidate in _ram_alternatives(search):
+        alternative = compile_model(graph, "optimized", board, ram=candidate.config)
+        alternative_firmware = build_firmware(alternative, board)
+        if alternative_firmware.sizes.rom_bytes <= limit:
+            candidate.arena, candidate.method = alternative.plan.arena_size, alternative.plan.method  # as planned
+            search.chosen, search.chosen_prepared = candidate, None  # what --explain and the run JSON show
+            alternative.search = search
+            return alternative, alternative_firmware
     return compiled, firmware
+
+
+def _ram_alternatives(search) -> list:
+    """The RAM search's next choices after its chosen one: ROM_RETRIES of them, one per
+    arena size (equal arenas are, as a rule, the same plan), the smallest first; then
+    the fastest, if it is not among them."""
+    seen, out = {search.chosen.arena}, []
+    for c in search.ranked():
+        if c.arena not in seen and len(out) < ROM_RETRIES:
+            seen.add(c.arena)
+            out.append(c)
+    fastest = search.fastest()
+    return out if fastest.arena in seen else out + [fastest]
 
 
 def _share_shapes(graph, compiled: CompiledModel, firmware: Firmware, board: Board,

@@ -76,11 +76,10 @@ class RamSearch:
 
     def ranked(self) -> list[Candidate]:
         """The fitting candidates within COST_SLACK of the fastest, as the search prefers
-        them: the smallest arena first (the first is the chosen one), then the fastest."""
+        them: the smallest arena first, then the lowest cost (the first is the chosen one)."""
         fastest = self.fastest()
         near = [c for c in self.candidates if c.fits and c.cost <= fastest.cost + COST_SLACK * self.baseline]
-        ranked = sorted(near, key=lambda c: (c.arena, c.cost))
-        return ranked if ranked[-1] is fastest else ranked + [fastest]
+        return sorted(near, key=lambda c: (c.arena, c.cost))
 
     def as_dict(self) -> dict:
         return {"budget_bytes": self.budget, "layer_bound_bytes": self.layer_bound,
