@@ -528,14 +528,13 @@ void mt_fully_connected_s8_opt(const mt_fully_connected_opt_params *p, const int
     }
 }
 
-/* The receptive field of output pixel (oy, ox) as K int8 values (padding = zp),
- * into the panel row (also used by the pruned kernels, mt_pruned_opt.c). */
 /* A window of 3 filter rows of 9 bytes (3x3 of 3 channels: the RGB first layer of IC
  * and VWW) inside the image horizontally, from (y0, x0): its 27 bytes as 7 panel words of constant shifts
  * (unaligned word reads that stay inside each 9-byte row; rows outside the image
  * read a row of zp bytes, chosen by a select, not a loop through the stack), down
- * panel column dst of the 3-row panel (a constant stride: STRD with immediate offsets;
- * other tiles take mt_conv_row's gather). One copy, out of line: code is ROM (the rule). */
+ * panel column dst of the 3-row panel (a constant stride: pairs of STRs with immediate
+ * offsets; other tiles take mt_conv_row's gather). One copy, out of line: code is ROM
+ * (the rule). */
 static void mt_panel_rgb3x3(const mt_conv_opt_params *p, const int8_t *in_b, int32_t y0, int32_t x0,
                             uint64_t *dst)
 {
@@ -543,13 +542,17 @@ static void mt_panel_rgb3x3(const mt_conv_opt_params *p, const int8_t *in_b, int
     const uint32_t zp4 = ((uint32_t)(uint8_t)p->input_zp) * 0x01010101u;
     const uint32_t zrow[3] = {zp4, zp4, zp4};
     const int32_t row_bytes = p->in_w * p->in_c;
-    const int8_t *r0 = in_b + y0 * row_bytes + x0 * p->in_c;
-    const int8_t *r1 = r0 + row_bytes, *r2 = r1 + row_bytes;
-    if (y0 < 0 || y0 + 2 >= p->in_h) { /* a border row */
+    const int8_t *col = in_b + x0 * p->in_c; /* column x0 of image row 0 */
+    const int8_t *r0, *r1, *r2;
+    if (y0 >= 0 && y0 + 2 < p->in_h) {
+        r0 = col + y0 * row_bytes;
+        r1 = r0 + row_bytes;
+        r2 = r1 + row_bytes;
+    } else { /* a border row: a pointer is formed only to a row inside the image (C) */
         const int8_t *z = (const int8_t *)zrow;
-        r0 = (uint32_t)y0 < (uint32_t)p->in_h ? r0 : z;
-        r1 = (uint32_t)(y0 + 1) < (uint32_t)p->in_h ? r1 : z;
-        r2 = (uint32_t)(y0 + 2) < (uint32_t)p->in_h ? r2 : z;
+        r0 = (uint32_t)y0 < (uint32_t)p->in_h ? col + y0 * row_bytes : z;
+        r1 = (uint32_t)(y0 + 1) < (uint32_t)p->in_h ? col + (y0 + 1) * row_bytes : z;
+        r2 = (uint32_t)(y0 + 2) < (uint32_t)p->in_h ? col + (y0 + 2) * row_bytes : z;
     }
     dst[0] = mt_ext4(mt_read_u32(r0));
     dst[mr] = mt_ext4(mt_read_u32(r0 + 4));
@@ -560,6 +563,8 @@ static void mt_panel_rgb3x3(const mt_conv_opt_params *p, const int8_t *in_b, int
     dst[6 * mr] = mt_ext4(mt_read_u32(r2 + 5) >> 8); /* the top byte: K tail, zero */
 }
 
+/* The receptive field of output pixel (oy, ox) as K int8 values (padding = zp),
+ * into the panel row (also used by the pruned kernels, mt_pruned_opt.c). */
 void mt_conv_row(const mt_conv_opt_params *p, const int8_t *in_b, int32_t oy, int32_t ox,
                         uint64_t *panel, int32_t row, int8_t *bytes)
 {
