@@ -228,8 +228,17 @@ static MT_ALWAYS_INLINE void mt_depthwise_planar_s8_opt(const mt_dw_planar_param
         for (int32_t i = 0; i < outer; i++, src += src_outer) {
             int16_t *dst = origin + i * PW;
             const int8_t *s = src;
-            _Pragma("GCC unroll 4")
-            for (int32_t j = 0; j < inner; j++, s += src_inner) {
+            int32_t j = 0;
+            /* 4 loads first, then the adds and stores: a load after a load pipelines
+               (the byte-by-byte loop ran LDRSB, ADD, STRH: 21 est. cycles per 4) */
+            for (; j + 4 <= inner; j += 4, s += 4 * src_inner) {
+                const int32_t x0 = s[0], x1 = s[src_inner], x2 = s[2 * src_inner], x3 = s[3 * src_inner];
+                dst[j] = (int16_t)(x0 + rt->input_offset);
+                dst[j + 1] = (int16_t)(x1 + rt->input_offset);
+                dst[j + 2] = (int16_t)(x2 + rt->input_offset);
+                dst[j + 3] = (int16_t)(x3 + rt->input_offset);
+            }
+            for (; j < inner; j++, s += src_inner) {
                 dst[j] = (int16_t)(*s + rt->input_offset);
             }
         }
